@@ -1,0 +1,17 @@
+//! Domain core of tally: what a transaction is, how it is validated, how it travels on the
+//! wire and which shard owns an account. Pure code: no network, no database, no runtime.
+//!
+//! Everything that must agree between the API and the worker lives here, defined once:
+//! the identifier charset, exact amount parsing, the versioned envelope, the payload
+//! fingerprint that makes idempotency keys safe, and `shard(accountId)`.
+
+pub mod amount;
+pub mod command;
+pub mod ids;
+pub mod settings;
+pub mod shard;
+
+pub use amount::{AmountError, AmountRules};
+pub use command::{Envelope, Kind, Outcome, OutcomeStatus, ENVELOPE_VERSION};
+pub use ids::{validate_id, IdError};
+pub use shard::shard_of;

@@ -1,0 +1,344 @@
+//! The two halves of a worker batch, both inside the caller's transaction: [`load`] reads the
+//! state the batch's commands need (already-recorded ids, account rows, open holds) and
+//! [`write`] stores what the worker decided (account rows, transaction rows, hold changes).
+//!
+//! Each half is a fixed handful of statements whatever the batch size — `unnest` arrays, no
+//! per-message round trip — and the statements of a half are pipelined on one connection.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
+
+/// A transaction id the ledger already decided: what dedupe and idempotent replies need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub account_id: String,
+    pub kind: String,
+    pub amount: Decimal,
+    pub status: String,
+    pub reason: Option<String>,
+    pub hold_id: Option<Uuid>,
+    pub fingerprint: String,
+}
+
+/// An account as the batch sees and changes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountState {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub balance: Decimal,
+    /// Sum of open holds.
+    pub held: Decimal,
+    /// Number of commands recorded on the account; the last one's `seq`.
+    pub version: i64,
+}
+
+impl AccountState {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            user_id: None,
+            balance: Decimal::ZERO,
+            held: Decimal::ZERO,
+            version: 0,
+        }
+    }
+}
+
+/// An open hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: Uuid,
+    pub account_id: String,
+    pub request_id: String,
+    pub amount: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Everything a batch reads before deciding.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub recorded: HashMap<String, Recorded>,
+    pub accounts: HashMap<String, AccountState>,
+    /// Open holds of the batch's accounts, oldest first.
+    pub holds: Vec<Hold>,
+}
+
+/// Loads the snapshot for `ids` on `accounts`, locking the account rows.
+pub async fn load(
+    tx: &Transaction<'_>,
+    ids: &[&str],
+    accounts: &[&str],
+) -> Result<Snapshot, StoreError> {
+    let by_id: [&Param<'_>; 1] = [&ids];
+    let by_account: [&Param<'_>; 1] = [&accounts];
+    let (recorded, account_rows, hold_rows) = tokio::try_join!(
+        tx.query(
+            "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint \
+             FROM transactions WHERE id = ANY($1)",
+            &by_id,
+        ),
+        tx.query(
+            "SELECT id, user_id, balance, held, version FROM accounts WHERE id = ANY($1) \
+             FOR UPDATE",
+            &by_account,
+        ),
+        tx.query(
+            "SELECT id, account_id, request_id, amount, created_at, expires_at FROM holds \
+             WHERE account_id = ANY($1) AND status = 'open' ORDER BY created_at, id",
+            &by_account,
+        ),
+    )?;
+    Ok(Snapshot {
+        recorded: recorded
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Recorded {
+                        account_id: r.get(1),
+                        kind: r.get(2),
+                        amount: r.get(3),
+                        status: r.get(4),
+                        reason: r.get(5),
+                        hold_id: r.get(6),
+                        fingerprint: r.get(7),
+                    },
+                )
+            })
+            .collect(),
+        accounts: account_rows
+            .iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                (
+                    id.clone(),
+                    AccountState {
+                        id,
+                        user_id: r.get(1),
+                        balance: r.get(2),
+                        held: r.get(3),
+                        version: r.get(4),
+                    },
+                )
+            })
+            .collect(),
+        holds: hold_rows
+            .iter()
+            .map(|r| Hold {
+                id: r.get(0),
+                account_id: r.get(1),
+                request_id: r.get(2),
+                amount: r.get(3),
+                created_at: r.get(4),
+                expires_at: r.get(5),
+            })
+            .collect(),
+    })
+}
+
+/// A transaction row to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    pub id: String,
+    pub account_id: String,
+    pub kind: &'static str,
+    pub amount: Decimal,
+    pub status: &'static str,
+    pub reason: Option<&'static str>,
+    pub hold_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub fingerprint: String,
+    pub seq: i64,
+    pub balance_after: Decimal,
+    pub occurred_at: DateTime<Utc>,
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// How an open hold ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedHold {
+    pub id: Uuid,
+    /// `captured` or `expired`.
+    pub status: &'static str,
+    /// The withdraw that captured it.
+    pub captured_by: Option<String>,
+}
+
+/// Everything a batch decided.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Final state of every account the batch touched.
+    pub accounts: Vec<AccountState>,
+    pub records: Vec<NewRecord>,
+    pub new_holds: Vec<Hold>,
+    pub closed_holds: Vec<ClosedHold>,
+}
+
+/// Writes the effects of a batch at `now` for `shard`.
+pub async fn write(
+    tx: &Transaction<'_>,
+    shard: u16,
+    now: DateTime<Utc>,
+    effects: &Effects,
+) -> Result<(), StoreError> {
+    let shard = i32::from(shard);
+    let e = effects;
+
+    let acc_ids: Vec<&str> = e.accounts.iter().map(|a| a.id.as_str()).collect();
+    let acc_users: Vec<Option<&str>> = e.accounts.iter().map(|a| a.user_id.as_deref()).collect();
+    let acc_balances: Vec<Decimal> = e.accounts.iter().map(|a| a.balance).collect();
+    let acc_held: Vec<Decimal> = e.accounts.iter().map(|a| a.held).collect();
+    let acc_versions: Vec<i64> = e.accounts.iter().map(|a| a.version).collect();
+
+    let r = &e.records;
+    let r_ids: Vec<&str> = r.iter().map(|x| x.id.as_str()).collect();
+    let r_accounts: Vec<&str> = r.iter().map(|x| x.account_id.as_str()).collect();
+    let r_kinds: Vec<&str> = r.iter().map(|x| x.kind).collect();
+    let r_amounts: Vec<Decimal> = r.iter().map(|x| x.amount).collect();
+    let r_statuses: Vec<&str> = r.iter().map(|x| x.status).collect();
+    let r_reasons: Vec<Option<&str>> = r.iter().map(|x| x.reason).collect();
+    let r_holds: Vec<Option<Uuid>> = r.iter().map(|x| x.hold_id).collect();
+    let r_requests: Vec<Option<&str>> = r.iter().map(|x| x.request_id.as_deref()).collect();
+    let r_fps: Vec<&str> = r.iter().map(|x| x.fingerprint.as_str()).collect();
+    let r_seqs: Vec<i64> = r.iter().map(|x| x.seq).collect();
+    let r_after: Vec<Decimal> = r.iter().map(|x| x.balance_after).collect();
+    let r_occurred: Vec<DateTime<Utc>> = r.iter().map(|x| x.occurred_at).collect();
+    let r_accepted: Vec<DateTime<Utc>> = r.iter().map(|x| x.accepted_at).collect();
+
+    let h = &e.new_holds;
+    let h_ids: Vec<Uuid> = h.iter().map(|x| x.id).collect();
+    let h_accounts: Vec<&str> = h.iter().map(|x| x.account_id.as_str()).collect();
+    let h_requests: Vec<&str> = h.iter().map(|x| x.request_id.as_str()).collect();
+    let h_amounts: Vec<Decimal> = h.iter().map(|x| x.amount).collect();
+    let h_expires: Vec<DateTime<Utc>> = h.iter().map(|x| x.expires_at).collect();
+
+    let c = &e.closed_holds;
+    let c_ids: Vec<Uuid> = c.iter().map(|x| x.id).collect();
+    let c_statuses: Vec<&str> = c.iter().map(|x| x.status).collect();
+    let c_by: Vec<Option<&str>> = c.iter().map(|x| x.captured_by.as_deref()).collect();
+
+    let account_params: [&Param<'_>; 6] = [
+        &acc_ids,
+        &acc_users,
+        &acc_balances,
+        &acc_held,
+        &acc_versions,
+        &now,
+    ];
+    let record_params: [&Param<'_>; 15] = [
+        &r_ids,
+        &r_accounts,
+        &r_kinds,
+        &r_amounts,
+        &r_statuses,
+        &r_reasons,
+        &r_holds,
+        &r_requests,
+        &r_fps,
+        &r_seqs,
+        &r_after,
+        &r_occurred,
+        &r_accepted,
+        &now,
+        &shard,
+    ];
+    let hold_params: [&Param<'_>; 7] = [
+        &h_ids,
+        &h_accounts,
+        &h_requests,
+        &h_amounts,
+        &h_expires,
+        &shard,
+        &now,
+    ];
+    let closed_params: [&Param<'_>; 4] = [&c_ids, &c_statuses, &c_by, &now];
+
+    // Absolute values are safe: this shard's worker is the only writer of these rows and
+    // holds their locks since `load`.
+    let accounts = tx.execute(
+        "INSERT INTO accounts (id, user_id, balance, held, version, created_at, updated_at) \
+         SELECT u.id, u.user_id, u.balance, u.held, u.version, $6, $6 \
+         FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::int8[]) \
+              AS u(id, user_id, balance, held, version) \
+         ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
+             version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, \
+             user_id = COALESCE(accounts.user_id, EXCLUDED.user_id)",
+        &account_params,
+    );
+    // ON CONFLICT DO NOTHING + count: a conflict means another writer recorded one of these
+    // ids since `load` (an id reused on two accounts at once). The caller rolls back and the
+    // retry sees that row as a duplicate.
+    let records = tx.execute(
+        "INSERT INTO transactions (id, account_id, kind, amount, status, reason, hold_id, \
+             request_id, fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, \
+             shard) \
+         SELECT u.*, $14, $15 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
+             $5::text[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::int8[], \
+             $11::numeric[], $12::timestamptz[], $13::timestamptz[]) AS u \
+         ON CONFLICT (id) DO NOTHING",
+        &record_params,
+    );
+    let new_holds = tx.execute(
+        "INSERT INTO holds (id, account_id, request_id, amount, status, shard, created_at, \
+             expires_at) \
+         SELECT u.id, u.account_id, u.request_id, u.amount, 'open', $6, $7, u.expires_at \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[]) \
+              AS u(id, account_id, request_id, amount, expires_at)",
+        &hold_params,
+    );
+    let closed_holds = tx.execute(
+        "UPDATE holds SET status = u.status, captured_by = u.captured_by, closed_at = $4 \
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, captured_by) \
+         WHERE holds.id = u.id AND holds.status = 'open'",
+        &closed_params,
+    );
+    let (_, inserted, _, _) = tokio::try_join!(accounts, records, new_holds, closed_holds)?;
+    if inserted != r.len() as u64 {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+/// Records the expiry of this shard's holds past their TTL and releases their amounts from
+/// `held`. Run by the shard's owner between batches, so it never races a batch.
+pub async fn expire_holds(
+    tx: &Transaction<'_>,
+    shard: u16,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(tx
+        .execute(
+            "WITH expired AS ( \
+                 UPDATE holds SET status = 'expired', closed_at = $2 \
+                 WHERE shard = $1 AND status = 'open' AND expires_at <= $2 \
+                 RETURNING account_id, amount), \
+             sums AS (SELECT account_id, sum(amount) AS total FROM expired GROUP BY account_id) \
+             UPDATE accounts a SET held = a.held - sums.total, updated_at = $2 \
+             FROM sums WHERE a.id = sums.account_id",
+            &[&i32::from(shard), &now],
+        )
+        .await?)
+}
+
+/// Serializes every writer of a shard inside PostgreSQL: batches and hold sweeps of the same
+/// shard take this transaction-scoped lock first, so even two processes that both believe
+/// they own the shard (a consumer that lost its channel but not its process) cannot
+/// interleave their reads and writes.
+pub async fn lock_shard(tx: &Transaction<'_>, shard: u16) -> Result<(), StoreError> {
+    /// Namespace of the two-key advisory lock ("tl" in ASCII); the second key is the shard.
+    const SHARD_LOCK_SPACE: i32 = 0x746c;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&SHARD_LOCK_SPACE, &i32::from(shard)],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! [`StoreError`]: every failure of the store, classified as retryable or not.
+
+use tokio_postgres::error::SqlState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error(
+        "shard count mismatch: this process is configured with ledger.shard_count = {configured}, \
+         but the database was set up with {recorded}. Changing it would reorder commands of live \
+         accounts; configure {recorded}, or start from an empty database"
+    )]
+    ShardCountMismatch { configured: u16, recorded: String },
+    /// A transaction id was inserted by somebody else between our check and our write. Only
+    /// possible when one id is reused for two accounts at once; a retry sees the winner.
+    #[error("concurrent insert of transaction ids; retry the batch")]
+    Conflict,
+    #[error("invalid database url: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Whether the same work may succeed if tried again later (connection lost, database
+    /// restarting, serialization failure, deadlock, pool exhausted).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) | StoreError::Db(e) => {
+                db_error_is_retryable(e)
+            }
+            StoreError::Pool(_) | StoreError::Conflict => true,
+            StoreError::Migration(_) | StoreError::ShardCountMismatch { .. } => false,
+            StoreError::Config(_) => false,
+        }
+    }
+}
+
+fn db_error_is_retryable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // No SQLSTATE: an IO or protocol failure of the connection itself.
+        None => true,
+        Some(code) => {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || code.code().starts_with("08")
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! PostgreSQL for tally: the connection pool, the embedded migrations, the recorded shard
+//! count, the reads the API serves, and the two statements groups of a worker batch (load the
+//! state a batch needs, write what it decided).
+//!
+//! [`StoreError`] says whether retrying can help; the worker's ack/nack decision and the API's
+//! 503-vs-500 choice come from that, never from matching error text.
+
+pub mod batch;
+pub mod error;
+pub mod meta;
+pub mod migrate;
+pub mod pool;
+pub mod reads;
+
+pub use deadpool_postgres::Pool;
+pub use error::StoreError;
+pub use pool::connect;

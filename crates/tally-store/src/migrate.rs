@@ -1,0 +1,38 @@
+//! Embedded SQL migrations (`migrations/` at the repository root), applied by an explicit step
+//! (`tally-worker migrate`). A session advisory lock serializes concurrent migrators: the
+//! second one waits, then finds nothing left to do.
+
+use tokio_postgres::NoTls;
+
+use crate::StoreError;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations");
+}
+
+/// Arbitrary constant shared by every tally migrator ("tally" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7461_6c6c_79;
+
+/// Applies pending migrations; returns how many were applied.
+pub async fn run(database_url: &str) -> Result<usize, StoreError> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "migration connection ended");
+        }
+    });
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let report = embedded::migrations::runner()
+        .set_grouped(true)
+        .run_async(&mut client)
+        .await;
+    // The lock is released when the session ends anyway; unlocking is just being tidy.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    drop(client);
+    let _ = driver.await;
+    Ok(report?.applied_migrations().len())
+}

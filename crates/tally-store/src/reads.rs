@@ -1,0 +1,181 @@
+//! Reads served by the API: account balances, one transaction, and the keyset-paged debug
+//! dumps. None of them writes; the worker is the only writer of ledger state.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tally_core::amount::money_json;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// Balance of one account as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountView {
+    pub account_id: String,
+    #[serde(with = "money_json")]
+    pub balance: Decimal,
+    #[serde(with = "money_json")]
+    pub available: Decimal,
+    #[serde(with = "money_json")]
+    pub held: Decimal,
+}
+
+/// Balance, available and held of an account; zeros for an account never used. `held` counts
+/// only holds that are open and not yet past their TTL, so an expired hold stops counting at
+/// once, even before the worker's sweep records the expiry.
+pub async fn account(pool: &Pool, account_id: &str) -> Result<AccountView, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT a.balance, \
+                    COALESCE((SELECT sum(h.amount) FROM holds h \
+                              WHERE h.account_id = a.id AND h.status = 'open' \
+                                AND h.expires_at > now()), 0) \
+             FROM accounts a WHERE a.id = $1",
+        )
+        .await?;
+    let (balance, held) = match client.query_opt(&stmt, &[&account_id]).await? {
+        Some(row) => (row.get::<_, Decimal>(0), row.get::<_, Decimal>(1)),
+        None => (Decimal::ZERO, Decimal::ZERO),
+    };
+    Ok(AccountView {
+        account_id: account_id.to_string(),
+        balance,
+        available: balance - held,
+        held,
+    })
+}
+
+/// A recorded transaction (any status).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionRecord {
+    pub id: String,
+    pub account_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(with = "money_json")]
+    pub amount: Decimal,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip)]
+    pub fingerprint: String,
+    pub seq: i64,
+    #[serde(with = "money_json")]
+    pub balance_after: Decimal,
+    pub occurred_at: DateTime<Utc>,
+    pub accepted_at: DateTime<Utc>,
+    pub applied_at: DateTime<Utc>,
+    pub shard: i32,
+}
+
+const TX_COLUMNS: &str = "id, account_id, kind, amount, status, reason, hold_id, request_id, \
+     fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard";
+
+impl TransactionRecord {
+    fn from_row(r: &Row) -> Self {
+        Self {
+            id: r.get(0),
+            account_id: r.get(1),
+            kind: r.get(2),
+            amount: r.get(3),
+            status: r.get(4),
+            reason: r.get(5),
+            hold_id: r.get(6),
+            request_id: r.get(7),
+            fingerprint: r.get(8),
+            seq: r.get(9),
+            balance_after: r.get(10),
+            occurred_at: r.get(11),
+            accepted_at: r.get(12),
+            applied_at: r.get(13),
+            shard: r.get(14),
+        }
+    }
+}
+
+/// The recorded transaction with this id, if the worker has decided it.
+pub async fn transaction(pool: &Pool, id: &str) -> Result<Option<TransactionRecord>, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {TX_COLUMNS} FROM transactions WHERE id = $1"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(TransactionRecord::from_row))
+}
+
+/// Debug dump: transactions ordered by id, strictly after `after`.
+pub async fn transactions_page(
+    pool: &Pool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TransactionRecord>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {TX_COLUMNS} FROM transactions WHERE $1::text IS NULL OR id > $1 \
+                 ORDER BY id LIMIT $2"
+            ),
+            &[&after, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(TransactionRecord::from_row).collect())
+}
+
+/// An account row as stored (debug dump).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountRow {
+    pub account_id: String,
+    pub user_id: Option<String>,
+    #[serde(with = "money_json")]
+    pub balance: Decimal,
+    #[serde(with = "money_json")]
+    pub held: Decimal,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Debug dump: accounts ordered by id, strictly after `after`.
+pub async fn accounts_page(
+    pool: &Pool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<AccountRow>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, user_id, balance, held, version, created_at, updated_at FROM accounts \
+             WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
+            &[&after, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AccountRow {
+            account_id: r.get(0),
+            user_id: r.get(1),
+            balance: r.get(2),
+            held: r.get(3),
+            version: r.get(4),
+            created_at: r.get(5),
+            updated_at: r.get(6),
+        })
+        .collect())
+}
