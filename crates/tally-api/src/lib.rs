@@ -1,1 +1,14 @@
-//! placeholder
+//! The tally HTTP API (actix-web). It validates requests, publishes commands to the account's
+//! shard queue with publisher confirms, waits for withdraw_request decisions under a deadline,
+//! and serves reads from PostgreSQL. It never writes ledger state: the worker does.
+//!
+//! - [`startup`]: building and running the server (tests start it on port 0).
+//! - [`error`]: the one error type and its JSON shape `{"error":{"code","message","field"?}}`.
+//! - [`routes`]: the HTTP routes.
+
+pub mod error;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use startup::Application;

@@ -59,6 +59,9 @@ pub struct NewTransaction {
     pub request_id: Option<String>,
     /// Owner of the account (first use links it).
     pub user_id: Option<String>,
+    /// The body's `id` when an `Idempotency-Key` header took over the role of the key: it is
+    /// then part of the payload.
+    pub client_id: Option<String>,
 }
 
 /// A request field that failed validation: becomes a 400 naming the field.
@@ -185,7 +188,15 @@ impl NewTransaction {
             occurred_at,
             request_id,
             user_id,
+            client_id: None,
         })
+    }
+
+    /// Makes `key` (an `Idempotency-Key` header, already validated) the transaction's key in
+    /// the ledger; the body's `id` becomes part of the payload.
+    pub fn with_idempotency_key(mut self, key: String) -> Self {
+        self.client_id = Some(std::mem::replace(&mut self.id, key));
+        self
     }
 
     /// Hash of everything that makes a retry "the same request". The id itself is not part of
@@ -198,6 +209,7 @@ impl NewTransaction {
             &self.amount.normalize().to_string(),
             self.request_id.as_deref().unwrap_or(""),
             self.user_id.as_deref().unwrap_or(""),
+            self.client_id.as_deref().unwrap_or(""),
             &self.occurred_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
         ] {
             h.update(part.as_bytes());

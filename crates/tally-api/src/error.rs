@@ -1,0 +1,126 @@
+//! [`ApiError`]: every way a request can fail, with a stable `code`. 4xx answers say what was
+//! wrong with the request and change nothing; 5xx answers never echo internals, but log the
+//! cause chain.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use std::fmt;
+use tally_core::command::FieldError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed; `field` names the culprit when there is one.
+    BadRequest {
+        code: &'static str,
+        message: String,
+        field: Option<&'static str>,
+    },
+    /// 401: a protected route without the right bearer token.
+    Unauthorized,
+    /// 404.
+    NotFound { code: &'static str, message: String },
+    /// 422: the idempotency key is already used with another payload.
+    IdReused,
+    /// 503: nothing was accepted; retry later with the same id.
+    Unavailable {
+        message: &'static str,
+        retry_after_secs: u32,
+    },
+    /// 500: a bug or an unexpected failure; the cause is logged, not returned.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(
+        code: &'static str,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+
+    pub fn internal(context: &str, cause: &dyn std::error::Error) -> Self {
+        let mut chain = format!("{context}: {cause}");
+        let mut source = cause.source();
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        ApiError::Internal(chain)
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::BadRequest {
+            code: e.code,
+            message: e.message,
+            field: Some(e.field),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::BadRequest { message, .. } | ApiError::NotFound { message, .. } => {
+                f.write_str(message)
+            }
+            ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
+            ApiError::IdReused => {
+                f.write_str("this id was already used for a transaction with another payload")
+            }
+            ApiError::Unavailable { message, .. } => f.write_str(message),
+            ApiError::Internal(_) => f.write_str("internal error"),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::IdReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let code = match self {
+            ApiError::BadRequest { code, .. } | ApiError::NotFound { code, .. } => *code,
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::IdReused => "id_reused",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                "internal"
+            }
+        };
+        let mut error = json!({ "code": code, "message": self.to_string() });
+        if let ApiError::BadRequest {
+            field: Some(field), ..
+        } = self
+        {
+            error["field"] = json!(field);
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let ApiError::Unauthorized = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(json!({ "error": error }))
+    }
+}

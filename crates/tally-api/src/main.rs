@@ -1,0 +1,21 @@
+//! `tally-api`: settings → telemetry → build → serve until SIGTERM.
+
+use anyhow::Context;
+use tally_api::Application;
+use tally_core::settings::Settings;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    tally_telemetry::init(&settings.log);
+    let shutdown = CancellationToken::new();
+    tally_telemetry::cancel_on_signal(shutdown.clone());
+    let app = Application::build(settings, shutdown.clone())
+        .await
+        .context("starting the API (did `tally-worker migrate` run?)")?;
+    tracing::info!(port = app.port(), "API listening");
+    app.run_until_stopped(shutdown).await?;
+    tracing::info!("API stopped");
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `/debug/*`: table dumps for operators, keyset-paged. Registered only when `debug.enabled`;
+//! when `debug.token` is set they also require `Authorization: Bearer <token>`.
+
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::routes::account::store_error;
+use crate::routes::path_id;
+use crate::state::AppState;
+
+const DEFAULT_LIMIT: i64 = 1000;
+const MAX_LIMIT: i64 = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    limit: Option<i64>,
+    /// Keyset cursor: the last id of the previous page.
+    after: Option<String>,
+}
+
+impl Page {
+    fn checked(&self) -> Result<(i64, Option<&str>), ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                "limit",
+                format!("`limit` must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        if let Some(after) = &self.after {
+            path_id(after, "after")?;
+        }
+        Ok((limit, self.after.as_deref()))
+    }
+}
+
+/// Checks the bearer token when one is configured.
+pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let token = state.settings.debug.token.expose();
+    if token.is_empty() {
+        return Ok(());
+    }
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented == Some(token) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// `GET /debug/accounts?limit=&after=` → JSON array of account rows ordered by id.
+#[get("/debug/accounts")]
+pub async fn accounts(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let (limit, after) = page.checked()?;
+    let rows = tally_store::reads::accounts_page(&state.pool, after, limit)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+/// `GET /debug/transactions?limit=&after=` → JSON array of transactions ordered by id.
+#[get("/debug/transactions")]
+pub async fn transactions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let (limit, after) = page.checked()?;
+    let rows = tally_store::reads::transactions_page(&state.pool, after, limit)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    Ok(HttpResponse::Ok().json(rows))
+}

@@ -1,0 +1,55 @@
+//! HTTP routes. Every identifier that enters through a path, query or body is validated with
+//! the same rules ([`tally_core::validate_id`]) before it reaches the database.
+
+pub mod account;
+pub mod debug;
+pub mod health;
+pub mod transaction;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Registers every route; debug routes only when `debug.enabled`.
+pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
+    cfg.service(transaction::post_transaction)
+        .service(account::get_account)
+        .service(account::get_transaction)
+        .service(health::status)
+        .service(health::live)
+        .service(health::ready);
+    if state.settings.debug.enabled {
+        cfg.service(debug::accounts).service(debug::transactions);
+    }
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::BadRequest {
+            code: "invalid_query",
+            message: err.to_string(),
+            field: None,
+        }
+        .into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|err, _| {
+        ApiError::BadRequest {
+            code: "invalid_path",
+            message: err.to_string(),
+            field: None,
+        }
+        .into()
+    }))
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound {
+        code: "not_found",
+        message: format!("no route for {} {}", req.method(), req.path()),
+    })
+}
+
+/// Validates an identifier taken from the path.
+pub fn path_id(value: &str, field: &'static str) -> Result<(), ApiError> {
+    tally_core::validate_id(value)
+        .map_err(|e| ApiError::bad_request("invalid_id", field, format!("`{field}` {e}")))
+}

@@ -1,0 +1,265 @@
+//! `POST /transaction`: validate, answer a retry from the recorded outcome, else publish to
+//! the account's shard and answer once RabbitMQ confirmed (deposit, withdraw) or once the
+//! shard's worker decided (withdraw_request, under a deadline).
+
+use actix_web::http::{header::HeaderMap, StatusCode};
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::StreamExt;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+use tally_bus::lapin::types::{AMQPValue, FieldTable};
+use tally_bus::lapin::BasicProperties;
+use tally_bus::{PublishError, Topology};
+use tally_core::amount::money_json;
+use tally_core::command::NewTransaction;
+use tally_core::{validate_id, Envelope, Kind, Outcome, OutcomeStatus};
+use tally_store::reads::TransactionRecord;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// 200 body of a deposit or withdraw.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    id: &'a str,
+    account_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(with = "money_json")]
+    amount: Decimal,
+    status: &'static str,
+    accepted_at: DateTime<Utc>,
+}
+
+/// 201/402 body of a withdraw_request.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Decided<'a> {
+    id: &'a str,
+    account_id: &'a str,
+    #[serde(with = "money_json")]
+    amount: Decimal,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+#[post("/transaction")]
+pub async fn post_transaction(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, state.settings.api.max_body_bytes).await?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", "body", format!("malformed JSON: {e}"))
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "body",
+            "the body must be a JSON object",
+        ));
+    };
+    let mut tx = NewTransaction::from_json(&fields, &state.amount_rules)?;
+    if let Some(key) = idempotency_key(req.headers())? {
+        tx = tx.with_idempotency_key(key);
+    }
+
+    // A retry of a decided id is answered from the record, without publishing again. If the
+    // database is unreachable we publish anyway: the worker dedupes in-flight copies.
+    match tally_store::reads::transaction(&state.pool, &tx.id).await {
+        Ok(Some(record)) => return replay(&tx, &record),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(id = %tx.id, error = %e, "idempotency pre-check skipped"),
+    }
+
+    // Microseconds: what PostgreSQL keeps, so a replayed answer shows the same instant.
+    let accepted_at = Utc::now().trunc_subsecs(6);
+    let mut envelope = Envelope::new(&tx, accepted_at);
+    let routing_key = Topology::routing_key(state.publisher.topology().shard_of(&tx.account_id));
+    let properties = properties(&tx.id, &request_id(req.headers()));
+
+    if tx.kind != Kind::WithdrawRequest {
+        state
+            .publisher
+            .publish(&routing_key, &envelope.encode(), properties)
+            .await
+            .map_err(|e| publish_failed(&state, &tx.id, e))?;
+        return Ok(HttpResponse::Ok().json(Accepted {
+            id: &tx.id,
+            account_id: &tx.account_id,
+            kind: tx.kind.as_str(),
+            amount: tx.amount,
+            status: "accepted",
+            accepted_at,
+        }));
+    }
+
+    let ledger = &state.settings.ledger;
+    let wait = Duration::from_millis(ledger.request_deadline_ms);
+    let deadline = tokio::time::Instant::now() + wait;
+    // The worker must decide before the API stops waiting, with room for commit and reply.
+    let margin = chrono::Duration::milliseconds(
+        i64::try_from(ledger.request_deadline_ms - ledger.decision_margin_ms).unwrap_or(0),
+    );
+    envelope.decide_by = Some(accepted_at + margin);
+    let reply = state
+        .publisher
+        .request(&routing_key, &envelope.encode(), properties, deadline)
+        .await
+        .map_err(|e| publish_failed(&state, &tx.id, e))?;
+    let outcome = reply.and_then(|bytes| match serde_json::from_slice::<Outcome>(&bytes) {
+        Ok(outcome) => Some(outcome),
+        Err(e) => {
+            tracing::error!(id = %tx.id, error = %e, "undecodable reply");
+            None
+        }
+    });
+    match outcome {
+        Some(outcome) if outcome.status == OutcomeStatus::IdReused => Err(ApiError::IdReused),
+        Some(outcome) => Ok(decided(
+            &tx.id,
+            &tx.account_id,
+            tx.amount,
+            outcome.status,
+            outcome.hold_id,
+            outcome.reason.as_deref(),
+        )),
+        None => Ok(decided(
+            &tx.id,
+            &tx.account_id,
+            tx.amount,
+            OutcomeStatus::Denied,
+            None,
+            Some("deadline_exceeded"),
+        )),
+    }
+}
+
+/// Answers a retry from the recorded outcome: same status, same hold, never a second effect.
+fn replay(tx: &NewTransaction, record: &TransactionRecord) -> Result<HttpResponse, ApiError> {
+    if record.fingerprint != tx.fingerprint() {
+        return Err(ApiError::IdReused);
+    }
+    if tx.kind != Kind::WithdrawRequest {
+        return Ok(HttpResponse::Ok().json(Accepted {
+            id: &record.id,
+            account_id: &record.account_id,
+            kind: &record.kind,
+            amount: record.amount,
+            status: "accepted",
+            accepted_at: record.accepted_at,
+        }));
+    }
+    let status = OutcomeStatus::parse(&record.status).unwrap_or(OutcomeStatus::Denied);
+    Ok(decided(
+        &record.id,
+        &record.account_id,
+        record.amount,
+        status,
+        record.hold_id,
+        record.reason.as_deref(),
+    ))
+}
+
+fn decided(
+    id: &str,
+    account_id: &str,
+    amount: Decimal,
+    status: OutcomeStatus,
+    hold_id: Option<Uuid>,
+    reason: Option<&str>,
+) -> HttpResponse {
+    let (code, word) = if status == OutcomeStatus::Approved {
+        (StatusCode::CREATED, "approved")
+    } else {
+        (StatusCode::PAYMENT_REQUIRED, "denied")
+    };
+    HttpResponse::build(code).json(Decided {
+        id,
+        account_id,
+        amount,
+        status: word,
+        hold_id,
+        reason: if status == OutcomeStatus::Approved {
+            None
+        } else {
+            reason
+        },
+    })
+}
+
+fn publish_failed(state: &AppState, id: &str, e: PublishError) -> ApiError {
+    tracing::warn!(%id, error = %e, "publish failed; answering 503");
+    state.unavailable(
+        "the broker did not accept the transaction; nothing was accepted, retry with the same id",
+    )
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::bad_request(
+            "body_too_large",
+            "body",
+            format!("the body must be at most {limit} bytes"),
+        )
+    };
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => too_large(),
+            other => ApiError::bad_request("invalid_body", "body", other.to_string()),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("\u{0}");
+    validate_id(key).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            format!("`Idempotency-Key` {e}"),
+        )
+    })?;
+    Ok(Some(key.to_string()))
+}
+
+/// The caller's `X-Request-Id` when it is a sane identifier, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| validate_id(v).is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| Uuid::new_v4().to_string())
+}
+
+fn properties(id: &str, request_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-request-id".into(),
+        AMQPValue::LongString(request_id.into()),
+    );
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_content_type("application/json".into())
+        .with_headers(headers)
+}

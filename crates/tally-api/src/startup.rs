@@ -1,0 +1,107 @@
+//! Building and running the API: settings → pool + publisher → bound listener → server.
+//! Tests call the same [`Application::build`] with port 0.
+
+use actix_web::{web, App, HttpServer};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_bus::publisher::PublisherConfig;
+use tally_bus::{Publisher, Topology};
+use tally_core::settings::Settings;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes;
+use crate::state::AppState;
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] tally_store::StoreError),
+    #[error("binding the HTTP listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects the pool, checks the recorded shard count, starts the broker supervisor and
+    /// binds the listener. Serving starts with [`Application::run_until_stopped`].
+    pub async fn build(
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let pool = tally_store::connect(&settings.database)?;
+        // Publishing with another K than the workers consume would mis-route accounts.
+        tally_store::meta::ensure_shard_count(&pool, settings.ledger.shard_count).await?;
+        let topology = Topology {
+            prefix: settings.broker.prefix.clone(),
+            shard_count: settings.ledger.shard_count,
+            delivery_limit: settings.broker.delivery_limit,
+        };
+        let publisher = Publisher::start(
+            PublisherConfig {
+                url: settings.broker.url.expose().to_string(),
+                name: format!("tally-api-{}", std::process::id()),
+                topology,
+                connect_timeout: Duration::from_millis(settings.broker.connect_timeout_ms),
+                confirm_timeout: Duration::from_millis(settings.api.publish_timeout_ms),
+            },
+            shutdown,
+        );
+        let state = AppState {
+            pool,
+            publisher,
+            amount_rules: settings.ledger.amount_rules(),
+            settings: Arc::new(settings),
+        };
+
+        let listener =
+            TcpListener::bind((state.settings.api.host.as_str(), state.settings.api.port))?;
+        let port = listener.local_addr()?.port();
+        let threads = match state.settings.api.threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(app_state.clone()))
+                .configure(|cfg| routes::configure(cfg, &app_state))
+        })
+        .workers(threads)
+        // Shutdown is driven by our CancellationToken (SIGTERM and tests alike).
+        .disable_signals()
+        .shutdown_timeout(30)
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.state.publisher
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
+    /// finish (graceful), then returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await
+    }
+}

@@ -1,0 +1,27 @@
+//! What every request handler shares: the pool, the publisher and the settings they need.
+
+use std::sync::Arc;
+use tally_bus::Publisher;
+use tally_core::settings::Settings;
+use tally_core::AmountRules;
+use tally_store::Pool;
+
+use crate::error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub publisher: Publisher,
+    pub settings: Arc<Settings>,
+    pub amount_rules: AmountRules,
+}
+
+impl AppState {
+    /// A 503 carrying the configured Retry-After.
+    pub fn unavailable(&self, message: &'static str) -> ApiError {
+        ApiError::Unavailable {
+            message,
+            retry_after_secs: self.settings.api.retry_after_secs,
+        }
+    }
+}
