@@ -1,0 +1,101 @@
+# tally — developer entry points. `make` (or `make help`) lists them.
+#
+# The local stack is plain processes on this machine (no Docker, no systemd):
+#   deploy/local/services.sh  PostgreSQL + RabbitMQ (+ installs nginx), shared, long-lived
+#   deploy/local/stack.sh     API replicas + workers + nginx, state under .run/
+# `make down` stops only the stack; PostgreSQL/RabbitMQ keep running (`make services-down`).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+# Stack size and port (overridable: make up API_REPLICAS=5 WORKERS=3 PORT=9090).
+API_REPLICAS ?= 3
+WORKERS ?= 2
+PORT ?= 8080
+export API_REPLICAS WORKERS PORT
+
+CARGO ?= cargo
+# Where `cargo build --release` puts the binaries (respects CARGO_TARGET_DIR).
+BIN_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/release
+export BIN_DIR
+
+SERVICES := deploy/local/services.sh
+STACK := deploy/local/stack.sh
+
+# Database the tests connect to (they create their own tally_test_* databases in it).
+TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
+
+.PHONY: help up down status logs services services-down build migrate test test-db-clean fmt lint check
+
+help: ## list the targets
+	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)]"
+	@echo
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo
+	@echo "Note: 'make down' stops the API replicas, workers and nginx only; PostgreSQL and"
+	@echo "RabbitMQ keep running (shared with 'make test'). Stop them with 'make services-down'."
+
+# ---------------------------------------------------------------- local stack
+# Sequential on purpose (not prerequisites): the order matters even under make -j.
+up: ## services, release build, migrate, then (re)start API_REPLICAS api + WORKERS workers + nginx on PORT
+	$(SERVICES)
+	$(CARGO) build --release --bins
+	$(BIN_DIR)/tally-worker migrate
+	$(STACK) start
+
+down: ## stop the stack started by 'make up' (NOT PostgreSQL/RabbitMQ)
+	$(STACK) stop
+
+status: ## which stack processes are alive, and the backing services
+	@$(STACK) status
+	@-$(SERVICES) status
+
+logs: ## follow the stack's logs (.run/logs/*.log and nginx's error log)
+	@$(STACK) logs
+
+services: ## install if needed and start PostgreSQL + RabbitMQ, create role/db tally
+	$(SERVICES)
+
+services-down: ## stop PostgreSQL and RabbitMQ
+	$(SERVICES) stop
+
+build: ## cargo build --release of the binaries
+	$(CARGO) build --release --bins
+
+migrate: ## apply the database migrations (release binary)
+	$(BIN_DIR)/tally-worker migrate
+
+# ---------------------------------------------------------------- quality
+test: ## services, drop leftover test databases, run the whole workspace's tests
+	$(SERVICES)
+	$(MAKE) test-db-clean
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  echo "cargo-nextest not found: falling back to cargo test"; \
+	  echo "$(CARGO) test --workspace --no-fail-fast"; \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+# Tests create one database per test (tally_test_*) and drop it at the end; a crashed
+# or interrupted run leaves some behind. Drop them here, best effort. No WITH (FORCE):
+# a database still in use (a concurrent test run) fails to drop and is left alone.
+test-db-clean: ## drop leftover tally_test_% databases (best effort)
+	@echo "dropping leftover tally_test_% databases"
+	@printf '%s\n' "SELECT format('DROP DATABASE IF EXISTS %I', datname) FROM pg_database WHERE datname LIKE 'tally\_test\_%' ORDER BY 1 \gexec" \
+	  | PGPASSWORD=tally PGCONNECT_TIMEOUT=5 psql -X -q -v ON_ERROR_STOP=0 "$(TEST_DB_URL)" 2>&1 \
+	  | sed 's/^/  (ignored) /' || true
+
+fmt: ## format the code (cargo fmt --all)
+	$(CARGO) fmt --all
+
+lint: ## rustfmt check + clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check: ## lint, then test
+	$(MAKE) lint
+	$(MAKE) test

@@ -1,0 +1,461 @@
+//! Test harness: [`TestApp`] starts the API (port 0) and, optionally, a worker against a
+//! database and a queue prefix of its own, so tests run in parallel; everything is removed
+//! when the `TestApp` is dropped, even after a failed assertion.
+
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use serde_json::Value;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tally_api::Application;
+use tally_bus::Topology;
+use tally_core::settings::{Secret, Settings};
+use tally_core::Envelope;
+use tally_store::Pool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn admin_database_url() -> String {
+    std::env::var("TALLY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://tally:tally@127.0.0.1:5432/tally".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TALLY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes (never sleep-and-hope).
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A migrated database of one test, dropped with this value.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await: clean up on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Creates an empty, migrated database of its own.
+pub async fn fresh_database() -> TestDb {
+    let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the admin database (is PostgreSQL up? `make test` starts it)");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let base = admin_database_url();
+    let url = format!(
+        "{}/{name}",
+        &base[..base.rfind('/').expect("database url has a path")]
+    );
+    tally_store::migrate::run(&url).await.expect("migrate");
+    TestDb { name, url }
+}
+
+/// Settings for one test: own database, own queue prefix, small everything.
+pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
+    let mut s = Settings::load_profile("local").expect("default settings");
+    s.database.url = Secret::new(database_url);
+    s.database.pool_size = 4;
+    s.broker.url = Secret::new(amqp_url());
+    s.broker.prefix = prefix.to_string();
+    s.ledger.shard_count = 4;
+    s.api.host = "127.0.0.1".into();
+    s.api.port = 0;
+    s.api.threads = 1;
+    s
+}
+
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Graceful stop: the worker finishes and acks its batch in hand.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    /// Pool on the test's database, for assertions.
+    pub pool: Pool,
+    pub topology: Topology,
+    /// Declared last: dropped after everything that uses it.
+    shutdown: CancellationToken,
+    api_task: Option<JoinHandle<std::io::Result<()>>>,
+    pub worker: Option<WorkerHandle>,
+    _db: TestDb,
+}
+
+pub struct Options {
+    pub worker: bool,
+    /// Route the API's broker connection through a proxy the test can cut.
+    pub broker_proxy: Option<Arc<TcpProxy>>,
+    pub tweak: fn(&mut Settings),
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            broker_proxy: None,
+            tweak: |_| {},
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let db = fresh_database().await;
+        let url = db.url.clone();
+        let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut settings = test_settings(&url, &prefix);
+        (options.tweak)(&mut settings);
+        let topology = Topology {
+            prefix: settings.broker.prefix.clone(),
+            shard_count: settings.ledger.shard_count,
+            delivery_limit: settings.broker.delivery_limit,
+        };
+
+        let mut api_settings = settings.clone();
+        if let Some(proxy) = &options.broker_proxy {
+            api_settings.broker.url =
+                Secret::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port));
+        }
+        let shutdown = CancellationToken::new();
+        let app = Application::build(api_settings, shutdown.clone())
+            .await
+            .expect("build API");
+        assert!(
+            app.publisher()
+                .wait_connected(Duration::from_secs(20))
+                .await,
+            "API did not connect to RabbitMQ"
+        );
+        let port = app.port();
+        let api_task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let pool = tally_store::connect(&settings.database).expect("pool");
+
+        let mut app = TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            settings,
+            pool,
+            topology,
+            shutdown,
+            api_task: Some(api_task),
+            worker: None,
+            _db: db,
+        };
+        if options.worker {
+            app.worker = Some(app.start_worker().await);
+        }
+        app
+    }
+
+    /// Starts a worker on this test's database and queues.
+    pub async fn start_worker(&self) -> WorkerHandle {
+        let worker = tally_worker::Worker::build(self.settings.clone())
+            .await
+            .expect("build worker");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        WorkerHandle { stop, task }
+    }
+
+    pub async fn post(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/transaction", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /transaction")
+    }
+
+    /// POSTs and returns (status, JSON body).
+    pub async fn post_json(&self, body: &Value) -> (u16, Value) {
+        let response = self.post(body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `balance` of an account as the decimal text the API printed.
+    pub async fn balance(&self, account: &str) -> String {
+        let (_, body) = self.get(&format!("/account/{account}")).await;
+        body["balance"].to_string()
+    }
+
+    /// Waits until the account's balance reads `expected`.
+    pub async fn wait_balance(&self, account: &str, expected: &str) {
+        let mut last = String::new();
+        let found = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                last = self.balance(account).await;
+                if last == expected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "balance of {account} is {last}, expected {expected}"
+        );
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let client = self.pool.get().await.expect("db");
+        client
+            .query_one(sql, &[])
+            .await
+            .expect("count query")
+            .get(0)
+    }
+
+    /// Opens a broker connection for a test that talks to the queues directly.
+    pub async fn broker(&self) -> lapin::Connection {
+        tally_bus::connect(&amqp_url(), "test", Duration::from_secs(5))
+            .await
+            .expect("broker")
+    }
+
+    /// Publishes an envelope straight onto its shard queue (bypassing the API).
+    pub async fn publish_raw(&self, channel: &lapin::Channel, body: &[u8], account: &str) {
+        channel
+            .basic_publish(
+                self.topology.exchange().into(),
+                Topology::routing_key(self.topology.shard_of(account)).into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
+    /// Ready messages in every shard queue.
+    pub async fn queued(&self, channel: &lapin::Channel) -> u32 {
+        let mut total = 0;
+        for shard in 0..self.topology.shard_count {
+            let q = channel
+                .queue_declare(
+                    self.topology.shard_queue(shard).into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("passive declare");
+            total += q.message_count();
+        }
+        total
+    }
+
+    pub fn envelope(
+        &self,
+        id: &str,
+        kind: tally_core::Kind,
+        account: &str,
+        amount: &str,
+    ) -> Envelope {
+        let tx = tally_core::command::NewTransaction {
+            id: id.into(),
+            kind,
+            account_id: account.into(),
+            amount: amount.parse().expect("amount"),
+            occurred_at: None,
+            request_id: None,
+            user_id: None,
+            client_id: None,
+        };
+        Envelope::new(&tx, chrono::Utc::now())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            worker.task.abort();
+        }
+        if let Some(task) = self.api_task.take() {
+            task.abort();
+        }
+        let topology = self.topology.clone();
+        // Drop cannot await: clean up on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(conn) =
+                    tally_bus::connect(&amqp_url(), "test-cleanup", Duration::from_secs(5)).await
+                {
+                    if let Ok(ch) = conn.create_channel().await {
+                        for shard in 0..topology.shard_count {
+                            let _ = ch
+                                .queue_delete(
+                                    topology.shard_queue(shard).into(),
+                                    QueueDeleteOptions::default(),
+                                )
+                                .await;
+                        }
+                        let _ = ch
+                            .queue_delete(
+                                topology.dead_queue().into(),
+                                QueueDeleteOptions::default(),
+                            )
+                            .await;
+                        let _ = ch
+                            .exchange_delete(
+                                topology.exchange().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                        let _ = ch
+                            .exchange_delete(
+                                topology.dead_exchange().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                    let _ = conn.close(200, "done".into()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A TCP proxy in front of RabbitMQ that a test can cut and restore, to take the broker away
+/// from one API without stopping the broker every other test uses.
+pub struct TcpProxy {
+    pub port: u16,
+    up: AtomicBool,
+    /// Cancelled to drop every live connection; replaced on restore.
+    cut: std::sync::Mutex<CancellationToken>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: &'static str) -> Arc<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let proxy = Arc::new(Self {
+            port: listener.local_addr().expect("addr").port(),
+            up: AtomicBool::new(true),
+            cut: std::sync::Mutex::new(CancellationToken::new()),
+        });
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !p.up.load(Ordering::SeqCst) {
+                    continue; // refused: dropped at once
+                }
+                let cut = p.cut.lock().expect("lock").clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    /// The broker "goes down": live connections drop, new ones are refused.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.lock().expect("lock").cancel();
+    }
+
+    /// The broker "comes back".
+    pub fn restore(&self) {
+        *self.cut.lock().expect("lock") = CancellationToken::new();
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

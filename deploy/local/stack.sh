@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# The local tally stack: API replicas + workers + nginx, as background processes.
+#
+#   deploy/local/stack.sh start     (re)start: stop what runs, start everything, wait until ready
+#   deploy/local/stack.sh stop      stop exactly what `start` started (by pid files)
+#   deploy/local/stack.sh restart   same as start
+#   deploy/local/stack.sh status    which tracked processes are alive (exit 1 if one died)
+#   deploy/local/stack.sh logs      tail -F every log of the stack
+#
+# Normally driven by the Makefile (`make up`, `make down`, `make status`, `make logs`),
+# which first starts PostgreSQL/RabbitMQ (services.sh), builds and migrates. This
+# script never touches PostgreSQL or RabbitMQ.
+#
+# Env (all optional):
+#   API_REPLICAS=3   API replicas, api-i listens on 127.0.0.1:$((API_BASE_PORT+i-1))
+#   API_BASE_PORT=8001
+#   WORKERS=2        worker processes (tally-worker run)
+#   PORT=8080        nginx listen port (127.0.0.1)
+#   BIN_DIR          where tally-api / tally-worker are (default target/release, or
+#                    $CARGO_TARGET_DIR/release); API_BIN / WORKER_BIN override each binary
+#   NGINX=nginx      nginx binary
+#   READY_TIMEOUT=30 seconds to wait for every replica's /health/ready
+#   STOP_TIMEOUT=10  seconds between SIGTERM and SIGKILL when stopping
+#   TALLY_PROFILE=local, TALLY_DATABASE__URL, TALLY_BROKER__URL, RUST_LOG ... are passed
+#   through to the processes unchanged.
+#
+# Layout (all under .run/, git-ignored):
+#   .run/pids/<name>.pid    api-1..N, worker-1..M (plain pid, one line)
+#   .run/logs/<name>.log    stdout+stderr of each process (previous run: <name>.log.prev)
+#   .run/nginx/             nginx prefix: nginx.conf (rendered), nginx.pid, logs/, tmp/
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+RUN=$ROOT/.run
+PIDS=$RUN/pids
+LOGS=$RUN/logs
+NGX=$RUN/nginx
+TEMPLATE=$ROOT/nginx/local.conf.template
+
+API_REPLICAS=${API_REPLICAS:-3}
+API_BASE_PORT=${API_BASE_PORT:-8001}
+WORKERS=${WORKERS:-2}
+PORT=${PORT:-8080}
+READY_TIMEOUT=${READY_TIMEOUT:-30}
+STOP_TIMEOUT=${STOP_TIMEOUT:-10}
+NGINX=${NGINX:-nginx}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR # cargo resolves it from the workspace root
+BIN_DIR=${BIN_DIR:-$TARGET_DIR/release}
+API_BIN=${API_BIN:-$BIN_DIR/tally-api}
+WORKER_BIN=${WORKER_BIN:-$BIN_DIR/tally-worker}
+
+say() { echo "stack: $*"; }
+warn() { echo "stack: $*" >&2; }
+die() { echo "stack: ERROR: $*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ process identity
+# A pid file can outlive its process (machine restart, kill -9, .run copied around)
+# and the pid can meanwhile belong to an unrelated process. So before signalling a
+# pid we check that it is really ours: every process we start carries the marker
+# STACK_PROC=<abs .run>/<name> in its environment (/proc/<pid>/environ is fixed at
+# exec). The name deliberately does not start with TALLY_: the binaries read
+# TALLY_* variables as configuration. A zombie has an empty environ, so a process
+# that died but was not reaped yet (PID 1 here reaps lazily) counts as gone.
+marker() { echo "STACK_PROC=$RUN/$1"; }
+# Exists and is not a zombie. (The state follows the last ")" in /proc/<pid>/stat:
+# the command name before it may contain spaces.)
+running() {
+  local st; { st=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+  st=${st##*) }
+  [[ ${st:0:1} != [ZX] ]]
+}
+is_ours() { # pid name
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  local m env try; m=$(marker "$2")
+  for try in 1 2 3 4 5; do
+    running "$1" || return 1
+    env=$(tr '\0' '\n' 2>/dev/null <"/proc/$1/environ") || return 1
+    if [[ -n $env ]]; then grep -qxF -- "$m" <<<"$env"; return; fi
+    # A running process with an empty environ is in the middle of an execve
+    # (bash -> the binary, or a wrapper script's chain of execs): look again.
+    sleep 0.02
+  done
+  return 1
+}
+# nginx rewrites its environ area for its process title, so identify the master by
+# its title instead: "nginx: master process nginx -p <abs .run/nginx>/ ...".
+nginx_is_ours() { # pid
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  local cmd; cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
+  [[ $cmd == "nginx: master process"* && $cmd == *" -p $NGX/ "* ]]
+}
+read_pid() { [[ -f $1 ]] && head -c 32 "$1" | tr -dc 0-9 || true; }
+nginx_pid() { read_pid "$NGX/nginx.pid"; }
+nginx_alive() { local p; p=$(nginx_pid); [[ -n $p ]] && nginx_is_ours "$p"; }
+
+# Signal the process group (each process is a session/group leader thanks to
+# setsid), so anything it may have spawned goes too; fall back to the pid alone.
+signal() { kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "$2" 2>/dev/null || true; }
+
+port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+api_port() { echo $((API_BASE_PORT + ${1#api-} - 1)); }
+
+# ------------------------------------------------------------------ stop
+# Stop the processes named by the given pid files: SIGTERM to all at once, wait up
+# to STOP_TIMEOUT for all of them, SIGKILL the rest. Removes the pid files.
+stop_group() { # label pidfile...
+  local label=$1; shift
+  local f name pid names=() pids=()
+  for f in "$@"; do
+    [[ -f $f ]] || continue
+    name=$(basename "$f" .pid) pid=$(read_pid "$f")
+    if is_ours "$pid" "$name"; then
+      names+=("$name") pids+=("$pid")
+      signal TERM "$pid"
+    else
+      say "$name: not running (removing stale pid file)"
+      rm -f "$f"
+    fi
+  done
+  ((${#pids[@]})) || return 0
+  say "stopping $label: ${names[*]} (SIGTERM)"
+  local i j alive
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+    alive=0
+    for j in "${!pids[@]}"; do is_ours "${pids[j]}" "${names[j]}" && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for j in "${!pids[@]}"; do
+    if is_ours "${pids[j]}" "${names[j]}"; then
+      warn "${names[j]} (pid ${pids[j]}) still running after ${STOP_TIMEOUT}s: SIGKILL"
+      signal KILL "${pids[j]}"
+    fi
+    rm -f "$PIDS/${names[j]}.pid"
+  done
+}
+
+stop_nginx() {
+  local pid; pid=$(nginx_pid)
+  [[ -n $pid ]] || return 0
+  if ! nginx_is_ours "$pid"; then
+    say "nginx: not running (removing stale pid file)"
+    rm -f "$NGX/nginx.pid"
+    return 0
+  fi
+  # SIGQUIT = graceful shutdown (what `nginx -s quit` sends), by pid so that it
+  # works even if nginx.conf was edited into an invalid state since.
+  say "stopping nginx (pid $pid, graceful quit)"
+  kill -s QUIT "$pid" 2>/dev/null || true
+  local i
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do nginx_is_ours "$pid" || break; sleep 0.1; done
+  if nginx_is_ours "$pid"; then
+    warn "nginx (pid $pid) still running after ${STOP_TIMEOUT}s: SIGKILL (master and workers)"
+    signal KILL "$pid"
+  fi
+  rm -f "$NGX/nginx.pid" # nginx removes it on a clean exit, not after SIGKILL
+}
+
+cmd_stop() {
+  # Order matters: nginx first (no new traffic), then the API replicas (they finish
+  # in-flight requests; a withdraw_request waits for a worker's reply, so workers
+  # must still run), then the workers. Any other pid file under .run/pids (e.g. a
+  # worker from a run with more WORKERS) is stopped too.
+  mkdir -p "$PIDS"
+  local any=0
+  compgen -G "$PIDS/*.pid" >/dev/null && any=1
+  [[ -f $NGX/nginx.pid ]] && any=1
+  if ((!any)); then say "nothing running"; return 0; fi
+  stop_nginx
+  shopt -s nullglob
+  stop_group "API replicas" "$PIDS"/api-*.pid
+  stop_group "workers" "$PIDS"/worker-*.pid
+  stop_group "other processes" "$PIDS"/*.pid
+  shopt -u nullglob
+  say "stopped (PostgreSQL and RabbitMQ left running)"
+}
+
+# ------------------------------------------------------------------ start
+validate() {
+  local v
+  for v in API_REPLICAS WORKERS PORT API_BASE_PORT READY_TIMEOUT STOP_TIMEOUT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
+  done
+  ((API_REPLICAS >= 1)) || die "API_REPLICAS must be at least 1"
+  ((PORT >= 1 && PORT <= 65535)) || die "PORT must be a TCP port (got $PORT)"
+  ((API_BASE_PORT >= 1 && API_BASE_PORT + API_REPLICAS - 1 <= 65535)) || die "API ports out of range"
+  if ((PORT >= API_BASE_PORT && PORT < API_BASE_PORT + API_REPLICAS)); then
+    die "PORT=$PORT collides with the API replica ports $API_BASE_PORT..$((API_BASE_PORT + API_REPLICAS - 1))"
+  fi
+  [[ -x $API_BIN ]] || die "$API_BIN not found or not executable (build first: make build)"
+  ((WORKERS == 0)) || [[ -x $WORKER_BIN ]] || die "$WORKER_BIN not found or not executable (build first: make build)"
+  command -v "$NGINX" >/dev/null || die "nginx not found (deploy/local/services.sh installs it)"
+  [[ -f $TEMPLATE ]] || die "$TEMPLATE missing"
+}
+
+# Start one process in the background, detached from the caller: setsid gives it
+# its own session and process group, so it has no controlling terminal (no SIGHUP
+# when the terminal closes, no SIGINT from a Ctrl-C aimed at make) and we can
+# signal its whole group later. stdin from /dev/null: it must never wait on a
+# terminal. The child writes its own pid file (bash's $$ becomes the binary's pid
+# through exec), which stays right even if setsid has to fork.
+launch() { # name cmd...
+  local name=$1; shift
+  local pidf=$PIDS/$name.pid log=$LOGS/$name.log
+  rm -f "$pidf"
+  # Keep the previous run's log for post-mortems, start a fresh one.
+  [[ -f $log ]] && mv -f "$log" "$log.prev"
+  echo "=== $(date -Is) stack.sh starting $name: $*" >"$log"
+  env "$(marker "$name")" setsid bash -c 'echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' \
+    "$pidf" "$@" </dev/null >>"$log" 2>&1 &
+  local i
+  for ((i = 0; i < 50; i++)); do [[ -s $pidf ]] && return 0; sleep 0.02; done
+  fail "$name did not start (no pid file); see $log"
+}
+
+# Give up: show the culprit's log, stop whatever was started, exit 1.
+fail() { # message [logfile]
+  echo "stack: ERROR: $1" >&2
+  if [[ -n ${2:-} && -f $2 ]]; then
+    echo "---- last lines of $2 ----" >&2
+    tail -n 25 "$2" >&2
+    echo "----" >&2
+  fi
+  warn "stopping the partially started stack (logs kept in ${LOGS#"$ROOT"/})"
+  cmd_stop >&2 || true
+  exit 1
+}
+
+alive() { is_ours "$(read_pid "$PIDS/$1.pid")" "$1"; }
+
+# Wait until every API replica answers 200 on /health/ready, failing fast when one
+# exits, and after READY_TIMEOUT seconds otherwise.
+wait_ready() {
+  local pending=() name code still deadline=$((SECONDS + READY_TIMEOUT))
+  for ((i = 1; i <= API_REPLICAS; i++)); do pending+=("api-$i"); done
+  say "waiting up to ${READY_TIMEOUT}s for /health/ready on ${#pending[@]} replicas"
+  declare -A last=()
+  while ((${#pending[@]})); do
+    still=()
+    for name in "${pending[@]}"; do
+      code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 \
+        "http://127.0.0.1:$(api_port "$name")/health/ready" 2>/dev/null) || true
+      if [[ $code == 200 ]]; then
+        say "$name ready on 127.0.0.1:$(api_port "$name")"
+        continue
+      fi
+      alive "$name" || fail "$name exited during startup; see ${LOGS#"$ROOT"/}/$name.log" "$LOGS/$name.log"
+      last[$name]=$code
+      still+=("$name")
+    done
+    pending=("${still[@]+"${still[@]}"}")
+    ((${#pending[@]})) || break
+    if ((SECONDS >= deadline)); then
+      name=${pending[0]}
+      code=${last[$name]:-000}
+      [[ $code == 000 ]] && code="no answer" || code="last answer HTTP $code"
+      fail "$name not ready on 127.0.0.1:$(api_port "$name")/health/ready after ${READY_TIMEOUT}s ($code; also pending: ${pending[*]:1}); see ${LOGS#"$ROOT"/}/$name.log" "$LOGS/$name.log"
+    fi
+    sleep 0.25
+  done
+}
+
+render_nginx() {
+  local servers='' i conf
+  for ((i = 0; i < API_REPLICAS; i++)); do
+    # max_fails=0: see the comment in the upstream block of the template.
+    servers+="        server 127.0.0.1:$((API_BASE_PORT + i)) max_fails=0;"$'\n'
+  done
+  servers=${servers%$'\n'}
+  conf=$(<"$TEMPLATE")
+  conf=${conf//@PORT@/$PORT}
+  conf=${conf//@UPSTREAM_SERVERS@/$servers}
+  # A placeholder left over means the template and this script disagree.
+  if grep -qE '@[A-Z_]+@' <<<"$conf"; then
+    die "unknown placeholder in $TEMPLATE: $(grep -oE '@[A-Z_]+@' <<<"$conf" | sort -u | tr '\n' ' ')"
+  fi
+  mkdir -p "$NGX/logs" "$NGX/tmp"
+  printf '%s\n' "$conf" >"$NGX/nginx.conf"
+}
+
+start_nginx() {
+  render_nginx
+  # -e: errors raised before nginx.conf is read go to our prefix too, not to
+  # /var/log/nginx (which needs root).
+  local out
+  if ! out=$("$NGINX" -p "$NGX/" -c nginx.conf -e logs/error.log 2>&1); then
+    echo "$out" >&2
+    fail "nginx failed to start (config ${NGX#"$ROOT"/}/nginx.conf)" "$NGX/logs/error.log"
+  fi
+  [[ -z $out ]] || echo "$out"
+  local i url=http://127.0.0.1:$PORT
+  for ((i = 0; i < 100; i++)); do
+    curl -fsS -o /dev/null --max-time 2 "$url/health/live" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  curl -fsS -o /dev/null --max-time 2 "$url/health/live" ||
+    fail "nginx started but $url/health/live does not answer" "$NGX/logs/error.log"
+}
+
+cmd_start() {
+  validate
+  mkdir -p "$PIDS" "$LOGS" "$NGX"
+  # A second `make up` restarts cleanly instead of duplicating processes.
+  cmd_stop
+  # Anything still listening on our ports now is not ours: say so instead of
+  # letting a replica die with "address in use" (or nginx proxy to a stranger).
+  local p
+  for ((p = API_BASE_PORT; p < API_BASE_PORT + API_REPLICAS; p++)); do
+    port_in_use "$p" && die "127.0.0.1:$p is already in use by another process (see: ss -ltnp 'sport = :$p')"
+  done
+  port_in_use "$PORT" && die "127.0.0.1:$PORT is already in use by another process (see: ss -ltnp 'sport = :$PORT'); choose another: make up PORT=..."
+
+  export TALLY_PROFILE=${TALLY_PROFILE:-local}
+  say "starting $API_REPLICAS API replicas ($API_BIN) and $WORKERS workers ($WORKER_BIN), profile $TALLY_PROFILE"
+  local i
+  for ((i = 1; i <= API_REPLICAS; i++)); do
+    TALLY_API__HOST=127.0.0.1 TALLY_API__PORT=$((API_BASE_PORT + i - 1)) launch "api-$i" "$API_BIN"
+  done
+  for ((i = 1; i <= WORKERS; i++)); do
+    launch "worker-$i" "$WORKER_BIN" run
+  done
+
+  wait_ready
+  # Workers have no health endpoint; they had as long as the replicas to fail on
+  # bad configuration, an unmigrated database, a shard-count mismatch...
+  for ((i = 1; i <= WORKERS; i++)); do
+    alive "worker-$i" || fail "worker-$i exited during startup; see ${LOGS#"$ROOT"/}/worker-$i.log" "$LOGS/worker-$i.log"
+  done
+
+  start_nginx
+  say "nginx (pid $(nginx_pid)) on 127.0.0.1:$PORT -> ${API_REPLICAS} replicas"
+  say "up: http://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
+}
+
+# ------------------------------------------------------------------ status / logs
+cmd_status() {
+  mkdir -p "$PIDS"
+  shopt -s nullglob
+  local files=("$PIDS"/*.pid) f name pid state dead=0 extra
+  shopt -u nullglob
+  if ((${#files[@]} == 0)) && [[ ! -f $NGX/nginx.pid ]]; then
+    say "not running"
+    return 0
+  fi
+  printf '%-10s %-8s %-6s %s\n' NAME PID STATE DETAIL
+  # Sort api-2 before api-10.
+  while IFS= read -r f; do
+    name=$(basename "$f" .pid) pid=$(read_pid "$f") extra=''
+    if is_ours "$pid" "$name"; then
+      state=alive
+      if [[ $name == api-* ]]; then
+        local port; port=$(api_port "$name")
+        extra="127.0.0.1:$port ready=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 1 \
+          "http://127.0.0.1:$port/health/ready" 2>/dev/null || true)"
+      fi
+    else
+      state=DEAD dead=1 extra="see ${LOGS#"$ROOT"/}/$name.log"
+    fi
+    printf '%-10s %-8s %-6s %s\n' "$name" "${pid:-?}" "$state" "$extra"
+  done < <(printf '%s\n' "${files[@]}" | sort -V)
+  if [[ -f $NGX/nginx.pid ]]; then
+    pid=$(nginx_pid)
+    if nginx_alive; then
+      local port; port=$(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$NGX/nginx.conf" | head -n 1 | cut -d: -f2)
+      printf '%-10s %-8s %-6s %s\n' nginx "$pid" alive "http://127.0.0.1:$port live=$(curl -sS -o /dev/null \
+        -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/health/live" 2>/dev/null || true)"
+    else
+      printf '%-10s %-8s %-6s %s\n' nginx "${pid:-?}" DEAD "see ${NGX#"$ROOT"/}/logs/error.log"
+      dead=1
+    fi
+  fi
+  return $dead
+}
+
+cmd_logs() {
+  shopt -s nullglob
+  local files=("$LOGS"/*.log)
+  shopt -u nullglob
+  [[ -f $NGX/logs/error.log ]] && files+=("$NGX/logs/error.log")
+  ((${#files[@]})) || die "no logs under ${LOGS#"$ROOT"/} (start the stack: make up)"
+  # -F follows by name: keeps working across a restart (the log is re-created).
+  # The access log is left out (one line per request); see .run/nginx/logs/access.log.
+  exec tail -n 20 -F "${files[@]}"
+}
+
+case ${1:-} in
+  start | restart) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  logs) cmd_logs ;;
+  *) echo "usage: $0 start|stop|restart|status|logs" >&2; exit 2 ;;
+esac
