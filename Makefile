@@ -21,8 +21,9 @@ CARGO ?= cargo
 BIN_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/release
 export BIN_DIR
 
-SERVICES := deploy/local/services.sh
-STACK := deploy/local/stack.sh
+# Run through bash so that a lost exec bit in a checkout does not matter.
+SERVICES := bash deploy/local/services.sh
+STACK := bash deploy/local/stack.sh
 
 # Database the tests connect to (they create their own tally_test_* databases in it).
 TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
@@ -81,11 +82,13 @@ test: ## services, drop leftover test databases, run the whole workspace's tests
 	fi
 
 # Tests create one database per test (tally_test_*) and drop it at the end; a crashed
-# or interrupted run leaves some behind. Drop them here, best effort. No WITH (FORCE):
-# a database still in use (a concurrent test run) fails to drop and is left alone.
+# or interrupted run leaves some behind. Drop them here, best effort. Databases with a
+# session open (a concurrent test run) are skipped: no WITH (FORCE), and not even
+# attempted, since a plain DROP DATABASE waits up to 5 s for those sessions to end and
+# would then pull the database from under that run's own cleanup.
 test-db-clean: ## drop leftover tally_test_% databases (best effort)
 	@echo "dropping leftover tally_test_% databases"
-	@printf '%s\n' "SELECT format('DROP DATABASE IF EXISTS %I', datname) FROM pg_database WHERE datname LIKE 'tally\_test\_%' ORDER BY 1 \gexec" \
+	@printf '%s\n' "SELECT format('DROP DATABASE IF EXISTS %I', d.datname) FROM pg_database d WHERE d.datname LIKE 'tally\_test\_%' AND NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1 \gexec" \
 	  | PGPASSWORD=tally PGCONNECT_TIMEOUT=5 psql -X -q -v ON_ERROR_STOP=0 "$(TEST_DB_URL)" 2>&1 \
 	  | sed 's/^/  (ignored) /' || true
 

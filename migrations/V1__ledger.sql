@@ -53,7 +53,8 @@ CREATE TABLE holds (
     account_id  text NOT NULL,
     request_id  text NOT NULL UNIQUE,
     amount      numeric NOT NULL CHECK (amount > 0),
-    status      text NOT NULL CHECK (status IN ('open', 'captured', 'expired')),
+    -- released: the API answered "deadline_exceeded" although the worker approved (void).
+    status      text NOT NULL CHECK (status IN ('open', 'captured', 'expired', 'released')),
     shard       integer NOT NULL,
     created_at  timestamptz NOT NULL,
     expires_at  timestamptz NOT NULL,

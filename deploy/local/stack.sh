@@ -162,7 +162,6 @@ cmd_stop() {
   # in-flight requests; a withdraw_request waits for a worker's reply, so workers
   # must still run), then the workers. Any other pid file under .run/pids (e.g. a
   # worker from a run with more WORKERS) is stopped too.
-  mkdir -p "$PIDS"
   local any=0
   compgen -G "$PIDS/*.pid" >/dev/null && any=1
   [[ -f $NGX/nginx.pid ]] && any=1
@@ -204,8 +203,6 @@ launch() { # name cmd...
   local name=$1; shift
   local pidf=$PIDS/$name.pid log=$LOGS/$name.log
   rm -f "$pidf"
-  # Keep the previous run's log for post-mortems, start a fresh one.
-  [[ -f $log ]] && mv -f "$log" "$log.prev"
   echo "=== $(date -Is) stack.sh starting $name: $*" >"$log"
   env "$(marker "$name")" setsid bash -c 'echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' \
     "$pidf" "$@" </dev/null >>"$log" 2>&1 &
@@ -300,6 +297,8 @@ start_nginx() {
 
 cmd_start() {
   validate
+  # Ctrl-C while waiting: do not leave a half-started stack behind.
+  trap 'fail "interrupted"' INT TERM
   mkdir -p "$PIDS" "$LOGS" "$NGX"
   # A second `make up` restarts cleanly instead of duplicating processes.
   cmd_stop
@@ -310,6 +309,12 @@ cmd_start() {
     port_in_use "$p" && die "127.0.0.1:$p is already in use by another process (see: ss -ltnp 'sport = :$p')"
   done
   port_in_use "$PORT" && die "127.0.0.1:$PORT is already in use by another process (see: ss -ltnp 'sport = :$PORT'); choose another: make up PORT=..."
+
+  # Keep the previous run's logs for post-mortems (<name>.log.prev) and start fresh
+  # ones; all of them, so that `make logs` does not follow the log of a replica that
+  # an earlier, larger run had.
+  local f
+  for f in "$LOGS"/*.log; do [[ -f $f ]] && mv -f "$f" "$f.prev"; done
 
   export TALLY_PROFILE=${TALLY_PROFILE:-local}
   say "starting $API_REPLICAS API replicas ($API_BIN) and $WORKERS workers ($WORKER_BIN), profile $TALLY_PROFILE"
@@ -330,12 +335,12 @@ cmd_start() {
 
   start_nginx
   say "nginx (pid $(nginx_pid)) on 127.0.0.1:$PORT -> ${API_REPLICAS} replicas"
+  trap - INT TERM
   say "up: http://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
 }
 
 # ------------------------------------------------------------------ status / logs
 cmd_status() {
-  mkdir -p "$PIDS"
   shopt -s nullglob
   local files=("$PIDS"/*.pid) f name pid state dead=0 extra
   shopt -u nullglob

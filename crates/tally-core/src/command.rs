@@ -240,6 +240,10 @@ pub struct Envelope {
     /// withdraw_request only: the worker must decide before this instant, else deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decide_by: Option<DateTime<Utc>>,
+    /// withdraw_request only: the API stopped waiting and answered "denied,
+    /// deadline_exceeded"; the ledger must end up saying the same (see [`Envelope::void`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub void: bool,
 }
 
 impl Envelope {
@@ -256,6 +260,18 @@ impl Envelope {
             request_id: tx.request_id.clone(),
             user_id: tx.user_id.clone(),
             decide_by: None,
+            void: false,
+        }
+    }
+
+    /// The retraction of this withdraw_request, published behind it on the same shard queue
+    /// when the API answered "deadline_exceeded" without a decision. The worker then records
+    /// the request as denied if it has not decided it, or releases the hold if it approved it
+    /// too late for the answer to reach the client. Either way answer and record agree.
+    pub fn void(&self) -> Self {
+        Self {
+            void: true,
+            ..self.clone()
         }
     }
 

@@ -166,7 +166,7 @@ pub struct NewRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClosedHold {
     pub id: Uuid,
-    /// `captured` or `expired`.
+    /// `captured`, `expired` or `released`.
     pub status: &'static str,
     /// The withdraw that captured it.
     pub captured_by: Option<String>,
@@ -180,6 +180,8 @@ pub struct Effects {
     pub records: Vec<NewRecord>,
     pub new_holds: Vec<Hold>,
     pub closed_holds: Vec<ClosedHold>,
+    /// Approved withdraw_requests the API answered as denied: recorded as denied now.
+    pub voided: Vec<String>,
 }
 
 /// Writes the effects of a batch at `now` for `shard`.
@@ -260,6 +262,7 @@ pub async fn write(
         &now,
     ];
     let closed_params: [&Param<'_>; 4] = [&c_ids, &c_statuses, &c_by, &now];
+    let voided_params: [&Param<'_>; 1] = [&e.voided];
 
     // Absolute values are safe: this shard's worker is the only writer of these rows and
     // holds their locks since `load`.
@@ -300,7 +303,13 @@ pub async fn write(
          WHERE holds.id = u.id AND holds.status = 'open'",
         &closed_params,
     );
-    let (_, inserted, _, _) = tokio::try_join!(accounts, records, new_holds, closed_holds)?;
+    let voided = tx.execute(
+        "UPDATE transactions SET status = 'denied', reason = 'deadline_exceeded' \
+         WHERE id = ANY($1) AND status = 'approved'",
+        &voided_params,
+    );
+    let (_, inserted, _, _, _) =
+        tokio::try_join!(accounts, records, new_holds, closed_holds, voided)?;
     if inserted != r.len() as u64 {
         return Err(StoreError::Conflict);
     }

@@ -79,6 +79,35 @@ pub fn decide(
     let mut decision = Decision::default();
 
     for env in envelopes {
+        if env.void {
+            if let Some(rec) = recorded.get_mut(&env.id) {
+                if rec.fingerprint == env.fingerprint && rec.status == "approved" {
+                    let held = open.get_mut(&env.account_id).and_then(|holds| {
+                        let i = holds.iter().position(|h| h.request_id == env.id)?;
+                        Some(holds.remove(i))
+                    });
+                    // Only an open hold can be taken back; a captured one is money gone.
+                    if let (Some(hold), Some(account)) = (held, accounts.get_mut(&env.account_id)) {
+                        account.held -= hold.amount;
+                        if !touched.contains(&env.account_id) {
+                            touched.push(env.account_id.clone());
+                        }
+                        decision.effects.closed_holds.push(ClosedHold {
+                            id: hold.id,
+                            status: "released",
+                            captured_by: None,
+                        });
+                        decision.effects.voided.push(env.id.clone());
+                        rec.status = OutcomeStatus::Denied.as_str().to_string();
+                        rec.reason = Some(DEADLINE_EXCEEDED.to_string());
+                    }
+                }
+                decision.outcomes.push(outcome_of_record(&env.id, rec));
+                continue;
+            }
+            // Not decided yet: falls through and is recorded as denied (deadline passed), so
+            // the request itself, if it is still on its way, becomes a duplicate.
+        }
         if let Some(rec) = recorded.get(&env.id) {
             decision
                 .outcomes
@@ -145,7 +174,7 @@ pub fn decide(
                 }
             }
             Kind::WithdrawRequest => {
-                if env.decide_by.is_some_and(|d| now > d) {
+                if env.void || env.decide_by.is_some_and(|d| now > d) {
                     status = OutcomeStatus::Denied;
                     reason = Some(DEADLINE_EXCEEDED);
                 } else if account.balance - account.held >= env.amount {
@@ -233,6 +262,7 @@ mod tests {
             request_id: None,
             user_id: None,
             decide_by: None,
+            void: false,
         }
     }
 
@@ -363,6 +393,30 @@ mod tests {
         assert_eq!((a.balance, a.held), (dec("70"), dec("60")));
         let closed: Vec<&str> = d.effects.closed_holds.iter().map(|c| c.status).collect();
         assert_eq!(closed, ["expired", "captured"]);
+    }
+
+    #[test]
+    fn a_void_releases_a_late_approval_and_preempts_an_undecided_request() {
+        let deposit = env("d", Kind::Deposit, dec("100"));
+        let request = env("r1", Kind::WithdrawRequest, dec("60"));
+        let d = run(
+            &[deposit, request.clone(), request.void(), request.clone()],
+            Snapshot::default(),
+            &RULES,
+        );
+        use OutcomeStatus::*;
+        assert_eq!(statuses(&d), [Applied, Approved, Denied, Denied]);
+        assert_eq!(d.effects.voided, ["r1"]);
+        assert_eq!(d.effects.accounts[0].held, dec("0"));
+        let closed: Vec<&str> = d.effects.closed_holds.iter().map(|c| c.status).collect();
+        assert_eq!(closed, ["released"]);
+
+        // Void first: the request is recorded denied and its late copy is a duplicate.
+        let other = env("r2", Kind::WithdrawRequest, dec("1"));
+        let d = run(&[other.void(), other], Snapshot::default(), &RULES);
+        assert_eq!(statuses(&d), [Denied, Denied]);
+        assert_eq!(d.outcomes[1].reason.as_deref(), Some(DEADLINE_EXCEEDED));
+        assert!(d.effects.new_holds.is_empty());
     }
 
     #[test]

@@ -133,15 +133,62 @@ pub async fn post_transaction(
             outcome.hold_id,
             outcome.reason.as_deref(),
         )),
-        None => Ok(decided(
-            &tx.id,
-            &tx.account_id,
-            tx.amount,
-            OutcomeStatus::Denied,
-            None,
-            Some("deadline_exceeded"),
-        )),
+        None => {
+            // The reply queue can die with the broker connection before the deadline: the
+            // decision may still be recorded in time, so look for it until the deadline.
+            if let Some(record) = recorded_before(&state, &tx.id, deadline).await {
+                return replay(&tx, &record);
+            }
+            void_in_background(&state, routing_key, envelope.void());
+            Ok(decided(
+                &tx.id,
+                &tx.account_id,
+                tx.amount,
+                OutcomeStatus::Denied,
+                None,
+                Some("deadline_exceeded"),
+            ))
+        }
     }
+}
+
+/// Polls the ledger for the record of `id` until `deadline` (returns at once if it passed).
+async fn recorded_before(
+    state: &AppState,
+    id: &str,
+    deadline: tokio::time::Instant,
+) -> Option<TransactionRecord> {
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(record)) = tally_store::reads::transaction(&state.pool, id).await {
+            return Some(record);
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL)).await;
+    }
+    None
+}
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// Publishes the void of a withdraw_request the API answered "deadline_exceeded" for,
+/// retrying for a while: if the worker approved it too late, the void releases the hold so
+/// the ledger says what the client was told. The answer does not wait for it.
+fn void_in_background(state: &AppState, routing_key: String, void: Envelope) {
+    let publisher = state.publisher.clone();
+    tokio::spawn(async move {
+        let body = void.encode();
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..10 {
+            let props = properties(&void.id, "void");
+            match publisher.publish(&routing_key, &body, props).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(id = %void.id, error = %e, "void not published yet"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        tracing::error!(id = %void.id, "gave up publishing a void: if the worker approved this \
+            request, its hold stays until it expires although the client was told denied");
+    });
 }
 
 /// Answers a retry from the recorded outcome: same status, same hold, never a second effect.

@@ -3,5 +3,7 @@
 
 mod helpers;
 mod startup;
+mod withdraw_request;
 
+mod openapi;
 mod write_path;
