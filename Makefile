@@ -50,8 +50,7 @@ down: ## stop the stack started by 'make up' (NOT PostgreSQL/RabbitMQ)
 	$(STACK) stop
 
 status: ## which stack processes are alive, and the backing services
-	@$(STACK) status
-	@-$(SERVICES) status
+	@rc=0; $(STACK) status || rc=$$?; $(SERVICES) status || rc=1; exit $$rc
 
 logs: ## follow the stack's logs (.run/logs/*.log and nginx's error log)
 	@$(STACK) logs

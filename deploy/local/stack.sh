@@ -22,7 +22,8 @@
 #   READY_TIMEOUT=30 seconds to wait for every replica's /health/ready
 #   STOP_TIMEOUT=10  seconds between SIGTERM and SIGKILL when stopping
 #   TALLY_PROFILE=local, TALLY_DATABASE__URL, TALLY_BROKER__URL, RUST_LOG ... are passed
-#   through to the processes unchanged.
+#   through to the processes unchanged; each API replica gets TALLY_API__HOST=127.0.0.1
+#   and TALLY_API__PORT; NO_COLOR=1 unless set (logs are files).
 #
 # Layout (all under .run/, git-ignored):
 #   .run/pids/<name>.pid    api-1..N, worker-1..M (plain pid, one line)
@@ -66,7 +67,7 @@ marker() { echo "STACK_PROC=$RUN/$1"; }
 # Exists and is not a zombie. (The state follows the last ")" in /proc/<pid>/stat:
 # the command name before it may contain spaces.)
 running() {
-  local st; { st=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+  local st; { read -r st <"/proc/$1/stat"; } 2>/dev/null || return 1
   st=${st##*) }
   [[ ${st:0:1} != [ZX] ]]
 }
@@ -76,7 +77,9 @@ is_ours() { # pid name
   for try in 1 2 3 4 5; do
     running "$1" || return 1
     env=$(tr '\0' '\n' 2>/dev/null <"/proc/$1/environ") || return 1
-    if [[ -n $env ]]; then grep -qxF -- "$m" <<<"$env"; return; fi
+    # (return $?, not a bare return: a bare one inside a trap handler -- fail on
+    # Ctrl-C -- would return the status from before the trap.)
+    if [[ -n $env ]]; then grep -qxF -- "$m" <<<"$env"; return $?; fi
     # A running process with an empty environ is in the middle of an execve
     # (bash -> the binary, or a wrapper script's chain of execs): look again.
     sleep 0.02
@@ -160,17 +163,18 @@ stop_nginx() {
 cmd_stop() {
   # Order matters: nginx first (no new traffic), then the API replicas (they finish
   # in-flight requests; a withdraw_request waits for a worker's reply, so workers
-  # must still run), then the workers. Any other pid file under .run/pids (e.g. a
-  # worker from a run with more WORKERS) is stopped too.
+  # must still run), then the workers. The globs also catch replicas/workers of an
+  # earlier run with larger API_REPLICAS/WORKERS. Other files under .run/pids are
+  # not ours and left alone.
   local any=0
-  compgen -G "$PIDS/*.pid" >/dev/null && any=1
+  compgen -G "$PIDS/api-*.pid" >/dev/null && any=1
+  compgen -G "$PIDS/worker-*.pid" >/dev/null && any=1
   [[ -f $NGX/nginx.pid ]] && any=1
   if ((!any)); then say "nothing running"; return 0; fi
   stop_nginx
   shopt -s nullglob
   stop_group "API replicas" "$PIDS"/api-*.pid
   stop_group "workers" "$PIDS"/worker-*.pid
-  stop_group "other processes" "$PIDS"/*.pid
   shopt -u nullglob
   say "stopped (PostgreSQL and RabbitMQ left running)"
 }
@@ -207,12 +211,13 @@ launch() { # name cmd...
   env "$(marker "$name")" setsid bash -c 'echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' \
     "$pidf" "$@" </dev/null >>"$log" 2>&1 &
   local i
-  for ((i = 0; i < 50; i++)); do [[ -s $pidf ]] && return 0; sleep 0.02; done
+  for ((i = 0; i < 250; i++)); do [[ -s $pidf ]] && return 0; sleep 0.02; done
   fail "$name did not start (no pid file); see $log"
 }
 
 # Give up: show the culprit's log, stop whatever was started, exit 1.
 fail() { # message [logfile]
+  trap - INT TERM
   echo "stack: ERROR: $1" >&2
   if [[ -n ${2:-} && -f $2 ]]; then
     echo "---- last lines of $2 ----" >&2
@@ -229,7 +234,7 @@ alive() { is_ours "$(read_pid "$PIDS/$1.pid")" "$1"; }
 # Wait until every API replica answers 200 on /health/ready, failing fast when one
 # exits, and after READY_TIMEOUT seconds otherwise.
 wait_ready() {
-  local pending=() name code still deadline=$((SECONDS + READY_TIMEOUT))
+  local pending=() name code still i deadline=$((SECONDS + READY_TIMEOUT))
   for ((i = 1; i <= API_REPLICAS; i++)); do pending+=("api-$i"); done
   say "waiting up to ${READY_TIMEOUT}s for /health/ready on ${#pending[@]} replicas"
   declare -A last=()
@@ -317,6 +322,9 @@ cmd_start() {
   for f in "$LOGS"/*.log; do [[ -f $f ]] && mv -f "$f" "$f.prev"; done
 
   export TALLY_PROFILE=${TALLY_PROFILE:-local}
+  # Logs go to files: no ANSI colour codes in them (tracing honours NO_COLOR).
+  # `NO_COLOR= make up` keeps the colours.
+  export NO_COLOR=${NO_COLOR-1}
   say "starting $API_REPLICAS API replicas ($API_BIN) and $WORKERS workers ($WORKER_BIN), profile $TALLY_PROFILE"
   local i
   for ((i = 1; i <= API_REPLICAS; i++)); do
@@ -342,7 +350,7 @@ cmd_start() {
 # ------------------------------------------------------------------ status / logs
 cmd_status() {
   shopt -s nullglob
-  local files=("$PIDS"/*.pid) f name pid state dead=0 extra
+  local files=("$PIDS"/api-*.pid "$PIDS"/worker-*.pid) f name pid state dead=0 extra port
   shopt -u nullglob
   if ((${#files[@]} == 0)) && [[ ! -f $NGX/nginx.pid ]]; then
     say "not running"
@@ -355,7 +363,8 @@ cmd_status() {
     if is_ours "$pid" "$name"; then
       state=alive
       if [[ $name == api-* ]]; then
-        local port; port=$(api_port "$name")
+        # The port it was started with (not today's API_BASE_PORT): from its environment.
+        port=$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | sed -n 's/^TALLY_API__PORT=//p') || true
         extra="127.0.0.1:$port ready=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 1 \
           "http://127.0.0.1:$port/health/ready" 2>/dev/null || true)"
       fi
@@ -367,7 +376,7 @@ cmd_status() {
   if [[ -f $NGX/nginx.pid ]]; then
     pid=$(nginx_pid)
     if nginx_alive; then
-      local port; port=$(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$NGX/nginx.conf" | head -n 1 | cut -d: -f2)
+      port=$(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$NGX/nginx.conf" | head -n 1 | cut -d: -f2)
       printf '%-10s %-8s %-6s %s\n' nginx "$pid" alive "http://127.0.0.1:$port live=$(curl -sS -o /dev/null \
         -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/health/live" 2>/dev/null || true)"
     else

@@ -11,7 +11,7 @@ mod embedded {
 }
 
 /// Arbitrary constant shared by every tally migrator ("tally" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7461_6c6c_79;
+const MIGRATION_LOCK: i64 = 0x0074_616c_6c79;
 
 /// Applies pending migrations; returns how many were applied.
 pub async fn run(database_url: &str) -> Result<usize, StoreError> {

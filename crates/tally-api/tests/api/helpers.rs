@@ -139,6 +139,8 @@ pub struct TestApp {
     /// Declared last: dropped after everything that uses it.
     shutdown: CancellationToken,
     api_task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Ports of every API replica of this test (the first is `address`).
+    pub api_ports: Vec<u16>,
     pub worker: Option<WorkerHandle>,
     _db: TestDb,
 }
@@ -204,6 +206,7 @@ impl TestApp {
             topology,
             shutdown,
             api_task: Some(api_task),
+            api_ports: vec![port],
             worker: None,
             _db: db,
         };
@@ -211,6 +214,22 @@ impl TestApp {
             app.worker = Some(app.start_worker().await);
         }
         app
+    }
+
+    /// Starts one more API replica on the same database and queues (for nginx tests).
+    pub async fn spawn_replica(&mut self) -> u16 {
+        let app = Application::build(self.settings.clone(), self.shutdown.clone())
+            .await
+            .expect("build API replica");
+        assert!(
+            app.publisher()
+                .wait_connected(Duration::from_secs(20))
+                .await
+        );
+        let port = app.port();
+        tokio::spawn(app.run_until_stopped(self.shutdown.clone()));
+        self.api_ports.push(port);
+        port
     }
 
     /// Starts a worker on this test's database and queues.
@@ -457,5 +476,86 @@ impl TcpProxy {
     pub fn restore(&self) {
         *self.cut.lock().expect("lock") = CancellationToken::new();
         self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// nginx in front of a test's API replicas, with the project's own config template
+/// (`nginx/local.conf.template`), in the foreground; killed with this value.
+pub struct Nginx {
+    pub address: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    pub async fn start(api_ports: &[u16]) -> Self {
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../nginx/local.conf.template"
+        ))
+        .expect("nginx template");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let servers: String = api_ports
+            .iter()
+            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
+            .collect();
+        let config = template
+            .replace("@PORT@", &port.to_string())
+            .replace("@UPSTREAM_SERVERS@", &servers)
+            // In the foreground, so the test owns the process.
+            .replace("daemon on;", "daemon off;");
+        let dir =
+            std::env::temp_dir().join(format!("tally-nginx-{}", uuid::Uuid::new_v4().simple()));
+        for sub in ["logs", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("nginx dirs");
+        }
+        std::fs::write(dir.join("nginx.conf"), config).expect("nginx.conf");
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .args(["-c", "nginx.conf", "-e", "logs/error.log"])
+            // Its workers must not hold the test runner's output pipes open.
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx (installed by deploy/local/services.sh)");
+        let nginx = Self {
+            address: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        };
+        let client = reqwest::Client::new();
+        let url = format!("{}/health/live", nginx.address);
+        eventually(Duration::from_secs(10), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master stops its workers too (SIGKILL would orphan them).
+        let stopped = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .args(["-c", "nginx.conf", "-e", "logs/error.log", "-s", "stop"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

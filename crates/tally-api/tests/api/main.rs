@@ -1,8 +1,11 @@
 //! Integration tests of the whole write path: real PostgreSQL, real RabbitMQ, the API and the
 //! worker started in-process on a fresh database and a fresh queue prefix per test.
 
+#![allow(clippy::unwrap_used)] // a panic in a test is its failure message
+
 mod helpers;
 mod startup;
+mod through_nginx;
 mod withdraw_request;
 
 mod openapi;
