@@ -120,6 +120,16 @@ impl Publisher {
             .and_then(|guard| guard.as_ref().cloned())
     }
 
+    /// Ready messages per queue of the topology (see [`Topology::queue_depths`]). Uses a
+    /// short-lived channel: a failed passive declare closes its channel, never the publisher's.
+    pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, PublishError> {
+        let session = self.current().ok_or(PublishError::Unavailable)?;
+        let channel = session.connection.create_channel().await?;
+        let depths = self.inner.config.topology.queue_depths(&channel).await;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(depths?)
+    }
+
     /// Publishes a persistent, mandatory message to the command exchange and waits for its
     /// confirm. `Ok` means the broker stored it in a shard queue.
     pub async fn publish(

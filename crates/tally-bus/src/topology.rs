@@ -76,6 +76,28 @@ impl Topology {
         args
     }
 
+    /// Ready messages per queue (every shard queue, then the dead-letter queue), by passive
+    /// declaration: it never creates or changes a queue.
+    pub async fn queue_depths(
+        &self,
+        channel: &Channel,
+    ) -> Result<Vec<(String, u32)>, lapin::Error> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut names: Vec<String> = (0..self.shard_count).map(|s| self.shard_queue(s)).collect();
+        names.push(self.dead_queue());
+        let mut depths = Vec::with_capacity(names.len());
+        for name in names {
+            let queue = channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await?;
+            depths.push((name, queue.message_count()));
+        }
+        Ok(depths)
+    }
+
     /// Declares exchanges, queues and bindings.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {

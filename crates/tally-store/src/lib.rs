@@ -5,7 +5,9 @@
 //! [`StoreError`] says whether retrying can help; the worker's ack/nack decision and the API's
 //! 503-vs-500 choice come from that, never from matching error text.
 
+pub mod audit;
 pub mod batch;
+pub mod dead_letters;
 pub mod error;
 pub mod meta;
 pub mod migrate;

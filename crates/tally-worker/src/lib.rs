@@ -4,9 +4,11 @@
 //! - [`ledger`]: the rules, as a pure function.
 //! - [`apply`]: one batch = one transaction (dedupe + effects commit together).
 //! - [`shard`]: the greedy consumer loop of one shard queue.
+//! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
 //! - [`Worker`]: connection, topology, one loop per shard, reconnection and shutdown.
 
 pub mod apply;
+pub mod dead_letters;
 pub mod ledger;
 pub mod shard;
 
@@ -61,6 +63,21 @@ impl Worker {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Opens a short-lived broker connection for the operator commands.
+    pub async fn broker(&self) -> Result<lapin::Connection, WorkerError> {
+        let b = &self.settings.broker;
+        Ok(tally_bus::connect(
+            b.url.expose(),
+            "tally-worker-cli",
+            Duration::from_millis(b.connect_timeout_ms),
+        )
+        .await?)
     }
 
     fn rules(&self) -> Rules {
@@ -138,6 +155,25 @@ impl Worker {
                 session.cancel();
             });
         }
+        // Every worker archives dead letters: the archive is idempotent, so competing
+        // archivers are harmless and any live worker keeps the dead-letter queue empty.
+        let dead = connection.create_channel().await?;
+        dead.basic_qos(100, BasicQosOptions::default()).await?;
+        let dead_consumer = dead
+            .basic_consume(
+                self.topology.dead_queue().into(),
+                format!("{name}-dead-letters").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (pool, stop) = (self.pool.clone(), session.clone());
+        tracker.spawn(async move {
+            if let Err(e) = dead_letters::archive(pool, dead_consumer, stop.clone()).await {
+                tracing::warn!(error = %e, "dead-letter archiver stopped");
+            }
+            stop.cancel();
+        });
         tracker.close();
         tracing::info!(shards = self.topology.shard_count, "worker consuming");
 

@@ -1,31 +1,84 @@
-//! `tally-worker run` (default) consumes the shard queues; `tally-worker migrate` applies the
-//! database migrations and exits.
+//! `tally-worker` commands:
+//! - `run` (default): consume the shard queues until SIGTERM.
+//! - `migrate`: apply the database migrations and exit.
+//! - `audit`: run the conservation auditor; prints its JSON report, exits 1 if it fails.
+//! - `dead-letters list`: print archived dead letters as JSON.
+//! - `dead-letters republish (--all | ID…)`: send pending dead letters back to their shard.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tally_core::settings::Settings;
+use tally_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     tally_telemetry::init(&settings.log);
-    let command = std::env::args().nth(1).unwrap_or_else(|| "run".into());
-    match command.as_str() {
-        "migrate" => {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command: Vec<&str> = args.iter().map(String::as_str).collect();
+    match command.as_slice() {
+        ["migrate"] => {
             let applied = tally_store::migrate::run(settings.database.url.expose())
                 .await
                 .context("migrating the database")?;
             tracing::info!(applied, "migrations up to date");
         }
-        "run" => {
-            let worker = tally_worker::Worker::build(settings)
-                .await
-                .context("starting the worker (did `tally-worker migrate` run?)")?;
+        [] | ["run"] => {
+            let worker = build(settings).await?;
             let shutdown = CancellationToken::new();
             tally_telemetry::cancel_on_signal(shutdown.clone());
             worker.run(shutdown).await;
         }
-        other => anyhow::bail!("unknown command {other:?}; expected `run` or `migrate`"),
+        ["audit"] => {
+            let worker = build(settings).await?;
+            let queues = match worker.broker().await {
+                Ok(connection) => {
+                    let channel = connection.create_channel().await?;
+                    worker.topology().queue_depths(&channel).await.ok()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "broker unreachable: queue depths omitted");
+                    None
+                }
+            };
+            let report = tally_store::audit::report(worker.pool(), queues).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.pass {
+                std::process::exit(1);
+            }
+        }
+        ["dead-letters", "list"] => {
+            let worker = build(settings).await?;
+            let letters = tally_store::dead_letters::page(worker.pool(), None, 10_000).await?;
+            println!("{}", serde_json::to_string_pretty(&letters)?);
+        }
+        ["dead-letters", "republish", rest @ ..] if !rest.is_empty() => {
+            let worker = build(settings).await?;
+            let ids: Option<Vec<String>> = match rest {
+                ["--all"] => None,
+                ids => Some(ids.iter().map(|s| s.to_string()).collect()),
+            };
+            let connection = worker.broker().await?;
+            let channel = connection.create_channel().await?;
+            let done = tally_worker::dead_letters::republish(
+                worker.pool(),
+                &channel,
+                worker.topology(),
+                ids.as_deref(),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&done)?);
+        }
+        other => bail!(
+            "unknown command {other:?}; expected run | migrate | audit | dead-letters list | \
+             dead-letters republish (--all | ID...)"
+        ),
     }
     Ok(())
+}
+
+async fn build(settings: Settings) -> anyhow::Result<Worker> {
+    Worker::build(settings)
+        .await
+        .context("starting the worker (did `tally-worker migrate` run?)")
 }

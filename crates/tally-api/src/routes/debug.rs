@@ -83,3 +83,36 @@ pub async fn transactions(
         .map_err(|e| store_error(&state, &e))?;
     Ok(HttpResponse::Ok().json(rows))
 }
+
+/// `GET /debug/conservation` → the auditor's report: `pass`, each check with its offending
+/// rows, totals, queue depths and pending dead letters. 200 whether it passes or not: the
+/// answer is the report; `pass` is the verdict.
+#[get("/debug/conservation")]
+pub async fn conservation(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let queues = state.publisher.queue_depths().await.ok();
+    let report = tally_store::audit::report(&state.pool, queues)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// `GET /debug/dead-letters?limit=&after=` → archived dead letters ordered by id, with the
+/// broker's reason and the decoder's verdict. Re-publish with
+/// `tally-worker dead-letters republish`.
+#[get("/debug/dead-letters")]
+pub async fn dead_letters(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let (limit, after) = page.checked()?;
+    let rows = tally_store::dead_letters::page(&state.pool, after, limit)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    Ok(HttpResponse::Ok().json(rows))
+}

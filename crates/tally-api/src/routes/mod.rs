@@ -20,7 +20,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(health::live)
         .service(health::ready);
     if state.settings.debug.enabled {
-        cfg.service(debug::accounts).service(debug::transactions);
+        cfg.service(debug::accounts)
+            .service(debug::transactions)
+            .service(debug::conservation)
+            .service(debug::dead_letters);
     }
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest {

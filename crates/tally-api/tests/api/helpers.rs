@@ -149,6 +149,8 @@ pub struct Options {
     pub worker: bool,
     /// Route the API's broker connection through a proxy the test can cut.
     pub broker_proxy: Option<Arc<TcpProxy>>,
+    /// Route the API's and the worker's database connections through a proxy.
+    pub database_proxy: Option<Arc<TcpProxy>>,
     pub tweak: fn(&mut Settings),
 }
 
@@ -157,6 +159,7 @@ impl Default for Options {
         Self {
             worker: true,
             broker_proxy: None,
+            database_proxy: None,
             tweak: |_| {},
         }
     }
@@ -179,6 +182,13 @@ impl TestApp {
             delivery_limit: settings.broker.delivery_limit,
         };
 
+        // The test's own assertions keep a direct pool; the system under test goes through
+        // the proxy when there is one.
+        let direct_database = settings.database.clone();
+        if let Some(proxy) = &options.database_proxy {
+            settings.database.url =
+                Secret::new(url.replace(":5432/", &format!(":{}/", proxy.port)));
+        }
         let mut api_settings = settings.clone();
         if let Some(proxy) = &options.broker_proxy {
             api_settings.broker.url =
@@ -196,7 +206,7 @@ impl TestApp {
         );
         let port = app.port();
         let api_task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let pool = tally_store::connect(&settings.database).expect("pool");
+        let pool = tally_store::connect(&direct_database).expect("pool");
 
         let mut app = TestApp {
             address: format!("http://127.0.0.1:{port}"),
