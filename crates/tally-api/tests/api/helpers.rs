@@ -116,6 +116,13 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
     s
 }
 
+/// An API replica a test can stop on its own.
+pub struct Replica {
+    pub port: u16,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
 pub struct WorkerHandle {
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -226,9 +233,19 @@ impl TestApp {
         app
     }
 
-    /// Starts one more API replica on the same database and queues (for nginx tests).
+    /// Starts one more API replica on the same database and queues (for nginx tests); it
+    /// stops with the test.
     pub async fn spawn_replica(&mut self) -> u16 {
-        let app = Application::build(self.settings.clone(), self.shutdown.clone())
+        let replica = self.start_replica(0, self.shutdown.child_token()).await;
+        self.api_ports.push(replica.port);
+        replica.port
+    }
+
+    /// Starts an API replica on `port` (0: any) that stops when `stop` is cancelled.
+    pub async fn start_replica(&self, port: u16, stop: CancellationToken) -> Replica {
+        let mut settings = self.settings.clone();
+        settings.api.port = port;
+        let app = Application::build(settings, stop.clone())
             .await
             .expect("build API replica");
         assert!(
@@ -237,9 +254,8 @@ impl TestApp {
                 .await
         );
         let port = app.port();
-        tokio::spawn(app.run_until_stopped(self.shutdown.clone()));
-        self.api_ports.push(port);
-        port
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Replica { port, stop, task }
     }
 
     /// Starts a worker on this test's database and queues.

@@ -5,6 +5,7 @@
 
 mod faults;
 mod helpers;
+mod shutdown;
 mod startup;
 mod through_nginx;
 mod withdraw_request;
