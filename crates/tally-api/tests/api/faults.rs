@@ -102,7 +102,7 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
     )
     .await
     .unwrap();
-    assert_eq!(done, [id.clone()]);
+    assert_eq!(done, [id]);
     app.wait_balance("phoenix", "12.5").await;
     let (_, letters) = app.get("/debug/dead-letters").await;
     assert!(letters[0]["republishedAt"].is_string());
