@@ -154,7 +154,7 @@ pub struct TestApp {
 
 pub struct Options {
     pub worker: bool,
-    /// Route the API's broker connection through a proxy the test can cut.
+    /// Route the API's and the worker's broker connections through a proxy the test can cut.
     pub broker_proxy: Option<Arc<TcpProxy>>,
     /// Route the API's and the worker's database connections through a proxy.
     pub database_proxy: Option<Arc<TcpProxy>>,

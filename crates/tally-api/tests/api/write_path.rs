@@ -245,7 +245,7 @@ async fn invalid_requests_get_400_naming_the_field_and_publish_nothing() {
 }
 
 #[tokio::test]
-async fn broker_outage_gives_fast_503_and_the_api_recovers_by_itself() {
+async fn broker_outage_gives_fast_503_and_api_and_worker_recover_by_themselves() {
     let proxy = TcpProxy::start("127.0.0.1:5672").await;
     let app = TestApp::spawn_with(Options {
         broker_proxy: Some(proxy.clone()),
