@@ -63,6 +63,8 @@ pub struct WorkerSettings {
     pub batch_max: usize,
     pub prefetch: u16,
     pub hold_sweep_secs: u64,
+    pub lease_ttl_ms: u64,
+    pub lease_tick_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +179,11 @@ impl Settings {
         }
         if self.worker.batch_max == 0 || usize::from(self.worker.prefetch) < self.worker.batch_max {
             return bad("worker.prefetch must be at least worker.batch_max (> 0)");
+        }
+        if self.worker.lease_tick_ms == 0
+            || self.worker.lease_tick_ms * 2 > self.worker.lease_ttl_ms
+        {
+            return bad("worker.lease_tick_ms must be positive and at most half of lease_ttl_ms");
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1");

@@ -336,18 +336,3 @@ pub async fn expire_holds(
         )
         .await?)
 }
-
-/// Serializes every writer of a shard inside PostgreSQL: batches and hold sweeps of the same
-/// shard take this transaction-scoped lock first, so even two processes that both believe
-/// they own the shard (a consumer that lost its channel but not its process) cannot
-/// interleave their reads and writes.
-pub async fn lock_shard(tx: &Transaction<'_>, shard: u16) -> Result<(), StoreError> {
-    /// Namespace of the two-key advisory lock ("tl" in ASCII); the second key is the shard.
-    const SHARD_LOCK_SPACE: i32 = 0x746c;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1, $2)",
-        &[&SHARD_LOCK_SPACE, &i32::from(shard)],
-    )
-    .await?;
-    Ok(())
-}

@@ -20,6 +20,10 @@ pub enum StoreError {
     /// possible when one id is reused for two accounts at once; a retry sees the winner.
     #[error("concurrent insert of transaction ids; retry the batch")]
     Conflict,
+    /// The batch's lease on its shard is no longer current: another worker owns the shard.
+    /// Never retried: the batch is abandoned uncommitted and redelivered to the new owner.
+    #[error("lease on shard {shard} lost: another worker owns it now")]
+    Fenced { shard: u16 },
     #[error("invalid database url: {0}")]
     Config(String),
 }
@@ -33,7 +37,9 @@ impl StoreError {
                 db_error_is_retryable(e)
             }
             StoreError::Pool(_) | StoreError::Conflict => true,
-            StoreError::Migration(_) | StoreError::ShardCountMismatch { .. } => false,
+            StoreError::Migration(_)
+            | StoreError::ShardCountMismatch { .. }
+            | StoreError::Fenced { .. } => false,
             StoreError::Config(_) => false,
         }
     }

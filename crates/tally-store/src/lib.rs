@@ -9,6 +9,7 @@ pub mod audit;
 pub mod batch;
 pub mod dead_letters;
 pub mod error;
+pub mod leases;
 pub mod meta;
 pub mod migrate;
 pub mod pool;

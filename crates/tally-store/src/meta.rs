@@ -23,7 +23,7 @@ pub async fn ensure_shard_count(pool: &Pool, configured: u16) -> Result<(), Stor
         .await?;
     let recorded: String = row.get(0);
     if recorded == configured.to_string() {
-        Ok(())
+        crate::leases::init(pool, configured).await
     } else {
         Err(StoreError::ShardCountMismatch {
             configured,

@@ -1,24 +1,26 @@
-//! One batch, one PostgreSQL transaction: lock the shard, load what the commands touch, decide
-//! (see [`crate::ledger`]), write, commit. Dedupe and effects commit together, so a crash
-//! before the commit leaves no trace and a redelivery after it is recognised as a duplicate.
+//! One batch, one PostgreSQL transaction: check the shard's lease (the fence), load what the
+//! commands touch, decide (see [`crate::ledger`]), write, commit. Dedupe and effects commit
+//! together, so a crash before the commit leaves no trace and a redelivery after it is
+//! recognised as a duplicate; a worker that lost the shard cannot commit at all.
 
 use chrono::Utc;
 use tally_core::{Envelope, Outcome};
+use tally_store::leases::{self, Lease};
 use tally_store::Pool;
 use tally_store::{batch, StoreError};
 
 use crate::ledger::{decide, Rules};
 
-/// Applies `envelopes` (in delivery order) for `shard`; returns one outcome per envelope.
+/// Applies `envelopes` (in delivery order) under `lease`; returns one outcome per envelope.
 pub async fn apply_batch(
     pool: &Pool,
-    shard: u16,
+    lease: &Lease,
     envelopes: &[Envelope],
     rules: &Rules,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    batch::lock_shard(&tx, shard).await?;
+    leases::fence(&tx, lease).await?;
 
     let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
     let mut accounts: Vec<&str> = envelopes.iter().map(|e| e.account_id.as_str()).collect();
@@ -29,17 +31,17 @@ pub async fn apply_batch(
     // Taken after the lock: a request's deadline is judged at the moment it is decided.
     let now = Utc::now();
     let decision = decide(envelopes, snapshot, now, rules);
-    batch::write(&tx, shard, now, &decision.effects).await?;
+    batch::write(&tx, lease.shard, now, &decision.effects).await?;
     tx.commit().await?;
     Ok(decision.outcomes)
 }
 
-/// Expires this shard's holds past their TTL; returns how many accounts changed.
-pub async fn sweep_holds(pool: &Pool, shard: u16) -> Result<u64, StoreError> {
+/// Expires the shard's holds past their TTL; returns how many accounts changed.
+pub async fn sweep_holds(pool: &Pool, lease: &Lease) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    batch::lock_shard(&tx, shard).await?;
-    let changed = batch::expire_holds(&tx, shard, Utc::now()).await?;
+    leases::fence(&tx, lease).await?;
+    let changed = batch::expire_holds(&tx, lease.shard, Utc::now()).await?;
     tx.commit().await?;
     Ok(changed)
 }

@@ -5,7 +5,8 @@
 //! - [`apply`]: one batch = one transaction (dedupe + effects commit together).
 //! - [`shard`]: the greedy consumer loop of one shard queue.
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
-//! - [`Worker`]: connection, topology, one loop per shard, reconnection and shutdown.
+//! - [`Worker`]: connection, topology, shard leases (about K / live workers each, fenced by
+//!   epoch), one loop per owned shard, reconnection and shutdown.
 
 pub mod apply;
 pub mod dead_letters;
@@ -14,16 +15,18 @@ pub mod shard;
 
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::Topology;
 use tally_core::settings::Settings;
+use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::ledger::Rules;
-use crate::shard::ShardContext;
+use crate::shard::{ShardContext, ShardError};
 
 /// Failures that stop a worker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,8 @@ pub struct Worker {
     settings: Settings,
     pool: Pool,
     topology: Topology,
+    /// This worker's name in leases and in the broker's connection list.
+    id: String,
 }
 
 impl Worker {
@@ -54,10 +59,12 @@ impl Worker {
             shard_count: settings.ledger.shard_count,
             delivery_limit: settings.broker.delivery_limit,
         };
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
             settings,
             pool,
             topology,
+            id: format!("tally-worker-{}-{}", std::process::id(), &nonce[..8]),
         })
     }
 
@@ -67,6 +74,10 @@ impl Worker {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Opens a short-lived broker connection for the operator commands.
@@ -89,8 +100,9 @@ impl Worker {
         }
     }
 
-    /// Consumes until `shutdown` is cancelled, reconnecting with back-off whenever the broker
-    /// connection is lost. On shutdown every shard loop finishes and acks its batch in hand.
+    /// Consumes its share of the shards until `shutdown` is cancelled, reconnecting with
+    /// back-off whenever the broker connection is lost. On shutdown every shard loop finishes
+    /// and acks its batch in hand, and the leases are released.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
@@ -110,14 +122,16 @@ impl Worker {
         tracing::info!("worker stopped");
     }
 
-    /// One broker connection: a channel and consumer per shard. Returns when the connection
-    /// fails, a shard loop fails, or shutdown is requested.
+    /// One broker connection. Shards are consumed only under a lease; every tick the worker
+    /// renews its leases, gives up shards beyond its fair share (after their loop stopped and
+    /// acked) and takes free ones up to it. Returns when the connection fails, a shard loop
+    /// fails for a broker reason, or shutdown is requested; then every shard loop finishes its
+    /// batch in hand and the leases are released so other workers take over at once.
     async fn run_session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let b = &self.settings.broker;
-        let name = format!("tally-worker-{}", std::process::id());
         let connection = tally_bus::connect(
             b.url.expose(),
-            &name,
+            &self.id,
             Duration::from_millis(b.connect_timeout_ms),
         )
         .await?;
@@ -130,31 +144,8 @@ impl Worker {
             replies: connection.create_channel().await?,
             sweep_every: Duration::from_secs(self.settings.worker.hold_sweep_secs.max(1)),
         });
-
         let session = shutdown.child_token();
-        let tracker = TaskTracker::new();
-        for shard in 0..self.topology.shard_count {
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(self.settings.worker.prefetch, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    self.topology.shard_queue(shard).into(),
-                    format!("{name}-shard-{shard}").into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let (ctx, session) = (ctx.clone(), session.clone());
-            tracker.spawn(async move {
-                if let Err(e) = shard::run(ctx, shard, consumer, session.clone()).await {
-                    tracing::warn!(shard, error = %e, "shard loop stopped");
-                }
-                // Any loop ending ends the session: reconnecting restores all of them.
-                session.cancel();
-            });
-        }
+
         // Every worker archives dead letters: the archive is idempotent, so competing
         // archivers are harmless and any live worker keeps the dead-letter queue empty.
         let dead = connection.create_channel().await?;
@@ -162,35 +153,189 @@ impl Worker {
         let dead_consumer = dead
             .basic_consume(
                 self.topology.dead_queue().into(),
-                format!("{name}-dead-letters").into(),
+                format!("{}-dead-letters", self.id).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        let (pool, stop) = (self.pool.clone(), session.clone());
-        tracker.spawn(async move {
-            if let Err(e) = dead_letters::archive(pool, dead_consumer, stop.clone()).await {
-                tracing::warn!(error = %e, "dead-letter archiver stopped");
-            }
-            stop.cancel();
-        });
-        tracker.close();
-        tracing::info!(shards = self.topology.shard_count, "worker consuming");
+        let archiver = {
+            let (pool, stop) = (self.pool.clone(), session.clone());
+            tokio::spawn(async move {
+                if let Err(e) = dead_letters::archive(pool, dead_consumer, stop.clone()).await {
+                    tracing::warn!(error = %e, "dead-letter archiver stopped");
+                    stop.cancel();
+                }
+            })
+        };
 
-        let mut health = tokio::time::interval(Duration::from_millis(500));
+        let mut owned: HashMap<u16, Running> = HashMap::new();
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.settings.worker.lease_tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(worker = %self.id, "worker connected");
         loop {
             tokio::select! {
                 _ = session.cancelled() => break,
-                _ = health.tick() => {
-                    if !connection.status().connected() {
-                        break;
-                    }
+                _ = tick.tick() => {}
+            }
+            if !connection.status().connected() {
+                break;
+            }
+            if reap(&mut owned).await {
+                break;
+            }
+            // A database outage only pauses rebalancing: current loops keep their leases
+            // until they expire, and the fence stops them if the shard moved meanwhile.
+            if let Err(e) = self
+                .rebalance(&connection, &ctx, &mut owned, &session)
+                .await
+            {
+                tracing::warn!(error = %e, "lease rebalance failed");
+            }
+        }
+
+        session.cancel();
+        for (_, running) in owned.drain() {
+            stop_and_release(&self.pool, running).await;
+        }
+        let _ = tally_store::leases::leave(&self.pool, &self.id).await;
+        let _ = archiver.await;
+        let _ = connection.close(200, "worker stopping".into()).await;
+        Ok(())
+    }
+
+    /// One lease tick: heartbeat, renew, shed extras, take up to the fair share.
+    async fn rebalance(
+        &self,
+        connection: &lapin::Connection,
+        ctx: &Arc<ShardContext>,
+        owned: &mut HashMap<u16, Running>,
+        session: &CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let ttl = Duration::from_millis(self.settings.worker.lease_ttl_ms);
+        let live = tally_store::leases::heartbeat(&self.pool, &self.id, ttl)
+            .await?
+            .max(1);
+        let k = i64::from(self.topology.shard_count);
+        let fair = (k + live - 1) / live;
+
+        let held: HashMap<u16, i64> = tally_store::leases::renew(&self.pool, &self.id, ttl)
+            .await?
+            .into_iter()
+            .map(|l| (l.shard, l.epoch))
+            .collect();
+        let lost: Vec<u16> = owned
+            .iter()
+            .filter(|(shard, r)| held.get(shard) != Some(&r.lease.epoch))
+            .map(|(shard, _)| *shard)
+            .collect();
+        for shard in lost {
+            if let Some(running) = owned.remove(&shard) {
+                tracing::warn!(shard, "lease lost; stopping the shard");
+                running.stop.cancel();
+                let _ = running.task.await;
+            }
+        }
+        // Shed the highest shards first, so ownership stays stable and predictable.
+        let mut mine: Vec<u16> = owned.keys().copied().collect();
+        mine.sort_unstable();
+        let keep = usize::try_from(fair).unwrap_or(usize::MAX);
+        for shard in mine.into_iter().skip(keep) {
+            if let Some(running) = owned.remove(&shard) {
+                tracing::info!(shard, fair, "handing a shard over");
+                stop_and_release(&self.pool, running).await;
+            }
+        }
+        let want = fair - i64::try_from(owned.len()).unwrap_or(i64::MAX);
+        for lease in tally_store::leases::acquire(&self.pool, &self.id, want, ttl).await? {
+            let shard = lease.shard;
+            match self
+                .start_shard(connection, ctx, lease.clone(), session)
+                .await
+            {
+                Ok(running) => {
+                    tracing::info!(shard, epoch = lease.epoch, "shard acquired");
+                    owned.insert(shard, running);
+                }
+                Err(e) => {
+                    let _ = tally_store::leases::release(&self.pool, &lease).await;
+                    return Err(e);
                 }
             }
         }
-        session.cancel();
-        tracker.wait().await;
-        let _ = connection.close(200, "worker stopping".into()).await;
         Ok(())
+    }
+
+    async fn start_shard(
+        &self,
+        connection: &lapin::Connection,
+        ctx: &Arc<ShardContext>,
+        lease: Lease,
+        session: &CancellationToken,
+    ) -> Result<Running, WorkerError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(self.settings.worker.prefetch, BasicQosOptions::default())
+            .await?;
+        // Single active consumer: if the previous owner's consumer is still attached, this one
+        // waits, and takes over — with the unacked messages, in order — when it goes away.
+        let consumer = channel
+            .basic_consume(
+                self.topology.shard_queue(lease.shard).into(),
+                format!("{}-shard-{}", self.id, lease.shard).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let stop = session.child_token();
+        let task = tokio::spawn(shard::run(
+            ctx.clone(),
+            lease.clone(),
+            channel,
+            consumer,
+            stop.clone(),
+        ));
+        Ok(Running { lease, stop, task })
+    }
+}
+
+/// A shard loop this worker runs under a lease.
+struct Running {
+    lease: Lease,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ShardError>>,
+}
+
+/// Removes finished shard loops; returns true if one ended for a broker reason (the session
+/// must be rebuilt). A loop fenced out just ends: its lease is gone.
+async fn reap(owned: &mut HashMap<u16, Running>) -> bool {
+    let finished: Vec<u16> = owned
+        .iter()
+        .filter(|(_, r)| r.task.is_finished())
+        .map(|(shard, _)| *shard)
+        .collect();
+    let mut broken = false;
+    for shard in finished {
+        let Some(running) = owned.remove(&shard) else {
+            continue;
+        };
+        match running.task.await {
+            Ok(Err(ShardError::Fenced(e))) => tracing::warn!(shard, error = %e, "shard fenced out"),
+            Ok(Err(e)) => {
+                tracing::warn!(shard, error = %e, "shard loop stopped");
+                broken = true;
+            }
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
+    broken
+}
+
+/// Stops a shard loop (it finishes and acks its batch in hand) and then releases its lease.
+async fn stop_and_release(pool: &Pool, running: Running) {
+    running.stop.cancel();
+    let _ = running.task.await;
+    if let Err(e) = tally_store::leases::release(pool, &running.lease).await {
+        tracing::warn!(shard = running.lease.shard, error = %e, "lease not released; it will expire");
     }
 }

@@ -14,6 +14,7 @@ use lapin::{BasicProperties, Channel, Consumer};
 use std::sync::Arc;
 use std::time::Duration;
 use tally_core::{Envelope, Kind, Outcome};
+use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -39,16 +40,33 @@ pub enum ShardError {
     ConsumerEnded,
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// Another worker owns the shard now; the batch in hand was not committed.
+    #[error("lease lost: {0}")]
+    Fenced(StoreError),
 }
 
-/// Runs until `stop` is cancelled (returns Ok after finishing the batch in hand) or the
-/// consumer fails.
+/// Runs until `stop` is cancelled (returns Ok after finishing the batch in hand), the lease is
+/// lost, or the consumer fails. Closes its channel on the way out, which hands unacked
+/// deliveries back to the queue — in order — for the shard's next owner.
 pub async fn run(
     ctx: Arc<ShardContext>,
-    shard: u16,
-    mut consumer: Consumer,
+    lease: Lease,
+    channel: Channel,
+    consumer: Consumer,
     stop: CancellationToken,
 ) -> Result<(), ShardError> {
+    let result = consume(&ctx, &lease, consumer, &stop).await;
+    let _ = channel.close(200, "shard released".into()).await;
+    result
+}
+
+async fn consume(
+    ctx: &ShardContext,
+    lease: &Lease,
+    mut consumer: Consumer,
+    stop: &CancellationToken,
+) -> Result<(), ShardError> {
+    let shard = lease.shard;
     let mut sweep = tokio::time::interval(ctx.sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -56,8 +74,10 @@ pub async fn run(
             biased;
             _ = stop.cancelled() => return Ok(()),
             _ = sweep.tick() => {
-                if let Err(e) = sweep_holds(&ctx.pool, shard).await {
-                    tracing::warn!(shard, error = %e, "hold sweep failed");
+                match sweep_holds(&ctx.pool, lease).await {
+                    Err(e @ StoreError::Fenced { .. }) => return Err(ShardError::Fenced(e)),
+                    Err(e) => tracing::warn!(shard, error = %e, "hold sweep failed"),
+                    Ok(_) => {}
                 }
                 continue;
             }
@@ -72,16 +92,17 @@ pub async fn run(
                 None => break,
             }
         }
-        process(&ctx, shard, deliveries, &stop).await?;
+        process(ctx, lease, deliveries, stop).await?;
     }
 }
 
 async fn process(
     ctx: &ShardContext,
-    shard: u16,
+    lease: &Lease,
     deliveries: Vec<Delivery>,
     stop: &CancellationToken,
 ) -> Result<(), ShardError> {
+    let shard = lease.shard;
     let mut good: Vec<(Delivery, Envelope)> = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         match Envelope::decode(&delivery.data) {
@@ -101,7 +122,7 @@ async fn process(
     }
     let envelopes: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
     let started = std::time::Instant::now();
-    match apply_retrying(ctx, shard, &envelopes, stop).await {
+    match apply_retrying(ctx, lease, &envelopes, stop).await {
         Applied::Done(outcomes) => {
             // The last good delivery acks everything before it (rejected ones are settled).
             if let Some((last, _)) = good.last() {
@@ -111,16 +132,18 @@ async fn process(
             reply_all(ctx, &good, &outcomes).await;
         }
         Applied::Stopped => {}
+        Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
         Applied::Permanent(error) => {
             tracing::warn!(shard, %error, size = good.len(),
                 "batch failed permanently; applying its commands one by one");
             for (delivery, env) in good {
-                match apply_retrying(ctx, shard, std::slice::from_ref(&env), stop).await {
+                match apply_retrying(ctx, lease, std::slice::from_ref(&env), stop).await {
                     Applied::Done(outcomes) => {
                         delivery.acker.ack(BasicAckOptions::default()).await?;
                         reply_all(ctx, &[(delivery, env)], &outcomes).await;
                     }
                     Applied::Stopped => return Ok(()),
+                    Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
                     Applied::Permanent(error) => {
                         tracing::error!(shard, id = %env.id, %error,
                             "dead-lettering a command the ledger cannot apply");
@@ -140,19 +163,23 @@ enum Applied {
     Done(Vec<Outcome>),
     /// Shutdown while the store was failing: the batch stays unacked and is redelivered.
     Stopped,
+    /// The lease is gone: stop, uncommitted.
+    Fenced(StoreError),
     Permanent(StoreError),
 }
 
 async fn apply_retrying(
     ctx: &ShardContext,
-    shard: u16,
+    lease: &Lease,
     envelopes: &[Envelope],
     stop: &CancellationToken,
 ) -> Applied {
+    let shard = lease.shard;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match apply_batch(&ctx.pool, shard, envelopes, &ctx.rules).await {
+        match apply_batch(&ctx.pool, lease, envelopes, &ctx.rules).await {
             Ok(outcomes) => return Applied::Done(outcomes),
+            Err(e @ StoreError::Fenced { .. }) => return Applied::Fenced(e),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(shard, error = %e, retry_in = ?backoff, "batch failed; retrying");
                 tokio::select! {

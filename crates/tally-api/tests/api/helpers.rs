@@ -134,6 +134,13 @@ impl WorkerHandle {
         self.stop.cancel();
         let _ = self.task.await;
     }
+
+    /// Crash: the task is dropped wherever it is (its broker connection closes, nothing more
+    /// is acked, its leases are left to expire), like `kill -9` of a process.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
 }
 
 pub struct TestApp {

@@ -5,6 +5,7 @@
 
 mod faults;
 mod helpers;
+mod leases;
 mod shutdown;
 mod startup;
 mod through_nginx;

@@ -138,9 +138,20 @@ async fn a_worker_killed_after_commit_before_ack_does_not_apply_twice() {
         withdraw_policy: app.settings.ledger.withdraw_policy,
         hold_ttl: chrono::Duration::minutes(15),
     };
-    tally_worker::apply::apply_batch(&app.pool, shard, &[decoded], &rules)
+    // The crashing worker holds the shard's lease while it works, like a real one.
+    let ttl = Duration::from_secs(30);
+    let leases = tally_store::leases::acquire(&app.pool, "crashing-worker", 64, ttl)
         .await
         .unwrap();
+    let lease = leases.iter().find(|l| l.shard == shard).unwrap();
+    tally_worker::apply::apply_batch(&app.pool, lease, &[decoded], &rules)
+        .await
+        .unwrap();
+    for lease in &leases {
+        tally_store::leases::release(&app.pool, lease)
+            .await
+            .unwrap();
+    }
     consume.close(200, "crash".into()).await.unwrap();
     assert_eq!(app.balance("crash").await, "42");
     let peek = connection.create_channel().await.unwrap();
