@@ -3,9 +3,11 @@
 //! and serves reads from PostgreSQL. It never writes ledger state: the worker does.
 //!
 //! - [`startup`]: building and running the server (tests start it on port 0).
+//! - [`admission`]: load shedding from the shard queue depths.
 //! - [`error`]: the one error type and its JSON shape `{"error":{"code","message","field"?}}`.
 //! - [`routes`]: the HTTP routes.
 
+pub mod admission;
 pub mod error;
 pub mod routes;
 pub mod startup;

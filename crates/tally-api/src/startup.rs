@@ -10,6 +10,7 @@ use tally_bus::{Publisher, Topology};
 use tally_core::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::routes;
 use crate::state::AppState;
 
@@ -51,9 +52,11 @@ impl Application {
                 connect_timeout: Duration::from_millis(settings.broker.connect_timeout_ms),
                 confirm_timeout: Duration::from_millis(settings.api.publish_timeout_ms),
             },
-            shutdown,
+            shutdown.clone(),
         );
+        let admission = Admission::start(publisher.clone(), settings.admission.clone(), shutdown);
         let state = AppState {
+            admission,
             pool,
             publisher,
             amount_rules: settings.ledger.amount_rules(),

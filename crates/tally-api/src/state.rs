@@ -6,6 +6,7 @@ use tally_core::settings::Settings;
 use tally_core::AmountRules;
 use tally_store::Pool;
 
+use crate::admission::Admission;
 use crate::error::ApiError;
 
 #[derive(Clone)]
@@ -14,6 +15,7 @@ pub struct AppState {
     pub publisher: Publisher,
     pub settings: Arc<Settings>,
     pub amount_rules: AmountRules,
+    pub admission: Arc<Admission>,
 }
 
 impl AppState {

@@ -44,6 +44,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub ledger: LedgerSettings,
+    pub admission: AdmissionSettings,
     pub debug: DebugSettings,
     pub log: LogSettings,
 }
@@ -107,6 +108,13 @@ impl LedgerSettings {
             max: self.max_amount,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdmissionSettings {
+    pub request_backlog: u32,
+    pub max_backlog: u32,
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

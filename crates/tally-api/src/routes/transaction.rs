@@ -82,9 +82,16 @@ pub async fn post_transaction(
     }
 
     // Microseconds: what PostgreSQL keeps, so a replayed answer shows the same instant.
+    let shard = state.publisher.topology().shard_of(&tx.account_id);
+    if state.admission.overloaded(tx.kind, shard) {
+        tracing::warn!(id = %tx.id, shard, "shard backlog over the admission threshold; answering 503");
+        return Err(state.unavailable(
+            "the account's shard is too far behind to take this now; nothing was accepted, retry later with the same id",
+        ));
+    }
     let accepted_at = Utc::now().trunc_subsecs(6);
     let mut envelope = Envelope::new(&tx, accepted_at);
-    let routing_key = Topology::routing_key(state.publisher.topology().shard_of(&tx.account_id));
+    let routing_key = Topology::routing_key(shard);
     let properties = properties(&tx.id, &request_id(req.headers()));
 
     if tx.kind != Kind::WithdrawRequest {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is its failure message
 
+mod admission;
 mod faults;
 mod helpers;
 mod leases;

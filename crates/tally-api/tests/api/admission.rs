@@ -1,0 +1,59 @@
+//! Admission control: a shard too far behind gets 503 + Retry-After at once.
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{eventually, Options, TestApp};
+
+#[tokio::test]
+async fn a_backlogged_shard_sheds_requests_at_once_and_recovers() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        tweak: |s| {
+            s.admission.request_backlog = 10;
+            s.admission.max_backlog = 30;
+            s.admission.poll_ms = 50;
+        },
+        ..Options::default()
+    })
+    .await;
+    let deposit = |i: usize| json!({"id": format!("d{i}"), "type": "deposit", "amount": 1, "accountId": "jam"});
+    for i in 0..20 {
+        assert_eq!(app.post_json(&deposit(i)).await.0, 200);
+    }
+    let request = json!({"id": "r", "type": "withdraw_request", "amount": 1, "accountId": "jam"});
+    // Once the poller has seen the backlog, a request is refused without waiting.
+    eventually(Duration::from_secs(5), || async {
+        (app.post(&request).await.status() == 503).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let response = app.post(&request).await;
+    let took = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(took < Duration::from_millis(100), "503 took {took:?}");
+
+    // Deposits are still taken until max_backlog, then shed too.
+    for i in 20..31 {
+        assert_eq!(app.post_json(&deposit(i)).await.0, 200);
+    }
+    // Probes taken before the poller noticed the backlog count too.
+    let mut accepted = 31;
+    loop {
+        match app.post(&deposit(accepted)).await.status().as_u16() {
+            200 => accepted += 1,
+            503 => break,
+            other => panic!("unexpected {other}"),
+        }
+        assert!(accepted < 100, "deposits were never shed");
+    }
+
+    // A worker drains the shard and requests are decided again.
+    let _worker = app.start_worker().await;
+    app.wait_balance("jam", &accepted.to_string()).await;
+    eventually(Duration::from_secs(5), || async {
+        (app.post(&request).await.status() == 201).then_some(())
+    })
+    .await;
+}
