@@ -6,9 +6,9 @@
 //! per-message round trip — and the statements of a half are pipelined on one connection.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -79,22 +79,25 @@ pub async fn load(
 ) -> Result<Snapshot, StoreError> {
     let by_id: [&Param<'_>; 1] = [&ids];
     let by_account: [&Param<'_>; 1] = [&accounts];
-    let (recorded, account_rows, hold_rows) = tokio::try_join!(
-        tx.query(
+    // Cached statements: after the first batch, each query is one pipelined round trip.
+    let (q_recorded, q_accounts, q_holds) = tokio::try_join!(
+        tx.prepare_cached(
             "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint \
-             FROM transactions WHERE id = ANY($1)",
-            &by_id,
+             FROM transactions WHERE id = ANY($1)"
         ),
-        tx.query(
+        tx.prepare_cached(
             "SELECT id, user_id, balance, held, version FROM accounts WHERE id = ANY($1) \
-             FOR UPDATE",
-            &by_account,
+             FOR UPDATE"
         ),
-        tx.query(
+        tx.prepare_cached(
             "SELECT id, account_id, request_id, amount, created_at, expires_at FROM holds \
-             WHERE account_id = ANY($1) AND status = 'open' ORDER BY created_at, id",
-            &by_account,
+             WHERE account_id = ANY($1) AND status = 'open' ORDER BY created_at, id"
         ),
+    )?;
+    let (recorded, account_rows, hold_rows) = tokio::try_join!(
+        tx.query(&q_recorded, &by_id),
+        tx.query(&q_accounts, &by_account),
+        tx.query(&q_holds, &by_account),
     )?;
     Ok(Snapshot {
         recorded: recorded
@@ -266,50 +269,56 @@ pub async fn write(
 
     // Absolute values are safe: this shard's worker is the only writer of these rows and
     // holds their locks since `load`.
-    let accounts = tx.execute(
+    let accounts_sql =
         "INSERT INTO accounts (id, user_id, balance, held, version, created_at, updated_at) \
          SELECT u.id, u.user_id, u.balance, u.held, u.version, $6, $6 \
          FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::int8[]) \
               AS u(id, user_id, balance, held, version) \
          ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
              version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, \
-             user_id = COALESCE(accounts.user_id, EXCLUDED.user_id)",
-        &account_params,
-    );
+             user_id = COALESCE(accounts.user_id, EXCLUDED.user_id)";
+    let accounts_params = &account_params;
     // ON CONFLICT DO NOTHING + count: a conflict means another writer recorded one of these
     // ids since `load` (an id reused on two accounts at once). The caller rolls back and the
     // retry sees that row as a duplicate.
-    let records = tx.execute(
+    let records_sql =
         "INSERT INTO transactions (id, account_id, kind, amount, status, reason, hold_id, \
              request_id, fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, \
              shard) \
          SELECT u.*, $14, $15 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
              $5::text[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::int8[], \
              $11::numeric[], $12::timestamptz[], $13::timestamptz[]) AS u \
-         ON CONFLICT (id) DO NOTHING",
-        &record_params,
-    );
-    let new_holds = tx.execute(
+         ON CONFLICT (id) DO NOTHING";
+    let records_params = &record_params;
+    let new_holds_sql =
         "INSERT INTO holds (id, account_id, request_id, amount, status, shard, created_at, \
              expires_at) \
          SELECT u.id, u.account_id, u.request_id, u.amount, 'open', $6, $7, u.expires_at \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[]) \
-              AS u(id, account_id, request_id, amount, expires_at)",
-        &hold_params,
-    );
-    let closed_holds = tx.execute(
+              AS u(id, account_id, request_id, amount, expires_at)";
+    let new_holds_params = &hold_params;
+    let closed_holds_sql =
         "UPDATE holds SET status = u.status, captured_by = u.captured_by, closed_at = $4 \
          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, captured_by) \
-         WHERE holds.id = u.id AND holds.status = 'open'",
-        &closed_params,
-    );
-    let voided = tx.execute(
-        "UPDATE transactions SET status = 'denied', reason = 'deadline_exceeded' \
-         WHERE id = ANY($1) AND status = 'approved'",
-        &voided_params,
-    );
-    let (_, inserted, _, _, _) =
-        tokio::try_join!(accounts, records, new_holds, closed_holds, voided)?;
+         WHERE holds.id = u.id AND holds.status = 'open'";
+    let closed_holds_params = &closed_params;
+    let voided_sql = "UPDATE transactions SET status = 'denied', reason = 'deadline_exceeded' \
+         WHERE id = ANY($1) AND status = 'approved'";
+    let voided_params = &voided_params;
+    let (s_accounts, s_records, s_new_holds, s_closed_holds, s_voided) = tokio::try_join!(
+        tx.prepare_cached(accounts_sql),
+        tx.prepare_cached(records_sql),
+        tx.prepare_cached(new_holds_sql),
+        tx.prepare_cached(closed_holds_sql),
+        tx.prepare_cached(voided_sql),
+    )?;
+    let (_, inserted, _, _, _) = tokio::try_join!(
+        tx.execute(&s_accounts, accounts_params),
+        tx.execute(&s_records, records_params),
+        tx.execute(&s_new_holds, new_holds_params),
+        tx.execute(&s_closed_holds, closed_holds_params),
+        tx.execute(&s_voided, voided_params),
+    )?;
     if inserted != r.len() as u64 {
         return Err(StoreError::Conflict);
     }

@@ -3,8 +3,8 @@
 //! compare clocks. The epoch check inside every batch transaction is the fence.
 
 use deadpool_postgres::Pool;
+use deadpool_postgres::Transaction;
 use std::time::Duration;
-use tokio_postgres::Transaction;
 
 use crate::StoreError;
 
@@ -134,12 +134,12 @@ pub async fn leave(pool: &Pool, worker: &str) -> Result<(), StoreError> {
 /// The fence, first statement of every batch transaction: locks the shard's lease row (a
 /// takeover waits for this transaction) and fails unless `lease` is still the current one.
 pub async fn fence(tx: &Transaction<'_>, lease: &Lease) -> Result<(), StoreError> {
-    let row = tx
-        .query_opt(
+    let statement = tx
+        .prepare_cached(
             "SELECT owner, epoch, expires_at > now() FROM shard_leases WHERE shard = $1 FOR SHARE",
-            &[&i32::from(lease.shard)],
         )
         .await?;
+    let row = tx.query_opt(&statement, &[&i32::from(lease.shard)]).await?;
     let current = row.is_some_and(|r| {
         r.get::<_, Option<String>>(0).as_deref() == Some(lease.owner.as_str())
             && r.get::<_, i64>(1) == lease.epoch

@@ -27,6 +27,7 @@ pub struct Rules {
 /// Reasons recorded with a refusal.
 pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
 pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+pub const OWNED_BY_ANOTHER_USER: &str = "account_owned_by_another_user";
 
 /// What a batch decided: rows to write, and one outcome per input command, in input order.
 #[derive(Debug, Default)]
@@ -125,6 +126,10 @@ pub fn decide(
         if !touched.contains(&env.account_id) {
             touched.push(env.account_id.clone());
         }
+        // The API refuses a userId that differs from the recorded owner (422); two first
+        // uses racing in the queue are settled here: the later one is recorded, not applied.
+        let foreign_user =
+            matches!((&account.user_id, &env.user_id), (Some(owner), Some(user)) if owner != user);
         if account.user_id.is_none() {
             account.user_id.clone_from(&env.user_id);
         }
@@ -148,6 +153,14 @@ pub fn decide(
         let mut reason = None;
         let mut hold_id = None;
         match env.kind {
+            _ if foreign_user => {
+                status = if env.kind == Kind::WithdrawRequest {
+                    OutcomeStatus::Denied
+                } else {
+                    OutcomeStatus::Rejected
+                };
+                reason = Some(OWNED_BY_ANOTHER_USER);
+            }
             Kind::Deposit => account.balance += env.amount,
             Kind::Withdraw => {
                 if rules.withdraw_policy == WithdrawPolicy::RejectOverdraft
@@ -416,6 +429,31 @@ mod tests {
         let d = run(&[other.void(), other], Snapshot::default(), &RULES);
         assert_eq!(statuses(&d), [Denied, Denied]);
         assert_eq!(d.outcomes[1].reason.as_deref(), Some(DEADLINE_EXCEEDED));
+        assert!(d.effects.new_holds.is_empty());
+    }
+
+    #[test]
+    fn a_command_naming_another_owner_is_recorded_but_not_applied() {
+        let mut first = env("d1", Kind::Deposit, dec("10"));
+        first.user_id = Some("alice".into());
+        let mut second = env("d2", Kind::Deposit, dec("5"));
+        second.user_id = Some("bob".into());
+        let mut request = env("r1", Kind::WithdrawRequest, dec("1"));
+        request.user_id = Some("bob".into());
+        let anonymous = env("d3", Kind::Deposit, dec("1"));
+        let d = run(
+            &[first, second, request, anonymous],
+            Snapshot::default(),
+            &RULES,
+        );
+        use OutcomeStatus::*;
+        assert_eq!(statuses(&d), [Applied, Rejected, Denied, Applied]);
+        assert_eq!(d.outcomes[1].reason.as_deref(), Some(OWNED_BY_ANOTHER_USER));
+        let a = &d.effects.accounts[0];
+        assert_eq!(
+            (a.balance, a.user_id.as_deref()),
+            (dec("11"), Some("alice"))
+        );
         assert!(d.effects.new_holds.is_empty());
     }
 

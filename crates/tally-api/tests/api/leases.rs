@@ -160,9 +160,10 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
     assert_eq!((new.shard, new.epoch), (old.shard, old.epoch + 1));
 
     let late = app.envelope("late", Kind::Deposit, &account, "100");
-    let err = tally_worker::apply::apply_batch(&app.pool, &old, std::slice::from_ref(&late), &rules)
-        .await
-        .unwrap_err();
+    let err =
+        tally_worker::apply::apply_batch(&app.pool, &old, std::slice::from_ref(&late), &rules)
+            .await
+            .unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     assert!(!err.is_retryable());
     assert_eq!(
