@@ -20,6 +20,10 @@ pub enum ApiError {
     Unauthorized,
     /// 404.
     NotFound { code: &'static str, message: String },
+    /// 409: the request conflicts with the resource's current state (e.g. a job not finished).
+    Conflict { code: &'static str, message: String },
+    /// 422: well-formed, but refused by a business rule (e.g. another user owns the account).
+    Unprocessable { code: &'static str, message: String },
     /// 422: the idempotency key is already used with another payload.
     IdReused,
     /// 503: nothing was accepted; retry later with the same id.
@@ -68,9 +72,10 @@ impl From<FieldError> for ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::BadRequest { message, .. } | ApiError::NotFound { message, .. } => {
-                f.write_str(message)
-            }
+            ApiError::BadRequest { message, .. }
+            | ApiError::NotFound { message, .. }
+            | ApiError::Conflict { message, .. }
+            | ApiError::Unprocessable { message, .. } => f.write_str(message),
             ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
             ApiError::IdReused => {
                 f.write_str("this id was already used for a transaction with another payload")
@@ -87,6 +92,8 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,7 +102,10 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let code = match self {
-            ApiError::BadRequest { code, .. } | ApiError::NotFound { code, .. } => *code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::NotFound { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Unprocessable { code, .. } => *code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::IdReused => "id_reused",
             ApiError::Unavailable { .. } => "unavailable",

@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     tally_telemetry::cancel_on_signal(shutdown.clone());
     let app = Application::build(settings, shutdown.clone())
         .await
-        .context("starting the API (did `tally-worker migrate` run?)")?;
+        .context("starting the API")?;
     tracing::info!(port = app.port(), "API listening");
     app.run_until_stopped(shutdown).await?;
     tracing::info!("API stopped");

@@ -10,6 +10,10 @@ use tally_bus::{Publisher, Topology};
 use tally_core::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
+/// How long start-up waits for an unreachable database before giving up (a process started
+/// during a PostgreSQL restart should come up, not exit).
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+
 use crate::admission::Admission;
 use crate::routes;
 use crate::state::AppState;
@@ -38,7 +42,12 @@ impl Application {
     ) -> Result<Self, StartError> {
         let pool = tally_store::connect(&settings.database)?;
         // Publishing with another K than the workers consume would mis-route accounts.
-        tally_store::meta::ensure_shard_count(&pool, settings.ledger.shard_count).await?;
+        tally_store::meta::ensure_shard_count_patiently(
+            &pool,
+            settings.ledger.shard_count,
+            STARTUP_PATIENCE,
+        )
+        .await?;
         let topology = Topology {
             prefix: settings.broker.prefix.clone(),
             shard_count: settings.ledger.shard_count,

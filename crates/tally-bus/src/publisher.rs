@@ -331,7 +331,12 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
         if let Ok(mut pending) = inner.pending.lock() {
             pending.clear();
         }
-        let _ = session.connection.close(200, "closing".into()).await;
+        // Bounded: after a broker restart the old connection may never answer the close.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            session.connection.close(200, "closing".into()),
+        )
+        .await;
         if !shutdown.is_cancelled() {
             tracing::warn!("broker connection lost; reconnecting");
         }

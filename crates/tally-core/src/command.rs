@@ -5,7 +5,7 @@
 //! "the same" (kind, account, amount, capture target, owner, client timestamp), so a retry
 //! with the same id is recognised and a reuse with another payload is refused (422).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -247,14 +247,17 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Times are kept to the microsecond, PostgreSQL's precision, so an envelope and its
+    /// record agree exactly (a void is matched to its attempt by `accepted_at`).
     pub fn new(tx: &NewTransaction, accepted_at: DateTime<Utc>) -> Self {
+        let accepted_at = accepted_at.trunc_subsecs(6);
         Self {
             v: ENVELOPE_VERSION,
             kind: tx.kind,
             id: tx.id.clone(),
             account_id: tx.account_id.clone(),
             amount: tx.amount,
-            occurred_at: tx.occurred_at.unwrap_or(accepted_at),
+            occurred_at: tx.occurred_at.unwrap_or(accepted_at).trunc_subsecs(6),
             accepted_at,
             fingerprint: tx.fingerprint(),
             request_id: tx.request_id.clone(),

@@ -25,6 +25,9 @@ pub struct Recorded {
     pub reason: Option<String>,
     pub hold_id: Option<Uuid>,
     pub fingerprint: String,
+    /// When the attempt that created the record was accepted: a void only undoes the
+    /// approval of its own attempt, never the first answer of an earlier one.
+    pub accepted_at: DateTime<Utc>,
 }
 
 /// An account as the batch sees and changes it.
@@ -82,8 +85,8 @@ pub async fn load(
     // Cached statements: after the first batch, each query is one pipelined round trip.
     let (q_recorded, q_accounts, q_holds) = tokio::try_join!(
         tx.prepare_cached(
-            "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint \
-             FROM transactions WHERE id = ANY($1)"
+            "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint, \
+                    accepted_at FROM transactions WHERE id = ANY($1)"
         ),
         tx.prepare_cached(
             "SELECT id, user_id, balance, held, version FROM accounts WHERE id = ANY($1) \
@@ -113,6 +116,7 @@ pub async fn load(
                         reason: r.get(5),
                         hold_id: r.get(6),
                         fingerprint: r.get(7),
+                        accepted_at: r.get(8),
                     },
                 )
             })

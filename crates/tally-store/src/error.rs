@@ -24,6 +24,8 @@ pub enum StoreError {
     /// Never retried: the batch is abandoned uncommitted and redelivered to the new owner.
     #[error("lease on shard {shard} lost: another worker owns it now")]
     Fenced { shard: u16 },
+    #[error("the database has no tally schema yet: run `tally-worker migrate` first")]
+    NotMigrated,
     #[error("invalid database url: {0}")]
     Config(String),
 }
@@ -39,7 +41,8 @@ impl StoreError {
             StoreError::Pool(_) | StoreError::Conflict => true,
             StoreError::Migration(_)
             | StoreError::ShardCountMismatch { .. }
-            | StoreError::Fenced { .. } => false,
+            | StoreError::Fenced { .. }
+            | StoreError::NotMigrated => false,
             StoreError::Config(_) => false,
         }
     }

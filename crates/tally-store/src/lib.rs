@@ -9,11 +9,14 @@ pub mod audit;
 pub mod batch;
 pub mod dead_letters;
 pub mod error;
+pub mod history;
 pub mod leases;
 pub mod meta;
 pub mod migrate;
 pub mod pool;
 pub mod reads;
+pub mod settlement;
+pub mod users;
 
 pub use deadpool_postgres::Pool;
 pub use error::StoreError;

@@ -82,7 +82,12 @@ pub fn decide(
     for env in envelopes {
         if env.void {
             if let Some(rec) = recorded.get_mut(&env.id) {
-                if rec.fingerprint == env.fingerprint && rec.status == "approved" {
+                // Only the approval of this very attempt: a retry that timed out must not take
+                // back what an earlier attempt already told the client (201).
+                if rec.fingerprint == env.fingerprint
+                    && rec.status == "approved"
+                    && rec.accepted_at == env.accepted_at
+                {
                     let held = open.get_mut(&env.account_id).and_then(|holds| {
                         let i = holds.iter().position(|h| h.request_id == env.id)?;
                         Some(holds.remove(i))
@@ -228,6 +233,7 @@ pub fn decide(
             accepted_at: env.accepted_at,
         });
         let record = Recorded {
+            accepted_at: env.accepted_at,
             account_id: env.account_id.clone(),
             kind: env.kind.as_str().to_string(),
             amount: env.amount,
@@ -353,6 +359,7 @@ mod tests {
                 reason: None,
                 hold_id: Some(hold),
                 fingerprint: e.fingerprint.clone(),
+                accepted_at: e.accepted_at,
             },
         );
         let d = run(&[e], snapshot, &RULES);
@@ -423,6 +430,23 @@ mod tests {
         assert_eq!(d.effects.accounts[0].held, dec("0"));
         let closed: Vec<&str> = d.effects.closed_holds.iter().map(|c| c.status).collect();
         assert_eq!(closed, ["released"]);
+
+        // A void of a later attempt leaves an earlier attempt's approval alone.
+        let mut retry = request.clone();
+        retry.accepted_at = request.accepted_at + Duration::seconds(5);
+        let d = run(
+            &[
+                env("d", Kind::Deposit, dec("100")),
+                request.clone(),
+                retry.clone(),
+                retry.void(),
+            ],
+            Snapshot::default(),
+            &RULES,
+        );
+        assert_eq!(statuses(&d), [Applied, Approved, Approved, Approved]);
+        assert!(d.effects.voided.is_empty() && d.effects.closed_holds.is_empty());
+        assert_eq!(d.effects.accounts[0].held, dec("60"));
 
         // Void first: the request is recorded denied and its late copy is a duplicate.
         let other = env("r2", Kind::WithdrawRequest, dec("1"));

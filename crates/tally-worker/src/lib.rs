@@ -5,14 +5,17 @@
 //! - [`apply`]: one batch = one transaction (dedupe + effects commit together).
 //! - [`shard`]: the greedy consumer loop of one shard queue.
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
+//! - [`jobs`]: the settlement job runner (claims, chunks, heartbeats, resumes).
 //! - [`Worker`]: connection, topology, shard leases (about K / live workers each, fenced by
 //!   epoch), one loop per owned shard, reconnection and shutdown.
 
 pub mod apply;
 pub mod dead_letters;
+pub mod jobs;
 pub mod ledger;
 pub mod shard;
 
+use futures_util::future::join_all;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::collections::HashMap;
@@ -24,6 +27,10 @@ use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// How long start-up waits for an unreachable database before giving up (a process started
+/// during a PostgreSQL restart should come up, not exit).
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 use crate::ledger::Rules;
 use crate::shard::{ShardContext, ShardError};
@@ -53,7 +60,12 @@ impl Worker {
     /// start). Migrations must have been applied (`tally-worker migrate`).
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
         let pool = tally_store::connect(&settings.database)?;
-        tally_store::meta::ensure_shard_count(&pool, settings.ledger.shard_count).await?;
+        tally_store::meta::ensure_shard_count_patiently(
+            &pool,
+            settings.ledger.shard_count,
+            STARTUP_PATIENCE,
+        )
+        .await?;
         let topology = Topology {
             prefix: settings.broker.prefix.clone(),
             shard_count: settings.ledger.shard_count,
@@ -104,6 +116,15 @@ impl Worker {
     /// back-off whenever the broker connection is lost. On shutdown every shard loop finishes
     /// and acks its batch in hand, and the leases are released.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Settlement jobs need only PostgreSQL: their runner lives beside the broker sessions,
+        // through reconnections. Aborted with this future (a killed worker kills its runner,
+        // whose job is then resumed elsewhere); on shutdown it hands its job back.
+        let config = jobs::JobsConfig::default();
+        let jobs = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(jobs::run(
+            jobs::own_pool(&self.settings.database, &config, &self.pool),
+            config,
+            shutdown.clone(),
+        )));
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             match self.run_session(&shutdown).await {
@@ -119,6 +140,7 @@ impl Worker {
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+        let _ = jobs.await;
         tracing::info!("worker stopped");
     }
 
@@ -194,13 +216,24 @@ impl Worker {
             }
         }
 
+        // Every wait below is bounded: after a broker restart the old connection may never
+        // answer, and a hung teardown would keep the worker from reconnecting or exiting.
         session.cancel();
-        for (_, running) in owned.drain() {
-            stop_and_release(&self.pool, running).await;
-        }
-        let _ = tally_store::leases::leave(&self.pool, &self.id).await;
-        let _ = archiver.await;
-        let _ = connection.close(200, "worker stopping".into()).await;
+        let pool = &self.pool;
+        join_all(
+            owned
+                .drain()
+                .map(|(_, running)| stop_and_release(pool, running)),
+        )
+        .await;
+        let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, tally_store::leases::leave(pool, &self.id))
+            .await;
+        finish(archiver).await;
+        let _ = tokio::time::timeout(
+            TEARDOWN_TIMEOUT,
+            connection.close(200, "worker stopping".into()),
+        )
+        .await;
         Ok(())
     }
 
@@ -233,7 +266,7 @@ impl Worker {
             if let Some(running) = owned.remove(&shard) {
                 tracing::warn!(shard, "lease lost; stopping the shard");
                 running.stop.cancel();
-                let _ = running.task.await;
+                finish(running.task).await;
             }
         }
         // Shed the highest shards first, so ownership stays stable and predictable.
@@ -331,11 +364,31 @@ async fn reap(owned: &mut HashMap<u16, Running>) -> bool {
     broken
 }
 
+/// Longest wait for one step of a teardown: a shard loop finishing its batch in hand, a close
+/// the broker may never answer. Past it the step is abandoned (a loop is aborted: its batch is
+/// not acked and will be redelivered, deduplicated if it was committed).
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits for a task to end, for at most [`TEARDOWN_TIMEOUT`]; aborts it past that.
+async fn finish<T>(mut task: JoinHandle<T>) {
+    if tokio::time::timeout(TEARDOWN_TIMEOUT, &mut task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a task did not stop in time; aborting it");
+        task.abort();
+    }
+}
+
 /// Stops a shard loop (it finishes and acks its batch in hand) and then releases its lease.
 async fn stop_and_release(pool: &Pool, running: Running) {
     running.stop.cancel();
-    let _ = running.task.await;
-    if let Err(e) = tally_store::leases::release(pool, &running.lease).await {
+    finish(running.task).await;
+    let released = tokio::time::timeout(
+        TEARDOWN_TIMEOUT,
+        tally_store::leases::release(pool, &running.lease),
+    );
+    if let Ok(Err(e)) = released.await {
         tracing::warn!(shard = running.lease.shard, error = %e, "lease not released; it will expire");
     }
 }

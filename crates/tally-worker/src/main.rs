@@ -78,7 +78,5 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn build(settings: Settings) -> anyhow::Result<Worker> {
-    Worker::build(settings)
-        .await
-        .context("starting the worker (did `tally-worker migrate` run?)")
+    Worker::build(settings).await.context("starting the worker")
 }

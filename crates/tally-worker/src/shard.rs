@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{apply_batch, sweep_holds};
 use crate::ledger::Rules;
 
+/// Longest wait for the broker to answer a channel close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What every shard loop of a worker shares.
 pub struct ShardContext {
     pub pool: Pool,
@@ -56,7 +59,8 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), ShardError> {
     let result = consume(&ctx, &lease, consumer, &stop).await;
-    let _ = channel.close(200, "shard released".into()).await;
+    // Bounded: on a connection the broker already dropped, a close may never be answered.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shard released".into())).await;
     result
 }
 

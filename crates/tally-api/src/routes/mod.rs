@@ -4,7 +4,10 @@
 pub mod account;
 pub mod debug;
 pub mod health;
+pub mod history;
+pub mod jobs;
 pub mod transaction;
+pub mod users;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -19,6 +22,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(health::status)
         .service(health::live)
         .service(health::ready);
+    cfg.service(history::account_transactions)
+        .service(history::account_largest_expense)
+        .service(users::link_account)
+        .service(users::get_user)
+        .service(users::user_largest_expense)
+        .service(jobs::create_settlement)
+        .service(jobs::get_job)
+        .service(jobs::cancel_job)
+        .service(jobs::download);
     if state.settings.debug.enabled {
         cfg.service(debug::accounts)
             .service(debug::transactions)

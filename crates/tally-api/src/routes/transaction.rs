@@ -4,7 +4,7 @@
 
 use actix_web::http::{header::HeaderMap, StatusCode};
 use actix_web::{post, web, HttpRequest, HttpResponse};
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -78,10 +78,20 @@ pub async fn post_transaction(
     match tally_store::reads::transaction(&state.pool, &tx.id).await {
         Ok(Some(record)) => return replay(&tx, &record),
         Ok(None) => {}
+        // A withdraw_request cannot be decided while the database is away (the worker cannot
+        // commit), and a retry of a decided one must get its first answer back, not a guess:
+        // nothing is published, the client retries with the same id.
+        Err(e) if tx.kind == Kind::WithdrawRequest => {
+            tracing::warn!(id = %tx.id, error = %e, "database unavailable for a withdraw_request");
+            return Err(state.unavailable(
+                "the ledger cannot decide withdraw requests right now; nothing was accepted, retry with the same id",
+            ));
+        }
         Err(e) => tracing::warn!(id = %tx.id, error = %e, "idempotency pre-check skipped"),
     }
+    // After the replay: a retry of a recorded transaction gets its first answer back.
+    crate::routes::users::check_owner(&state, &tx.account_id, tx.user_id.as_deref()).await?;
 
-    // Microseconds: what PostgreSQL keeps, so a replayed answer shows the same instant.
     let shard = state.publisher.topology().shard_of(&tx.account_id);
     if state.admission.overloaded(tx.kind, shard) {
         tracing::warn!(id = %tx.id, shard, "shard backlog over the admission threshold; answering 503");
@@ -89,8 +99,10 @@ pub async fn post_transaction(
             "the account's shard is too far behind to take this now; nothing was accepted, retry later with the same id",
         ));
     }
-    let accepted_at = Utc::now().trunc_subsecs(6);
-    let mut envelope = Envelope::new(&tx, accepted_at);
+    let mut envelope = Envelope::new(&tx, Utc::now());
+    // The envelope's time (to the microsecond, like the record's): a replayed answer shows
+    // the same instant.
+    let accepted_at = envelope.accepted_at;
     let routing_key = Topology::routing_key(shard);
     let properties = properties(&tx.id, &request_id(req.headers()));
 

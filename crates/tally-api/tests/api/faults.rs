@@ -209,6 +209,12 @@ async fn a_database_outage_answers_reads_503_keeps_accepting_writes_and_recovers
             .0,
         200
     );
+    // A withdraw_request cannot be decided (nor its retry answered from the record): 503 now,
+    // not a 402 after the deadline.
+    let (status, body) = app
+        .post_json(&tx("req", "withdraw_request", json!(1), "pg"))
+        .await;
+    assert_eq!(status, 503, "{body}");
 
     proxy.restore();
     app.wait_balance("pg", "3").await;

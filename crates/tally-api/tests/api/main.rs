@@ -6,10 +6,13 @@
 mod admission;
 mod faults;
 mod helpers;
+mod history;
+mod jobs;
 mod leases;
 mod shutdown;
 mod startup;
 mod through_nginx;
+mod users;
 mod withdraw_request;
 
 mod openapi;

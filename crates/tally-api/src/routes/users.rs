@@ -1,0 +1,144 @@
+//! Users: linking accounts to a user, a user's accounts and total, and a user's largest
+//! expense; plus [`check_owner`], the rule `POST /transaction` applies to a `userId`.
+//!
+//! Invariant: an account has at most one owner and keeps it. The owner is the explicit link
+//! if there is one, else the `userId` of the account's first transaction; linking an account
+//! owned by someone else, or posting a transaction for it with another `userId`, is refused
+//! with code `account_owned_by_another_user`. Ownership is metadata beside the ledger: the API
+//! writes links itself (never the `accounts` rows, which only the shard worker writes).
+
+use actix_web::{get, put, web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tally_store::users::Link;
+
+use crate::error::ApiError;
+use crate::routes::account::store_error;
+use crate::routes::history::{no_expense, RangeQuery};
+use crate::routes::path_id;
+use crate::state::AppState;
+
+const OWNED_BY_ANOTHER: &str = "account_owned_by_another_user";
+
+fn user_not_found(user_id: &str) -> ApiError {
+    ApiError::NotFound {
+        code: "user_not_found",
+        message: format!("user {user_id:?} owns no account"),
+    }
+}
+
+/// Body of a link answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Linked<'a> {
+    user_id: &'a str,
+    account_id: &'a str,
+    linked_at: DateTime<Utc>,
+}
+
+/// `PUT /users/{userId}/accounts/{accountId}`: links the account to the user. 201 when the
+/// link is new, 200 when it already existed (idempotent); 409
+/// `account_owned_by_another_user` when another user owns the account. The account need not
+/// have been used yet.
+#[put("/users/{user_id}/accounts/{account_id}")]
+pub async fn link_account(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (user_id, account_id) = path.into_inner();
+    path_id(&user_id, "userId")?;
+    path_id(&account_id, "accountId")?;
+    let link = tally_store::users::link(&state.pool, &user_id, &account_id)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    let (mut response, linked_at) = match link {
+        Link::Created { linked_at } => (HttpResponse::Created(), linked_at),
+        Link::Existing { linked_at } => (HttpResponse::Ok(), linked_at),
+        Link::OwnedByAnother => {
+            return Err(ApiError::Conflict {
+                code: OWNED_BY_ANOTHER,
+                message: format!("account {account_id:?} is owned by another user"),
+            })
+        }
+    };
+    Ok(response.json(Linked {
+        user_id: &user_id,
+        account_id: &account_id,
+        linked_at,
+    }))
+}
+
+/// `GET /users/{userId}` → `{"userId","total","accounts":[{"accountId","balance",
+/// "available"}]}`, accounts ordered by id, `total` the sum of their balances; 404
+/// `user_not_found` for a user who owns no account.
+#[get("/users/{user_id}")]
+pub async fn get_user(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path.into_inner();
+    path_id(&user_id, "userId")?;
+    tally_store::users::user(&state.pool, &user_id)
+        .await
+        .map_err(|e| store_error(&state, &e))?
+        .map(|view| HttpResponse::Ok().json(view))
+        .ok_or_else(|| user_not_found(&user_id))
+}
+
+/// `GET /users/{userId}/largest-expense?from=&to=` → the applied withdraw with the largest
+/// amount over all the user's accounts whose `occurredAt` is in `[from, to]` (ties: the
+/// earliest, then the smallest id). 404 `user_not_found` or `expense_not_found`.
+#[get("/users/{user_id}/largest-expense")]
+pub async fn user_largest_expense(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<RangeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path.into_inner();
+    path_id(&user_id, "userId")?;
+    let (from, to) = query.required()?;
+    let found = tally_store::history::largest_expense_of_user(&state.pool, &user_id, from, to)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    if let Some(record) = found {
+        return Ok(HttpResponse::Ok().json(record));
+    }
+    // No expense: say whether the user is unknown or just had none in the period.
+    let exists = tally_store::users::exists(&state.pool, &user_id)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    Err(if exists {
+        no_expense(&format!("user {user_id:?}"))
+    } else {
+        user_not_found(&user_id)
+    })
+}
+
+/// The ownership rule of `POST /transaction`: a transaction carrying `userId` for an account
+/// another user owns is refused with 422 `account_owned_by_another_user`, before anything is
+/// published. Without `userId`, or for an account without owner, it passes (the worker then
+/// records the first `userId` as the owner).
+///
+/// When PostgreSQL cannot be asked the transaction passes too: like the idempotency
+/// pre-check, this check must not make accepting writes depend on the database; the worker's
+/// own check is the backstop.
+pub async fn check_owner(
+    state: &AppState,
+    account_id: &str,
+    user_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(user_id) = user_id else {
+        return Ok(());
+    };
+    match tally_store::users::owner(&state.pool, account_id).await {
+        Ok(Some(owner)) if owner != user_id => Err(ApiError::Unprocessable {
+            code: OWNED_BY_ANOTHER,
+            message: format!("account {account_id:?} is owned by another user"),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(account_id, error = %e, "ownership pre-check skipped");
+            Ok(())
+        }
+    }
+}

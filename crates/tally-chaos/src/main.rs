@@ -1,0 +1,453 @@
+//! `tally-chaos`: the fault suite (`make chaos`). For each seed, a fresh installation (own
+//! database, own queues, 2 API replicas + 2 workers as real processes, nginx in front) takes a
+//! modelled workload while the seed's faults are injected; then the ledger is checked against
+//! what the clients were told. A seed decides the workload and the faults, so a failing seed
+//! is replayed with `make chaos SEED=<n>`.
+//!
+//! It restarts the machine's shared RabbitMQ and PostgreSQL: never run it next to the test
+//! suite (`make test` runs a short chaos run after the tests, not beside them).
+
+mod checks;
+mod cluster;
+mod faults;
+mod model;
+mod rng;
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use checks::{Model, Verdict};
+use cluster::{Cluster, RunConfig};
+use faults::{FaultKind, Services};
+use model::{Answer, Client, Http, Stats};
+use rng::Rng;
+
+const USAGE: &str =
+    "usage: tally-chaos [--seeds A..B | --seeds N] [--seed N]... [--fail-fast] [--no-faults] [--kinds K,K] [--no-wait]
+                   [--clients 8] [--accounts 20] [--bin-dir DIR]
+
+  --seeds A..B   run seeds A to B-1 (--seeds N means 0..N); default 0..5
+  --seed N       run only seed N (repeatable): the replay of a failing seed
+  --fail-fast    stop at the first failing seed (default: run all, then exit non-zero)
+  --no-faults    the same workload and checks without faults (tells harness from system)
+  --kinds K,K    inject only these kinds (kill-worker, kill-api, rabbitmq-restart,
+                 postgres-restart, poison-message); the local ones leave the shared
+                 services alone
+  --bin-dir DIR  where tally-api and tally-worker are (default: next to this binary)
+  --no-wait      start seeds even while `cargo nextest`/`cargo test` runs (by default each
+                 seed waits up to 30 min for them: it restarts the services they use)
+
+Env: TALLY_CHAOS_ADMIN_URL (default postgres://tally:tally@127.0.0.1:5432/tally),
+     TALLY_CHAOS_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
+Logs and a report per seed: target/chaos/<seed>/.";
+
+/// Load after the last fault has recovered.
+const AFTER_LAST_FAULT: Duration = Duration::from_secs(2);
+
+struct Options {
+    seeds: Vec<u64>,
+    fail_fast: bool,
+    no_faults: bool,
+    kinds: Option<Vec<FaultKind>>,
+    no_wait: bool,
+    clients: u64,
+    accounts: usize,
+    bin_dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Options> {
+    let mut o = Options {
+        seeds: Vec::new(),
+        fail_fast: false,
+        no_faults: false,
+        kinds: None,
+        no_wait: false,
+        clients: 8,
+        accounts: 20,
+        bin_dir: None,
+    };
+    let mut args = std::env::args().skip(1);
+    let mut range = None;
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--seeds" => {
+                let v = value()?;
+                let (a, b) = match v.split_once("..") {
+                    Some((a, b)) => (a.parse()?, b.parse()?),
+                    None => (0, v.parse()?),
+                };
+                range = Some(a..b);
+            }
+            "--seed" => o.seeds.push(value()?.parse()?),
+            "--fail-fast" => o.fail_fast = true,
+            "--no-faults" => o.no_faults = true,
+            "--no-wait" => o.no_wait = true,
+            "--kinds" => {
+                let names = value()?;
+                let kinds = names
+                    .split(',')
+                    .map(|n| {
+                        faults::ALL
+                            .into_iter()
+                            .find(|k| k.name() == n.trim())
+                            .with_context(|| format!("unknown fault kind {n:?}\n{USAGE}"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                o.kinds = Some(kinds);
+            }
+            "--clients" => o.clients = value()?.parse()?,
+            "--accounts" => o.accounts = value()?.parse()?,
+            "--bin-dir" => o.bin_dir = Some(value()?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if o.seeds.is_empty() {
+        o.seeds = range.unwrap_or(0..5).collect();
+    }
+    if o.clients == 0 || o.accounts == 0 {
+        bail!("--clients and --accounts must be at least 1");
+    }
+    Ok(o)
+}
+
+/// One seed's result.
+struct SeedResult {
+    seed: u64,
+    kinds: Vec<FaultKind>,
+    failures: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let opts = parse_args()?;
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let bin_dir = match &opts.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary has no directory")?
+            .to_path_buf(),
+    };
+    for bin in ["tally-api", "tally-worker"] {
+        if !bin_dir.join(bin).exists() {
+            bail!(
+                "{} missing: run `cargo build --bins` first",
+                bin_dir.join(bin).display()
+            );
+        }
+    }
+    let cfg = RunConfig {
+        // target/debug → target/chaos
+        out_dir: bin_dir
+            .parent()
+            .map_or_else(|| bin_dir.join("chaos"), |target| target.join("chaos")),
+        bin_dir,
+        root,
+        admin_url: std::env::var("TALLY_CHAOS_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://tally:tally@127.0.0.1:5432/tally".into()),
+        amqp_url: std::env::var("TALLY_CHAOS_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        api_replicas: 2,
+        workers: 2,
+        shard_count: 4,
+    };
+    let services = Services::detect()?;
+    cluster::ensure_services(&cfg).await?;
+    let leftovers = cluster::clean_leftovers(&cfg).await?;
+    if leftovers > 0 {
+        println!(
+            "chaos: removed {leftovers} leftovers of an earlier run (databases, queues, exchanges)"
+        );
+    }
+
+    let started = Instant::now();
+    let mut results = Vec::new();
+    println!(
+        "chaos: {} seed(s) {}, {} clients over {} accounts; logs in {}",
+        opts.seeds.len(),
+        describe_seeds(&opts.seeds),
+        opts.clients,
+        opts.accounts,
+        cfg.out_dir.display()
+    );
+    for &seed in &opts.seeds {
+        let result = run_seed(&cfg, &services, &opts, seed).await;
+        let failed = !result.failures.is_empty();
+        results.push(result);
+        if failed && opts.fail_fast {
+            break;
+        }
+    }
+    summary(&opts, &results, started.elapsed());
+    if results.iter().any(|r| !r.failures.is_empty()) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn describe_seeds(seeds: &[u64]) -> String {
+    match (seeds.first(), seeds.last()) {
+        (Some(a), Some(b)) if seeds.len() > 1 && b - a + 1 == seeds.len() as u64 => {
+            format!("{a}..{}", b + 1)
+        }
+        _ => format!("{seeds:?}"),
+    }
+}
+
+async fn run_seed(cfg: &RunConfig, services: &Services, opts: &Options, seed: u64) -> SeedResult {
+    if !opts.no_wait {
+        cluster::wait_for_quiet(Duration::from_secs(30 * 60)).await;
+    }
+    let t = Instant::now();
+    let mut lines = Vec::new();
+    let mut verdict = Verdict::default();
+    let mut kinds = Vec::new();
+    let mut summary_line = String::new();
+    match Cluster::new(cfg, seed) {
+        Ok(mut cluster) => {
+            if let Err(e) = cluster::ensure_services(cfg).await {
+                verdict.failures.push(format!("services: {e:#}"));
+            } else {
+                match drive(
+                    &mut cluster,
+                    cfg,
+                    services,
+                    opts,
+                    &mut verdict,
+                    &mut lines,
+                    &mut kinds,
+                )
+                .await
+                {
+                    Ok(line) => summary_line = line,
+                    Err(e) => verdict.failures.push(format!("{e:#}")),
+                }
+            }
+            // Teardown first: it notices a crash between the checks and the stop too.
+            let problems = cluster.teardown(cfg).await;
+            verdict.failures.extend(cluster.crashes());
+            verdict.failures.extend(problems);
+            write_report(&cluster.log_dir, seed, &verdict, &lines);
+        }
+        Err(e) => verdict.failures.push(format!("{e:#}")),
+    }
+    // The next seed (and whoever uses this machine next) needs both services up.
+    if let Err(e) = cluster::ensure_services(cfg).await {
+        verdict
+            .failures
+            .push(format!("services after the seed: {e:#}"));
+    }
+    let status = if verdict.failures.is_empty() {
+        "ok  "
+    } else {
+        "FAIL"
+    };
+    println!(
+        "seed {seed:>3} {status} {:>5.1}s  {summary_line}",
+        t.elapsed().as_secs_f64()
+    );
+    for note in &verdict.notes {
+        println!("         note: {note}");
+    }
+    for f in &verdict.failures {
+        println!("         FAILED: {f}");
+    }
+    if !verdict.failures.is_empty() {
+        println!("         replay: make chaos SEED={seed}   (logs: target/chaos/{seed}/)");
+    }
+    let _ = std::io::stdout().flush();
+    SeedResult {
+        seed,
+        kinds,
+        failures: verdict.failures,
+    }
+}
+
+/// Start, load with faults, settle, verify. Returns the one-line description of the seed.
+async fn drive(
+    cluster: &mut Cluster,
+    cfg: &RunConfig,
+    services: &Services,
+    opts: &Options,
+    verdict: &mut Verdict,
+    lines: &mut Vec<String>,
+    kinds: &mut Vec<FaultKind>,
+) -> Result<String> {
+    cluster
+        .start(cfg)
+        .await
+        .context("starting the installation")?;
+    let seed = cluster.seed;
+    let load = Rng::stream(seed, 0).millis(10_000, 15_000);
+    let mut plan = faults::plan(seed, load, cfg.api_replicas, cfg.workers, cfg.shard_count);
+    if opts.no_faults {
+        plan.clear();
+    }
+    if let Some(kinds) = &opts.kinds {
+        plan.retain(|f| kinds.contains(&f.kind));
+    }
+    kinds.extend(plan.iter().map(|f| f.kind));
+    lines.push(format!("load {:.1}s, plan: {plan:?}", load.as_secs_f64()));
+
+    // From here on every time in logs and reports is an offset into the load phase.
+    let load_start = Instant::now();
+    cluster.t0 = load_start;
+    let http = Arc::new(Http::new(
+        &cluster.base_url,
+        Duration::from_secs(90),
+        load_start,
+    )?);
+    let accounts: Arc<Vec<String>> =
+        Arc::new((0..opts.accounts).map(|i| format!("acct-{i}")).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..opts.clients)
+        .map(|number| {
+            tokio::spawn(
+                Client {
+                    http: http.clone(),
+                    seed,
+                    number,
+                    accounts: accounts.clone(),
+                    stop: stop.clone(),
+                }
+                .run(),
+            )
+        })
+        .collect();
+    let injected = faults::inject(cluster, cfg, services, &plan, load_start, &http).await;
+    // Load goes on for the planned time and at least a little after the last fault recovered,
+    // so every fault happens under load and recovery is seen by fresh traffic.
+    tokio::time::sleep_until((load_start + load).max(Instant::now() + AFTER_LAST_FAULT)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut model = Model {
+        ops: injected.canaries,
+        repeats: Vec::new(),
+        poisons: injected.poisons,
+    };
+    let mut stats = Stats::default();
+    stats.absorb(injected.stats);
+    for client in clients {
+        let log = client.await.context("a client task panicked")?;
+        model.ops.extend(log.ops);
+        model.repeats.extend(log.repeats);
+        stats.absorb(log.stats);
+    }
+    let load_took = load_start.elapsed();
+    verdict.failures.extend(injected.problems);
+    for i in &injected.injected {
+        lines.push(format!(
+            "+{:>5.1}s {:<17} {:.1}s  {}",
+            i.began.as_secs_f64(),
+            i.fault.kind.name(),
+            i.took.as_secs_f64(),
+            i.note
+        ));
+    }
+
+    checks::settle(cluster, cfg, &model, Duration::from_secs(60), verdict).await;
+    checks::workers_own_shards(cluster, Duration::from_secs(20), verdict).await;
+    let settled = load_start.elapsed();
+    let mut details = Vec::new();
+    checks::verify(cluster, &http, &model, verdict, &mut details)
+        .await
+        .context("verifying")?;
+    lines.extend(details);
+    // Issue 4: during an outage the answer is a fast 503, never a hang over 5 s.
+    if !stats.slow.is_empty() {
+        verdict.failures.push(format!(
+            "{} HTTP attempts took over {:?} (slowest {:.1}s), e.g. {}",
+            stats.slow.len(),
+            model::SLOW_ATTEMPT,
+            stats.slowest.as_secs_f64(),
+            stats.slow[0]
+        ));
+        lines.push("slow attempts:".into());
+        lines.extend(stats.slow.iter().map(|s| format!("  {s}")));
+    }
+
+    let count = |f: fn(&Answer) -> bool| model.ops.iter().filter(|op| f(&op.answer)).count();
+    let faults: Vec<String> = injected
+        .injected
+        .iter()
+        .map(|i| format!("{}@{:.1}s", i.fault.kind.name(), i.began.as_secs_f64()))
+        .collect();
+    Ok(format!(
+        "load {:.1}s (+{:.1}s to settle)  faults: {}  ops {} (200 {}, 201 {}, 402 {} of which deadline {}), repeats {}, attempts {} (50x {}, conn errors {}, slowest {:.1}s)",
+        load_took.as_secs_f64(),
+        (settled - load_took).as_secs_f64(),
+        faults.join(" "),
+        model.ops.len(),
+        count(|a| *a == Answer::Accepted),
+        count(|a| matches!(a, Answer::Approved { .. })),
+        count(|a| matches!(a, Answer::Denied { .. })),
+        count(|a| matches!(a, Answer::Denied { reason } if reason == "deadline_exceeded")),
+        model.repeats.len(),
+        stats.attempts,
+        stats.unavailable,
+        stats.connection_errors,
+        stats.slowest.as_secs_f64(),
+    ))
+}
+
+fn write_report(dir: &std::path::Path, seed: u64, verdict: &Verdict, lines: &[String]) {
+    let mut text = format!("seed {seed}\n");
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    for n in &verdict.notes {
+        text.push_str(&format!("note: {n}\n"));
+    }
+    for f in &verdict.failures {
+        text.push_str(&format!("FAILED: {f}\n"));
+    }
+    let _ = std::fs::write(dir.join("report.txt"), text);
+}
+
+fn summary(opts: &Options, results: &[SeedResult], wall: Duration) {
+    let mut per_kind: BTreeMap<FaultKind, usize> = faults::ALL.iter().map(|k| (*k, 0)).collect();
+    for r in results {
+        for k in &r.kinds {
+            *per_kind.entry(*k).or_default() += 1;
+        }
+    }
+    let failed: Vec<u64> = results
+        .iter()
+        .filter(|r| !r.failures.is_empty())
+        .map(|r| r.seed)
+        .collect();
+    println!();
+    println!(
+        "chaos: {} of {} seed(s) passed ({}), wall time {}m{:02}s",
+        results.len() - failed.len(),
+        results.len(),
+        describe_seeds(&opts.seeds),
+        wall.as_secs() / 60,
+        wall.as_secs() % 60
+    );
+    let kinds: Vec<String> = per_kind
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.name()))
+        .collect();
+    println!("chaos: faults injected: {}", kinds.join(", "));
+    if !failed.is_empty() {
+        println!("chaos: FAILED seeds: {failed:?}");
+        for s in failed {
+            println!("  replay: make chaos SEED={s}");
+        }
+    }
+}
