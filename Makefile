@@ -28,7 +28,7 @@ STACK := bash deploy/local/stack.sh
 # Database the tests connect to (they create their own tally_test_* databases in it).
 TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
 
-.PHONY: help up down status logs services services-down build migrate test test-db-clean fmt lint check
+.PHONY: help up down status logs services services-down build migrate test bench chaos test-db-clean fmt lint check
 
 help: ## list the targets
 	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)]"
@@ -68,7 +68,7 @@ migrate: ## apply the database migrations (release binary)
 	$(BIN_DIR)/tally-worker migrate
 
 # ---------------------------------------------------------------- quality
-test: ## services, drop leftover test databases, run the whole workspace's tests
+test: ## services, drop leftover test databases, run the whole workspace's tests, then chaos SEEDS=5
 	$(SERVICES)
 	$(MAKE) test-db-clean
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -79,6 +79,36 @@ test: ## services, drop leftover test databases, run the whole workspace's tests
 	  echo "$(CARGO) test --workspace --no-fail-fast"; \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) chaos SEEDS=5
+
+# Benchmarks (crates/tally-bench; results and how to read them: BENCHMARKS.md). Baselines,
+# worker drain, then HTTP load against `make up` stacks of its own: nginx on BENCH_PORT,
+# replicas from BENCH_API_BASE_PORT, database tally_bench and broker prefix bench, recreated
+# for each configuration and stopped at the end (it refuses to stop a stack that is already
+# running under .run/). About 10 minutes. Figures are only meaningful on a quiet machine:
+# BENCH_FLAGS="--wait-quiet 25m" waits for cargo/nextest/tally-chaos to finish first;
+# BENCH_FLAGS=--quick tries the whole set out in ~3 minutes. Results: target/bench/.
+BENCH_PORT ?= 8090
+BENCH_API_BASE_PORT ?= 8201
+BENCH_FLAGS ?=
+bench: ## benchmark set: baselines, worker drain, HTTP load, scaling -> target/bench/ (BENCHMARKS.md)
+	$(SERVICES)
+	$(CARGO) build --release --bins
+	$(BIN_DIR)/tally-bench suite --port $(BENCH_PORT) --api-base-port $(BENCH_API_BASE_PORT) --bin-dir $(BIN_DIR) $(BENCH_FLAGS)
+
+# Fault suite (crates/tally-chaos): per seed a fresh database and queue prefix, 2 API
+# replicas + 2 workers (debug builds) behind nginx, a modelled workload, and the seed's
+# faults (kill -9 worker/API, RabbitMQ stop_app/start_app, PostgreSQL restart, poison
+# message); then the ledger is checked against the answers. It restarts the SHARED
+# RabbitMQ and PostgreSQL: never run it beside `cargo nextest` (`test` runs it after).
+# Logs and a report per seed under target/chaos/<seed>/.
+SEEDS ?= 5
+SEED_START ?= 0
+DEBUG_BIN_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug
+chaos: ## fault suite: seeds SEED_START..SEED_START+SEEDS (default 0..5); SEED=n replays one
+	$(SERVICES)
+	$(CARGO) build --bins
+	$(DEBUG_BIN_DIR)/tally-chaos $(if $(SEED),--seed $(SEED),--seeds $(SEED_START)..$(shell echo $$(($(SEED_START) + $(SEEDS))))) $(CHAOS_FLAGS)
 
 # Tests create one database per test (tally_test_*) and drop it at the end; a crashed
 # or interrupted run leaves some behind. Drop them here, best effort. Databases with a
