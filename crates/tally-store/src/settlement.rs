@@ -3,8 +3,9 @@
 //!
 //! The API creates jobs ([`create`]) and requests cancellation ([`cancel`]); worker processes
 //! run them ([`claim`], then [`chunk`] after [`chunk`]). Invariants:
-//! - **Idempotent results**: a chunk recomputes whole days from the ledger and upserts them, so
-//!   running a range twice, or resuming a chunk that was half done, gives the same rows.
+//! - **Idempotent results**: a chunk recomputes whole days from the ledger and writes them
+//!   (inserted the first time, upserted after, under a per-day lock), so running a range twice,
+//!   concurrently or not, or resuming after a crash, gives the same rows.
 //! - **Bounded memory**: PostgreSQL aggregates (`INSERT … SELECT … GROUP BY`) and formats the
 //!   CSV (`COPY … TO STDOUT`); no row of the range ever enters a tally process.
 //! - **Progress is a prefix**: chunks may compute concurrently, but commit in day order, each
@@ -309,23 +310,48 @@ pub async fn next_busy_day(
     Ok(busy.map(|day| day.max(from)))
 }
 
-/// Recomputes the days in `[$1, $2)`. An unchanged row is not rewritten (a re-run produces no
-/// dead tuples and keeps the job that last changed it).
-const AGGREGATE: &str = "INSERT INTO settlements AS s \
-         (day, account_id, deposits, withdraws, net, count, job_id, computed_at) \
-     SELECT (applied_at AT TIME ZONE 'UTC')::date, account_id, \
-            trim_scale(COALESCE(sum(amount) FILTER (WHERE kind = 'deposit'), 0)), \
-            trim_scale(COALESCE(sum(amount) FILTER (WHERE kind = 'withdraw'), 0)), \
-            trim_scale(sum(CASE kind WHEN 'deposit' THEN amount ELSE -amount END)), \
-            count(*), $3, now() \
-     FROM transactions \
-     WHERE status = 'applied' AND applied_at >= $1 AND applied_at < $2 \
-     GROUP BY 1, 2 \
-     ON CONFLICT (day, account_id) DO UPDATE SET deposits = EXCLUDED.deposits, \
-         withdraws = EXCLUDED.withdraws, net = EXCLUDED.net, count = EXCLUDED.count, \
-         job_id = EXCLUDED.job_id, computed_at = EXCLUDED.computed_at \
-     WHERE (s.deposits, s.withdraws, s.count) \
-           IS DISTINCT FROM (EXCLUDED.deposits, EXCLUDED.withdraws, EXCLUDED.count)";
+/// The settlement rows of the days in `[$1, $2)`, computed from the ledger. `net` is taken
+/// from the two sums rather than summed a third time.
+const DAYS: &str = "SELECT day, account_id, trim_scale(d), trim_scale(w), trim_scale(d - w), c, \
+            $3::uuid, now() \
+     FROM (SELECT (applied_at AT TIME ZONE 'UTC')::date AS day, account_id, \
+                  COALESCE(sum(amount) FILTER (WHERE kind = 'deposit'), 0) AS d, \
+                  COALESCE(sum(amount) FILTER (WHERE kind = 'withdraw'), 0) AS w, \
+                  count(*) AS c \
+           FROM transactions \
+           WHERE status = 'applied' AND applied_at >= $1 AND applied_at < $2 \
+           GROUP BY 1, 2) sums";
+
+const INSERT_COLUMNS: &str =
+    "INSERT INTO settlements AS s (day, account_id, deposits, withdraws, net, count, job_id, \
+         computed_at)";
+
+/// Days settled for the first time: a plain insert, a third cheaper than the upsert (no
+/// speculative insertion), and the common case (the daily file, a first run over a range).
+fn insert_days() -> String {
+    format!("{INSERT_COLUMNS} {DAYS}")
+}
+
+/// Days settled before: an upsert. A row whose numbers did not change is not rewritten (a
+/// re-run leaves no dead tuples and keeps the job that last changed the row).
+fn upsert_days() -> String {
+    format!(
+        "{INSERT_COLUMNS} {DAYS} \
+         ON CONFLICT (day, account_id) DO UPDATE SET deposits = EXCLUDED.deposits, \
+             withdraws = EXCLUDED.withdraws, net = EXCLUDED.net, count = EXCLUDED.count, \
+             job_id = EXCLUDED.job_id, computed_at = EXCLUDED.computed_at \
+         WHERE (s.deposits, s.withdraws, s.count) \
+               IS DISTINCT FROM (EXCLUDED.deposits, EXCLUDED.withdraws, EXCLUDED.count)"
+    )
+}
+
+/// Serializes the chunks of every job on the same days ("ts" in ASCII: the namespace of the
+/// two-key advisory locks, the second key being the day's number). Under it, the choice
+/// between [`insert_days`] and [`upsert_days`] cannot be invalidated by another job settling
+/// the same day meanwhile. Locks are taken in day order (generate_series is ascending), so two
+/// chunks never deadlock on them.
+const LOCK_DAYS: &str = "SELECT pg_advisory_xact_lock(29811, ($1::date - DATE '1970-01-01') + i) \
+     FROM generate_series(0, $2::date - $1::date) AS i";
 
 /// One chunk of a job, in one transaction: recompute the days `days` (inclusive; `None` for
 /// none: the closing chunk of a range whose rest is empty), then — only once `previous`
@@ -353,8 +379,21 @@ where
         // Room to group a day's accounts in a hash table instead of sorting them: the sort
         // was a fifth of a chunk's time. Past it PostgreSQL spills to disk: slower, not wrong.
         tx.batch_execute("SET LOCAL work_mem = '64MB'").await?;
+        tx.execute(LOCK_DAYS, &[&first, &last]).await?;
+        let settled: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM settlements WHERE day BETWEEN $1 AND $2)",
+                &[&first, &last],
+            )
+            .await?
+            .get(0);
+        let statement = if settled {
+            upsert_days()
+        } else {
+            insert_days()
+        };
         tx.execute(
-            AGGREGATE,
+            statement.as_str(),
             &[&day_start(first), &day_start(next_day(last)), &job.id],
         )
         .await?;

@@ -125,6 +125,8 @@ pub async fn post_transaction(
     let ledger = &state.settings.ledger;
     let wait = Duration::from_millis(ledger.request_deadline_ms);
     let deadline = tokio::time::Instant::now() + wait;
+    // Stop waiting for the reply a little early: the last look below must fit the deadline.
+    let reply_deadline = deadline - LAST_LOOK;
     // The worker must decide before the API stops waiting, with room for commit and reply.
     let margin = chrono::Duration::milliseconds(
         i64::try_from(ledger.request_deadline_ms - ledger.decision_margin_ms).unwrap_or(0),
@@ -132,7 +134,7 @@ pub async fn post_transaction(
     envelope.decide_by = Some(accepted_at + margin);
     let reply = state
         .publisher
-        .request(&routing_key, &envelope.encode(), properties, deadline)
+        .request(&routing_key, &envelope.encode(), properties, reply_deadline)
         .await
         .map_err(|e| publish_failed(&state, &tx.id, e))?;
     let outcome = reply.and_then(|bytes| match serde_json::from_slice::<Outcome>(&bytes) {
@@ -155,18 +157,37 @@ pub async fn post_transaction(
         None => {
             // The reply queue can die with the broker connection before the deadline: the
             // decision may still be recorded in time, so look for it until the deadline.
-            if let Some(record) = recorded_before(&state, &tx.id, deadline).await {
+            if let Some(record) = recorded_before(&state, &tx.id, reply_deadline).await {
                 return replay(&tx, &record);
             }
+            // A last, bounded look: another attempt with this id may have been decided while
+            // this copy's batch was stuck (its answer is the answer), or nothing is recorded.
+            let last_look = tokio::time::timeout(
+                LAST_LOOK,
+                tally_store::reads::transaction(&state.pool, &tx.id),
+            )
+            .await;
+            if let Ok(Ok(Some(record))) = &last_look {
+                return replay(&tx, record);
+            }
+            // From here on this attempt answers without a decision: its void makes sure it
+            // approves nothing, whenever the worker gets to it.
             void_in_background(&state, routing_key, envelope.void());
-            Ok(decided(
-                &tx.id,
-                &tx.account_id,
-                tx.amount,
-                OutcomeStatus::Denied,
-                None,
-                Some("deadline_exceeded"),
-            ))
+            match last_look {
+                Ok(Ok(_)) => Ok(decided(
+                    &tx.id,
+                    &tx.account_id,
+                    tx.amount,
+                    OutcomeStatus::Denied,
+                    None,
+                    Some("deadline_exceeded"),
+                )),
+                // The ledger cannot be asked: no outcome can be promised. The void makes sure
+                // this attempt approves nothing; a retry with the same id gets the record.
+                _ => Err(state.unavailable(
+                    "no decision in time and the ledger cannot be read; retry with the same id",
+                )),
+            }
         }
     }
 }
@@ -187,6 +208,10 @@ async fn recorded_before(
 }
 
 const POLL: Duration = Duration::from_millis(50);
+
+/// Bound of the last record lookup of a withdraw_request that got no reply; the reply wait
+/// ends this much before the deadline so the answer still comes within it.
+const LAST_LOOK: Duration = Duration::from_millis(100);
 
 /// Publishes the void of a withdraw_request the API answered "deadline_exceeded" for,
 /// retrying for a while: if the worker approved it too late, the void releases the hold so

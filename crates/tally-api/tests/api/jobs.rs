@@ -521,65 +521,35 @@ async fn a_worker_shutting_down_hands_its_job_back_at_once() {
     );
 }
 
-// TEMPORARY-BENCH-BEGIN
 #[tokio::test]
-#[ignore]
-async fn temporary_bench_settlement() {
-    let url = std::env::var("BENCH_DB_URL").unwrap();
-    let mut s = crate::helpers::test_settings(&url, "unused");
-    s.database.pool_size = 8;
-    let pool = tally_store::connect(&s.database).unwrap();
-    for p in [1usize, 2] {
-        let c = pool.get().await.unwrap();
-        c.batch_execute("TRUNCATE settlements; DELETE FROM settlement_jobs")
-            .await
-            .unwrap();
-        drop(c);
-        let job = tally_store::settlement::create(&pool, day("2024-01-01"), day("2024-01-31"))
-            .await
-            .unwrap();
-        let cpu = || {
-            String::from_utf8(
-                std::process::Command::new("/tmp/tally-helper/pgcpu.sh")
-                    .output()
-                    .unwrap()
-                    .stdout,
-            )
-            .unwrap()
-            .trim()
-            .parse::<i64>()
-            .unwrap()
-        };
-        let cpu0 = cpu();
-        let started = std::time::Instant::now();
-        let stop = CancellationToken::new();
-        let runner = tokio::spawn(tally_worker::jobs::run(
-            pool.clone(),
-            JobsConfig {
-                parallel_chunks: p,
-                ..quick("bench")
-            },
-            stop.clone(),
-        ));
-        loop {
-            let j = tally_store::settlement::get(&pool, job.id)
-                .await
-                .unwrap()
-                .unwrap();
-            if j.status.is_final() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let elapsed = started.elapsed();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        println!(
-            "parallel {p}: {:?} pg cpu {:.1}s",
-            elapsed,
-            (cpu() - cpu0) as f64 / 100.0
-        );
-        stop.cancel();
-        runner.await.unwrap();
+async fn overlapping_jobs_on_two_workers_write_the_same_rows_once() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let rows = generated(20, 5);
+    insert_applied(&app, &rows).await;
+    let a = queue(&app, "2024-01-01", "2024-01-20").await;
+    let b = queue(&app, "2024-01-05", "2024-01-25").await;
+    // Two workers, each taking one job: the days they share are settled twice, concurrently.
+    let _one = start_runner(&app, quick("one"));
+    let _two = start_runner(&app, quick("two"));
+    for id in [&a, &b] {
+        wait_job(&app, id, |j| j["status"] == "COMPLETED").await;
     }
+    let inputs = as_inputs(&rows);
+    assert_eq!(
+        download(&app, &a).await.2,
+        expected_csv(&inputs, day("2024-01-01"), day("2024-01-20"))
+    );
+    assert_eq!(
+        download(&app, &b).await.2,
+        expected_csv(&inputs, day("2024-01-05"), day("2024-01-25"))
+    );
+    let lines = expected_csv(&inputs, day("2024-01-01"), day("2024-01-25"))
+        .lines()
+        .count() as i64
+        - 1;
+    assert_eq!(app.count("SELECT count(*) FROM settlements").await, lines);
 }
-// TEMPORARY-BENCH-END
