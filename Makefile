@@ -85,7 +85,7 @@ test: ## services, drop leftover test databases, run the whole workspace's tests
 # worker drain, then HTTP load against `make up` stacks of its own: nginx on BENCH_PORT,
 # replicas from BENCH_API_BASE_PORT, database tally_bench and broker prefix bench, recreated
 # for each configuration and stopped at the end (it refuses to stop a stack that is already
-# running under .run/). About 10 minutes. Figures are only meaningful on a quiet machine:
+# running under .run/). About 5 minutes once built. Figures mean something only on a quiet machine:
 # BENCH_FLAGS="--wait-quiet 25m" waits for cargo/nextest/tally-chaos to finish first;
 # BENCH_FLAGS=--quick tries the whole set out in ~3 minutes. Results: target/bench/.
 BENCH_PORT ?= 8090

@@ -1,0 +1,309 @@
+//! The two baselines every tally figure is compared with, measured by the same tool in the
+//! same run:
+//!
+//! - `one-commit`: the naive ledger — each transfer its own PostgreSQL transaction (UPDATE the
+//!   account's balance, INSERT a history row, COMMIT), from C concurrent connections; several
+//!   C are tried and the best is reported. Zipf over the accounts, or one hot row.
+//! - `broker-ceiling`: confirmed persistent publishes per second into the same quorum shard
+//!   queues the API publishes to (same arguments, mandatory, routed by shard), pipelined on one
+//!   channel with a window of unconfirmed publishes, no HTTP and no consumer. The API cannot
+//!   accept faster than this.
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::procs::{self, CpuSnapshot};
+use crate::rng::Zipf;
+use crate::stats::{round1, Latency};
+use crate::workload::{run_id, Gen, Workload, HOT_ACCOUNT};
+use crate::{bus, db};
+
+#[derive(Debug, Clone)]
+pub struct OneCommitSpec {
+    pub label: String,
+    pub admin_database_url: String,
+    pub database: String,
+    pub concurrencies: Vec<usize>,
+    pub hot: bool,
+    pub duration: Duration,
+    pub accounts: usize,
+    pub zipf_s: f64,
+    pub seed: u64,
+    pub keep_database: bool,
+    pub progress: bool,
+}
+
+/// A naive ledger: balances plus a history row per transfer, indexed for per-account history
+/// like tally's own `transactions`. Money is numeric, commits are synchronous (the server's
+/// defaults, as for tally).
+const SCHEMA: &str = "
+    CREATE TABLE accounts (
+        id text PRIMARY KEY,
+        balance numeric NOT NULL DEFAULT 0,
+        version bigint NOT NULL DEFAULT 0,
+        updated_at timestamptz NOT NULL DEFAULT now());
+    CREATE TABLE history (
+        id text PRIMARY KEY,
+        account_id text NOT NULL,
+        amount numeric NOT NULL,
+        balance_after numeric NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now());
+    CREATE INDEX history_by_account ON history (account_id, created_at);";
+
+pub async fn one_commit(spec: OneCommitSpec) -> Result<Value> {
+    let url = db::with_db_name(&spec.admin_database_url, &spec.database);
+    db::recreate_database(&spec.admin_database_url, &spec.database).await?;
+    let setup = db::connect(&url).await?;
+    setup.batch_execute(SCHEMA).await?;
+    // Accounts exist up front: the baseline measures transfers, not account creation.
+    setup
+        .execute(
+            "INSERT INTO accounts (id) SELECT 'acc-' || g FROM generate_series(1, $1::int) g \
+             UNION ALL SELECT $2",
+            &[&(spec.accounts as i32), &HOT_ACCOUNT],
+        )
+        .await?;
+    setup.batch_execute("VACUUM ANALYZE").await?;
+    let zipf = Arc::new(Zipf::new(spec.accounts, spec.zipf_s));
+    let workload = if spec.hot {
+        Workload::Hot
+    } else {
+        Workload::Deposits
+    };
+    let mut levels = Vec::new();
+    for &c in &spec.concurrencies {
+        let level = one_level(&spec, &url, zipf.clone(), workload, c).await?;
+        if spec.progress {
+            println!(
+                "  one-commit {} concurrency {c:>3}: {:>7.0} transfers/s  {}  ({})",
+                workload.as_str(),
+                level["per_s"].as_f64().unwrap_or(0.0),
+                level["line"].as_str().unwrap_or(""),
+                procs::cpu_line(&level["cpu"]),
+            );
+        }
+        levels.push(level);
+    }
+    drop(setup);
+    if !spec.keep_database {
+        let _ = db::drop_database(&spec.admin_database_url, &spec.database).await;
+    }
+    let best = levels
+        .iter()
+        .max_by(|a, b| {
+            a["per_s"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&b["per_s"].as_f64().unwrap_or(0.0))
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    Ok(json!({
+        "kind": "one-commit",
+        "label": spec.label,
+        "hot": spec.hot,
+        "best_per_s": best["per_s"],
+        "best_concurrency": best["concurrency"],
+        "levels": levels,
+    }))
+}
+
+async fn one_level(
+    spec: &OneCommitSpec,
+    url: &str,
+    zipf: Arc<Zipf>,
+    workload: Workload,
+    concurrency: usize,
+) -> Result<Value> {
+    let run = run_id();
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(Mutex::new(Latency::new()));
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        clients.push(db::connect(url).await?);
+    }
+    let cpu_start = CpuSnapshot::take();
+    let start = Instant::now();
+    let end = start + spec.duration;
+    let mut tasks = Vec::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let mut gen = Gen::new(
+            workload,
+            zipf.clone(),
+            format!("o{run}-{i}"),
+            spec.seed.wrapping_add(i as u64),
+            0.0,
+        );
+        let (done, errors, latency) = (done.clone(), errors.clone(), latency.clone());
+        tasks.push(tokio::spawn(async move {
+            let update = client
+                .prepare(
+                    "UPDATE accounts SET balance = balance + $2, version = version + 1, \
+                     updated_at = now() WHERE id = $1 RETURNING balance",
+                )
+                .await?;
+            let insert = client
+                .prepare(
+                    "INSERT INTO history (id, account_id, amount, balance_after) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .await?;
+            let mut local = Latency::new();
+            while Instant::now() < end {
+                let tx = gen.next_tx();
+                let amount = tx.amount();
+                let t = Instant::now();
+                let outcome: Result<(), tokio_postgres::Error> = async {
+                    let db_tx = client.transaction().await?;
+                    let row = db_tx.query_one(&update, &[&tx.account, &amount]).await?;
+                    let balance: rust_decimal::Decimal = row.get(0);
+                    db_tx
+                        .execute(&insert, &[&tx.id, &tx.account, &amount, &balance])
+                        .await?;
+                    db_tx.commit().await
+                }
+                .await;
+                match outcome {
+                    Ok(()) => {
+                        local.record(t.elapsed());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Ok(mut l) = latency.lock() {
+                l.add(&local);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // CPU is read while the connections are still open: a PostgreSQL backend that exits
+    // when its client is dropped would take its share of the window with it.
+    tokio::time::sleep_until(end.into()).await;
+    let cpu = cpu_start.delta_json(&CpuSnapshot::take());
+    for t in tasks {
+        t.await.context("one-commit task")??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    let latency = latency
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_else(|_| Latency::new());
+    Ok(json!({
+        "concurrency": concurrency,
+        "transfers": n,
+        "errors": errors.load(Ordering::Relaxed),
+        "per_s": round1(n as f64 / elapsed),
+        "latency": latency.summary(),
+        "line": latency.line(),
+        "cpu": cpu,
+    }))
+}
+
+#[derive(Debug, Clone)]
+pub struct CeilingSpec {
+    pub label: String,
+    pub broker_url: String,
+    pub prefix: String,
+    pub shards: u16,
+    pub windows: Vec<usize>,
+    pub duration: Duration,
+    pub accounts: usize,
+    pub zipf_s: f64,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+pub async fn broker_ceiling(spec: CeilingSpec) -> Result<Value> {
+    let conn = bus::connect(&spec.broker_url, "tally-bench-ceiling").await?;
+    let topology = bus::topology(&spec.prefix, spec.shards);
+    // Real envelopes, built before the clock starts: the ceiling is the broker's, not the cost
+    // of building messages in the bench.
+    let mut gen = Gen::new(
+        Workload::Deposits,
+        Arc::new(Zipf::new(spec.accounts, spec.zipf_s)),
+        format!("c{}", run_id()),
+        spec.seed,
+        0.0,
+    );
+    let pool: Vec<(String, String, Vec<u8>)> = (0..20_000)
+        .map(|_| {
+            let tx = gen.next_tx();
+            let body = tx.envelope(Utc::now()).encode();
+            (topology.shard_of(&tx.account).to_string(), tx.id, body)
+        })
+        .collect();
+    let body_bytes = pool.first().map_or(0, |p| p.2.len());
+    let mut levels = Vec::new();
+    for &window in &spec.windows {
+        bus::delete_topology(&conn, &topology).await?;
+        let setup = conn.create_channel().await?;
+        topology.declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        let ch = bus::confirm_channel(&conn).await?;
+        let cpu_start = CpuSnapshot::take();
+        let mut i = 0usize;
+        let published = bus::publish_window(
+            &ch,
+            &topology,
+            window,
+            Some(Instant::now() + spec.duration),
+            || {
+                let (key, id, body) = &pool[i % pool.len()];
+                i += 1;
+                Some(bus::Message {
+                    routing_key: key.clone(),
+                    id: id.clone(),
+                    body: body.clone(),
+                })
+            },
+        )
+        .await?;
+        let cpu = cpu_start.delta_json(&CpuSnapshot::take());
+        let _ = ch.close(200, "done".into()).await;
+        let per_s = published.confirmed as f64 / published.elapsed.as_secs_f64();
+        if spec.progress {
+            println!(
+                "  broker ceiling window {window:>4}: {per_s:>7.0} confirmed publishes/s  confirm {}  ({})",
+                published.latency.line(),
+                procs::cpu_line(&cpu)
+            );
+        }
+        levels.push(json!({
+            "window": window,
+            "confirmed": published.confirmed,
+            "per_s": round1(per_s),
+            "confirm_latency": published.latency.summary(),
+            "cpu": cpu,
+        }));
+    }
+    bus::delete_topology(&conn, &topology).await?;
+    let _ = conn.close(200, "done".into()).await;
+    let best = levels
+        .iter()
+        .max_by(|a, b| {
+            a["per_s"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&b["per_s"].as_f64().unwrap_or(0.0))
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    Ok(json!({
+        "kind": "broker-ceiling",
+        "label": spec.label,
+        "shards": spec.shards,
+        "message_bytes": body_bytes,
+        "best_per_s": best["per_s"],
+        "best_window": best["window"],
+        "levels": levels,
+    }))
+}

@@ -1,0 +1,878 @@
+//! `tally-bench suite`, run by `make bench`: the standard set, end to end, in one go.
+//!
+//! 1. Baselines: broker ceiling (windows 64, 256), one-commit-per-transfer on Zipf accounts
+//!    and on one hot row (several concurrencies each, the best counts).
+//! 2. Worker drain of a 200k pre-filled queue with 1, 2 and 4 workers, and 200k on one hot
+//!    account with 1 worker.
+//! 3. HTTP through nginx against `make up` stacks in a database and broker prefix of the
+//!    bench's own (recreated at every restart, so every configuration starts from the same
+//!    empty ledger): 3 API replicas + 2 workers for the saturation, half-rate and hot runs;
+//!    then 1 replica + 2 workers, 3 + 1 and 3 + 4 for scaling.
+//!
+//! Every figure lands in one JSON file under `target/bench/` and a summary table on stdout
+//! (also written next to it as Markdown), with each target of issue 5 and whether it was met.
+//! Nothing here asserts: the figures are benchmarks, not tests.
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+use crate::args::{flag, usage, val, Args, Opt};
+use crate::load::{LoadSpec, Mode};
+use crate::workload::Workload;
+use crate::{baseline, bus, db, drain, load, procs};
+
+const OPTS: &[Opt] = &[
+    val("port", "nginx port of the bench stack (default 8090)"),
+    val("api-base-port", "first API replica port (default 8201)"),
+    val("prefix", "broker prefix of the bench stack (default bench)"),
+    val(
+        "database",
+        "database of the bench stack, recreated (default tally_bench)",
+    ),
+    val(
+        "database-url",
+        "a database to connect to for CREATE DATABASE (default $TALLY_DATABASE__URL)",
+    ),
+    val("broker-url", "RabbitMQ (default $TALLY_BROKER__URL)"),
+    val(
+        "bin-dir",
+        "release binaries (default $BIN_DIR or target/release)",
+    ),
+    val("out-dir", "results directory (default target/bench)"),
+    val(
+        "duration",
+        "closed-loop runs (default 10s; half-rate runs last 1.5x)",
+    ),
+    val("drain-messages", "envelopes per drain (default 200000)"),
+    val(
+        "wait-quiet",
+        "wait up to this long for no cargo/nextest/tally-chaos process (default 0)",
+    ),
+    val(
+        "skip",
+        "phases to skip, comma-separated: baselines,drain,stack,scaling",
+    ),
+    flag(
+        "quick",
+        "short runs for trying the suite out (figures not comparable)",
+    ),
+    flag(
+        "restart-stack",
+        "stop a stack already running under .run/ (it may be someone else's)",
+    ),
+    flag("help", "this help"),
+];
+
+struct Config {
+    port: u16,
+    api_base_port: u16,
+    prefix: String,
+    database: String,
+    admin_url: String,
+    broker_url: String,
+    bin_dir: PathBuf,
+    out_dir: PathBuf,
+    duration: Duration,
+    drain_messages: u64,
+    skip: Vec<String>,
+    quick: bool,
+}
+
+impl Config {
+    fn skips(&self, phase: &str) -> bool {
+        self.skip.iter().any(|s| s == phase)
+    }
+
+    fn stack_db_url(&self) -> String {
+        db::with_db_name(&self.admin_url, &self.database)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+pub async fn main(argv: &[String]) -> Result<()> {
+    let a = Args::parse(argv, OPTS)?;
+    if a.flag("help") {
+        println!("tally-bench suite [options]\n{}", usage(OPTS));
+        return Ok(());
+    }
+    let quick = a.flag("quick");
+    let cfg = Config {
+        port: a.num_or("port", 8090)?,
+        api_base_port: a.num_or("api-base-port", 8201)?,
+        prefix: a.str_or("prefix", "bench"),
+        database: a.str_or("database", "tally_bench"),
+        admin_url: a.str_or("database-url", &crate::default_database_url()),
+        broker_url: a.str_or("broker-url", &crate::default_broker_url()),
+        bin_dir: PathBuf::from(a.str_or("bin-dir", &crate::default_bin_dir())),
+        out_dir: PathBuf::from(a.str_or("out-dir", "target/bench")),
+        duration: a.duration_or("duration", Duration::from_secs(if quick { 3 } else { 10 }))?,
+        drain_messages: a.num_or("drain-messages", if quick { 20_000 } else { 200_000 })?,
+        skip: a
+            .str_or("skip", "")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        quick,
+    };
+    let wait_quiet = a.duration_or("wait-quiet", Duration::ZERO)?;
+
+    // Someone else's stack under .run/ would be stopped by our `make up`: refuse by default.
+    if !cfg.skips("stack") && stack_running().await && !a.flag("restart-stack") {
+        bail!(
+            "a stack started by `make up` is running (see `make status`); it may be someone \
+             else's. Stop it (`make down`) or pass --restart-stack"
+        );
+    }
+    let quiet = wait_until_quiet(wait_quiet).await;
+    let started = Utc::now();
+    let stamp = started.format("%Y%m%dT%H%M%SZ").to_string();
+    std::fs::create_dir_all(&cfg.out_dir)?;
+    let mut report = json!({
+        "kind": "suite",
+        "started_at": started.to_rfc3339(),
+        "quick": cfg.quick,
+        "machine": machine(&cfg).await,
+        "quiet": quiet,
+    });
+    println!(
+        "== tally-bench suite {stamp}\n{}",
+        serde_json::to_string_pretty(&report["machine"])?
+    );
+
+    let outcome = phases(&cfg, &mut report).await;
+    if !cfg.skips("stack") {
+        // Always leave the machine as we found it, whatever failed.
+        let _ = make(&cfg, &["down"], &[]).await;
+        let _ = db::drop_database(&cfg.admin_url, &cfg.database).await;
+        if let Ok(conn) = bus::connect(&cfg.broker_url, "tally-bench-suite").await {
+            let _ = bus::delete_topology(&conn, &bus::topology(&cfg.prefix, 8)).await;
+        }
+    }
+    report["finished_at"] = json!(Utc::now().to_rfc3339());
+    if let Err(e) = &outcome {
+        report["error"] = json!(format!("{e:#}"));
+    }
+    report["targets"] = targets(&report);
+    let table = summary(&report);
+    println!("\n{table}");
+    let json_path = cfg.out_dir.join(format!("suite-{stamp}.json"));
+    crate::write_json(&json_path, &report)?;
+    crate::write_json(&cfg.out_dir.join("latest.json"), &report)?;
+    std::fs::write(cfg.out_dir.join(format!("summary-{stamp}.md")), &table)?;
+    println!("results: {}", json_path.display());
+    outcome
+}
+
+async fn phases(cfg: &Config, report: &mut Value) -> Result<()> {
+    let secs = |s: u64| Duration::from_secs(if cfg.quick { s.min(3) } else { s });
+    if !cfg.skips("baselines") {
+        println!("\n== baselines");
+        report["broker_ceiling"] = baseline::broker_ceiling(baseline::CeilingSpec {
+            label: "broker-ceiling".into(),
+            broker_url: cfg.broker_url.clone(),
+            prefix: format!("{}ceil", cfg.prefix),
+            shards: 8,
+            windows: vec![64, 256],
+            duration: secs(8),
+            accounts: 100_000,
+            zipf_s: 1.0,
+            seed: 1,
+            progress: true,
+        })
+        .await
+        .unwrap_or_else(|e| failed("broker-ceiling", &e));
+        for hot in [false, true] {
+            let key = if hot { "one_commit_hot" } else { "one_commit" };
+            report[key] = baseline::one_commit(baseline::OneCommitSpec {
+                label: key.replace('_', "-"),
+                admin_database_url: cfg.admin_url.clone(),
+                database: format!("{}_baseline", cfg.database),
+                concurrencies: if hot { vec![1, 4, 16] } else { vec![4, 16, 64] },
+                hot,
+                duration: secs(5),
+                accounts: 100_000,
+                zipf_s: 1.0,
+                seed: 1,
+                keep_database: false,
+                progress: true,
+            })
+            .await
+            .unwrap_or_else(|e| failed(key, &e));
+        }
+    }
+    if !cfg.skips("drain") {
+        println!("\n== worker drain");
+        let mut drains = Vec::new();
+        for (workers, hot) in [(1, false), (2, false), (4, false), (1, true)] {
+            let label = if hot {
+                format!("drain-hot-{workers}w")
+            } else {
+                format!("drain-{workers}w")
+            };
+            drains.push(
+                drain::run(drain::DrainSpec {
+                    label: label.clone(),
+                    messages: cfg.drain_messages,
+                    hot,
+                    workers,
+                    accounts: 100_000,
+                    zipf_s: 1.0,
+                    seed: 1,
+                    admin_database_url: cfg.admin_url.clone(),
+                    database: format!("{}_drain", cfg.database),
+                    broker_url: cfg.broker_url.clone(),
+                    prefix: format!("{}drain", cfg.prefix),
+                    shards: 8,
+                    worker_bin: cfg.bin_dir.join("tally-worker"),
+                    window: 512,
+                    batch_max: None,
+                    prefetch: None,
+                    timeout: Duration::from_secs(300),
+                    log_dir: cfg.out_dir.join("logs"),
+                    keep_database: false,
+                    progress: true,
+                })
+                .await
+                .unwrap_or_else(|e| failed(&label, &e)),
+            );
+            report["drain"] = json!(drains);
+        }
+    }
+    if !cfg.skips("stack") {
+        stack_phase(cfg, report).await?;
+    }
+    Ok(())
+}
+
+fn load_spec(cfg: &Config, label: &str, workload: Workload, mode: Mode, d: Duration) -> LoadSpec {
+    LoadSpec {
+        label: label.into(),
+        url: cfg.url(),
+        workload,
+        mode,
+        duration: d,
+        accounts: 100_000,
+        zipf_s: 1.0,
+        request_share: 0.2,
+        seed: 1,
+        database_url: Some(cfg.stack_db_url()),
+        broker: Some((cfg.broker_url.clone(), cfg.prefix.clone(), 8)),
+        pids_dir: Some(PathBuf::from(".run/pids")),
+        drain_timeout: Duration::from_secs(120),
+        request_timeout: Duration::from_secs(15),
+        progress: true,
+    }
+}
+
+async fn stack_phase(cfg: &Config, report: &mut Value) -> Result<()> {
+    let d = cfg.duration;
+    let half_d = d.mul_f64(1.5);
+    let closed = Mode::Closed { concurrency: 64 };
+    let mut loads: Vec<Value> = Vec::new();
+    // Runs one load and keeps its result, or its error: one failed measurement (say the
+    // chaos suite restarted RabbitMQ under it) must not cost the others.
+    async fn step(loads: &mut Vec<Value>, report: &mut Value, spec: LoadSpec) -> Result<Value> {
+        let label = spec.label.clone();
+        let r = load::run(spec).await.unwrap_or_else(|e| failed(&label, &e));
+        loads.push(r.clone());
+        report["loads"] = json!(loads);
+        Ok(r)
+    }
+    let open = |rate: f64| Mode::Open {
+        rate: rate.max(50.0),
+        connections: 256,
+    };
+
+    println!("\n== HTTP through nginx: 3 API replicas, 2 workers");
+    stack_up(cfg, 3, 2).await?;
+    warm_up(cfg).await?;
+    // Two concurrencies: with greedy batching, more requests in flight make bigger batches,
+    // so the ceiling may lie above 64 connections.
+    let mut dep_max: f64 = 0.0;
+    for c in [64, 256] {
+        let mode = Mode::Closed { concurrency: c };
+        let spec = load_spec(cfg, &format!("deposits-c{c}"), Workload::Deposits, mode, d);
+        dep_max = dep_max.max(sustainable(&step(&mut loads, report, spec).await?));
+    }
+    let spec = load_spec(
+        cfg,
+        "deposits-half",
+        Workload::Deposits,
+        open(dep_max / 2.0),
+        half_d,
+    );
+    step(&mut loads, report, spec).await?;
+    let spec = load_spec(cfg, "mixed-c64", Workload::Mixed, closed, d);
+    let mixed = step(&mut loads, report, spec).await?;
+    // Rate of new transfers (follow-up withdraws excluded) the system sustained.
+    let mixed_max = sustainable(&mixed) * new_share(&mixed);
+    let spec = load_spec(
+        cfg,
+        "mixed-half",
+        Workload::Mixed,
+        open(mixed_max / 2.0),
+        half_d,
+    );
+    step(&mut loads, report, spec).await?;
+    let spec = load_spec(cfg, "hot-c64", Workload::Hot, closed, d);
+    step(&mut loads, report, spec).await?;
+
+    if !cfg.skips("scaling") {
+        for (api, workers) in [(1, 2), (3, 1), (3, 4)] {
+            println!("\n== HTTP through nginx: {api} API replicas, {workers} workers");
+            if let Err(e) = stack_up(cfg, api, workers).await {
+                loads.push(failed(&format!("scale-{api}api-{workers}w"), &e));
+                report["loads"] = json!(loads);
+                continue;
+            }
+            warm_up(cfg).await?;
+            let label = format!("scale-{api}api-{workers}w");
+            let spec = load_spec(cfg, &label, Workload::Deposits, closed, d);
+            step(&mut loads, report, spec).await?;
+        }
+    }
+    Ok(())
+}
+
+/// min(accepted/s, applied/s) of a closed-loop run: what the system can keep up with.
+fn sustainable(r: &Value) -> f64 {
+    r["sustainable_per_s"]
+        .as_f64()
+        .or_else(|| r["accepted_per_s"].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// Share of new transfers among all requests of a mixed run (the rest are follow-ups).
+fn new_share(r: &Value) -> f64 {
+    let sent = r["sent"].as_f64().unwrap_or(0.0);
+    let offered =
+        r["offered_per_s"].as_f64().unwrap_or(0.0) * r["duration_s"].as_f64().unwrap_or(0.0);
+    if sent > 0.0 {
+        (offered / sent).clamp(0.0, 1.0)
+    } else {
+        1.0
+    }
+}
+
+/// The result of a measurement that failed: its label and why (printed too).
+fn failed(label: &str, e: &anyhow::Error) -> Value {
+    eprintln!("!! {label} failed: {e:#}");
+    json!({"label": label, "error": format!("{e:#}")})
+}
+
+/// A short closed-loop run whose figures are thrown away: opens nginx's and the replicas'
+/// connections, fills statement caches and lets the workers finish balancing their leases.
+async fn warm_up(cfg: &Config) -> Result<()> {
+    let mut spec = load_spec(
+        cfg,
+        "warm-up",
+        Workload::Deposits,
+        Mode::Closed { concurrency: 16 },
+        Duration::from_secs(3),
+    );
+    spec.progress = false;
+    spec.pids_dir = None;
+    if let Err(e) = load::run(spec).await {
+        eprintln!("warm-up failed (continuing): {e:#}");
+    }
+    Ok(())
+}
+
+/// `make <args>` from the workspace root with the bench stack's settings.
+async fn make(cfg: &Config, args: &[&str], extra: &[(&str, String)]) -> Result<()> {
+    let status = Command::new(std::env::var("MAKE").unwrap_or_else(|_| "make".into()))
+        .args(args)
+        // Never rebuild between runs (`make bench` built once): others may be editing the
+        // tree, and a rebuild would both take minutes and change what is measured.
+        .arg("CARGO=true")
+        // On the command line too: they then win over whatever an outer `make bench PORT=…`
+        // passed down in MAKEFLAGS.
+        .arg(format!("PORT={}", cfg.port))
+        .arg(format!("API_BASE_PORT={}", cfg.api_base_port))
+        .args(extra.iter().map(|(k, v)| format!("{k}={v}")))
+        .env("PORT", cfg.port.to_string())
+        .env("API_BASE_PORT", cfg.api_base_port.to_string())
+        .env("TALLY_DATABASE__URL", cfg.stack_db_url())
+        .env("TALLY_BROKER__URL", &cfg.broker_url)
+        .env("TALLY_BROKER__PREFIX", &cfg.prefix)
+        .env("BIN_DIR", &cfg.bin_dir)
+        // The stack's logs: warnings only, so logging is not what is measured.
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("running make {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("make {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Restarts the stack with `api` replicas and `workers` workers on a fresh database and
+/// empty queues.
+async fn stack_up(cfg: &Config, api: usize, workers: usize) -> Result<()> {
+    make(cfg, &["down"], &[]).await?;
+    db::recreate_database(&cfg.admin_url, &cfg.database).await?;
+    let conn = bus::connect(&cfg.broker_url, "tally-bench-suite").await?;
+    bus::delete_topology(&conn, &bus::topology(&cfg.prefix, 8)).await?;
+    let _ = conn.close(200, "done".into()).await;
+    make(
+        cfg,
+        &["up"],
+        &[
+            ("API_REPLICAS", api.to_string()),
+            ("WORKERS", workers.to_string()),
+        ],
+    )
+    .await
+}
+
+async fn stack_running() -> bool {
+    let out = Command::new("bash")
+        .args(["deploy/local/stack.sh", "status"])
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) => !String::from_utf8_lossy(&o.stdout).contains("not running"),
+        Err(_) => false,
+    }
+}
+
+/// Waits (re-checking every 30 s) until no cargo/nextest/tally-chaos process runs, for at
+/// most `limit`; returns what was seen, for the report.
+async fn wait_until_quiet(limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let busy = procs::noisy_neighbours();
+        if busy.is_empty() {
+            return json!({"quiet": true, "waited_s": start.elapsed().as_secs()});
+        }
+        if start.elapsed() >= limit {
+            println!("machine NOT quiet: {busy:#?}");
+            return json!({"quiet": false, "waited_s": start.elapsed().as_secs(), "busy": busy});
+        }
+        println!(
+            "waiting for a quiet machine ({} busy processes, e.g. {})",
+            busy.len(),
+            busy[0]
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+}
+
+async fn output(cmd: &str, args: &[&str]) -> String {
+    match Command::new(cmd).args(args).output().await {
+        Ok(o) => {
+            let mut s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if s.is_empty() {
+                s = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            }
+            s
+        }
+        Err(_) => String::new(),
+    }
+}
+
+async fn machine(cfg: &Config) -> Value {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string());
+    let postgres = match db::connect(&cfg.admin_url).await {
+        Ok(c) => db::server_version(&c).await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let dpkg =
+        |p: &'static str| async move { output("dpkg-query", &["-W", "-f", "${Version}", p]).await };
+    json!({
+        "nproc": output("nproc", &[]).await,
+        "cpu_model": cpu_model,
+        "mem_gib": mem_gib,
+        "kernel": output("uname", &["-r"]).await,
+        "postgresql": postgres,
+        "rabbitmq": dpkg("rabbitmq-server").await,
+        "erlang": dpkg("erlang-base").await,
+        "nginx": output("nginx", &["-v"]).await,
+        "rustc": output("rustc", &["--version"]).await,
+        "commit": head_commit(Path::new(".git")),
+    })
+}
+
+/// The checked-out commit, read from `.git` files (no git command).
+fn head_commit(git: &Path) -> Option<String> {
+    let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+    let head = head.trim();
+    match head.strip_prefix("ref: ") {
+        None => Some(head.to_string()),
+        Some(r) => std::fs::read_to_string(git.join(r))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .or_else(|| {
+                let packed = std::fs::read_to_string(git.join("packed-refs")).ok()?;
+                packed
+                    .lines()
+                    .find(|l| l.ends_with(r))
+                    .and_then(|l| l.split_whitespace().next())
+                    .map(String::from)
+            }),
+    }
+}
+
+fn find<'a>(report: &'a Value, key: &str, label: &str) -> &'a Value {
+    report[key]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["label"] == label))
+        .unwrap_or(&Value::Null)
+}
+
+fn f(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+/// Each target of issue 5 with the measured value and whether it was met.
+fn targets(r: &Value) -> Value {
+    let mut out = Vec::new();
+    let mut push = |name: &str,
+                    measured: Option<f64>,
+                    unit: &str,
+                    target: &str,
+                    met: Option<bool>,
+                    note: String| {
+        out.push(json!({
+            "target": name, "measured": measured.map(|m| (m * 10.0).round() / 10.0),
+            "unit": unit, "goal": target, "met": met, "note": note,
+        }));
+    };
+    // Best drain over the worker counts tried vs the best one-commit.
+    let drains: Vec<&Value> = r["drain"]
+        .as_array()
+        .map(|a| a.iter().filter(|d| d["hot"] == false).collect())
+        .unwrap_or_default();
+    let best_drain = drains
+        .iter()
+        .max_by(|a, b| {
+            f(&a["applied_per_s"])
+                .unwrap_or(0.0)
+                .total_cmp(&f(&b["applied_per_s"]).unwrap_or(0.0))
+        })
+        .copied();
+    let oc = f(&r["one_commit"]["best_per_s"]);
+    let ratio = match (best_drain.and_then(|d| f(&d["applied_per_s"])), oc) {
+        (Some(d), Some(o)) if o > 0.0 => Some(d / o),
+        _ => None,
+    };
+    push(
+        "worker drain vs one-commit (zipf)",
+        ratio,
+        "x",
+        ">= 10x",
+        ratio.map(|x| x >= 10.0),
+        format!(
+            "drain {}/s ({} workers) vs one-commit {}/s (concurrency {})",
+            best_drain.map_or(Value::Null, |d| d["applied_per_s"].clone()),
+            best_drain.map_or(Value::Null, |d| d["workers"].clone()),
+            r["one_commit"]["best_per_s"],
+            r["one_commit"]["best_concurrency"]
+        ),
+    );
+    let hot = find(r, "drain", "drain-hot-1w");
+    let och = f(&r["one_commit_hot"]["best_per_s"]);
+    let ratio = match (f(&hot["applied_per_s"]), och) {
+        (Some(d), Some(o)) if o > 0.0 => Some(d / o),
+        _ => None,
+    };
+    push(
+        "one hot account: drain vs one-commit on one hot row",
+        ratio,
+        "x",
+        ">= 10x",
+        ratio.map(|x| x >= 10.0),
+        format!(
+            "drain {}/s vs one-commit {}/s (concurrency {})",
+            hot["applied_per_s"],
+            r["one_commit_hot"]["best_per_s"],
+            r["one_commit_hot"]["best_concurrency"]
+        ),
+    );
+    let mh = find(r, "loads", "mixed-half");
+    let p99 = f(&mh["latency"]["withdraw_request"]["p99_ms"]);
+    push(
+        "withdraw_request p99 at half the max sustainable rate",
+        p99,
+        "ms",
+        "<= 50 ms",
+        p99.map(|p| p <= 50.0),
+        format!("open loop at {}/s (mixed)", mh["offered_per_s"]),
+    );
+    let dh = find(r, "loads", "deposits-half");
+    let p99 = f(&dh["latency"]["deposit"]["p99_ms"]);
+    push(
+        "accept p99 (deposits, half the max rate)",
+        p99,
+        "ms",
+        "<= 25 ms",
+        p99.map(|p| p <= 25.0),
+        format!("open loop at {}/s", dh["offered_per_s"]),
+    );
+    // The better of the two closed-loop deposit runs on 3 replicas + 2 workers.
+    let dm = ["deposits-c64", "deposits-c256"]
+        .iter()
+        .map(|l| find(r, "loads", l))
+        .max_by(|a, b| {
+            f(&a["accepted_per_s"])
+                .unwrap_or(0.0)
+                .total_cmp(&f(&b["accepted_per_s"]).unwrap_or(0.0))
+        })
+        .unwrap_or(&Value::Null);
+    let ceiling = f(&r["broker_ceiling"]["best_per_s"]);
+    let share = match (f(&dm["accepted_per_s"]), ceiling) {
+        (Some(a), Some(c)) if c > 0.0 => Some(a / c * 100.0),
+        _ => None,
+    };
+    push(
+        "e2e accepted/s vs broker ceiling",
+        share,
+        "%",
+        ">= 50%",
+        share.map(|s| s >= 50.0),
+        format!(
+            "{}/s through nginx (3 API, 2 workers, {} connections) vs {}/s confirmed publishes",
+            dm["accepted_per_s"], dm["connections"], r["broker_ceiling"]["best_per_s"]
+        ),
+    );
+    // Peak RSS over every run of the stack.
+    let (mut api, mut worker) = (None::<f64>, None::<f64>);
+    if let Some(loads) = r["loads"].as_array() {
+        for l in loads {
+            if let Some(a) = f(&l["rss"]["api_peak_mb"]) {
+                api = Some(api.map_or(a, |x| x.max(a)));
+            }
+            if let Some(w) = f(&l["rss"]["worker_peak_mb"]) {
+                worker = Some(worker.map_or(w, |x| x.max(w)));
+            }
+        }
+    }
+    push(
+        "RSS of an API replica (peak, VmHWM)",
+        api,
+        "MB",
+        "<= 50 MB",
+        api.map(|m| m <= 50.0),
+        String::new(),
+    );
+    push(
+        "RSS of a worker (peak, VmHWM)",
+        worker,
+        "MB",
+        "<= 100 MB",
+        worker.map(|m| m <= 100.0),
+        String::new(),
+    );
+    json!(out)
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "–".into(),
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or(0.0);
+            if x.fract() == 0.0 || x.abs() >= 100.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.1}")
+            }
+        }
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A run's label, with its error when it failed.
+fn label_cell(run: &Value) -> String {
+    match run["error"].as_str() {
+        Some(e) => format!(
+            "{} (FAILED: {})",
+            cell(&run["label"]),
+            e.chars().take(100).collect::<String>().replace('|', "/")
+        ),
+        None => cell(&run["label"]),
+    }
+}
+
+/// The Markdown summary: targets, then every run's headline figures.
+fn summary(r: &Value) -> String {
+    let mut s = String::from(
+        "## Targets\n\n| target | measured | goal | met | detail |\n|---|---|---|---|---|\n",
+    );
+    if let Some(ts) = r["targets"].as_array() {
+        for t in ts {
+            s.push_str(&format!(
+                "| {} | {} {} | {} | {} | {} |\n",
+                cell(&t["target"]),
+                cell(&t["measured"]),
+                cell(&t["unit"]),
+                cell(&t["goal"]),
+                match t["met"].as_bool() {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "–",
+                },
+                cell(&t["note"])
+            ));
+        }
+    }
+    s.push_str(
+        "\n## Baselines\n\n| baseline | best/s | at | levels (per s) |\n|---|---|---|---|\n",
+    );
+    for (key, at) in [
+        ("broker_ceiling", "best_window"),
+        ("one_commit", "best_concurrency"),
+        ("one_commit_hot", "best_concurrency"),
+    ] {
+        let b = &r[key];
+        if b.is_null() {
+            continue;
+        }
+        let levels: Vec<String> = b["levels"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| {
+                        format!(
+                            "{}={}",
+                            cell(if l["window"].is_null() {
+                                &l["concurrency"]
+                            } else {
+                                &l["window"]
+                            }),
+                            cell(&l["per_s"])
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "| {} | {} | {} {} | {} |\n",
+            key.replace('_', "-"),
+            cell(&b["best_per_s"]),
+            if key == "broker_ceiling" {
+                "window"
+            } else {
+                "concurrency"
+            },
+            cell(&b[at]),
+            levels.join(", ")
+        ));
+    }
+    s.push_str("\n## Worker drain (pre-filled queue, no HTTP)\n\n| run | msgs | workers | applied/s (wall) | from 1st commit/s | after lease balance/s | avg batch | publish/s | worker RSS MB | CPU % of a core (pg / worker) |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    if let Some(ds) = r["drain"].as_array() {
+        for d in ds {
+            let cpu = &d["cpu"]["percent_of_one_core"];
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
+                label_cell(d),
+                cell(&d["messages"]),
+                cell(&d["workers"]),
+                cell(&d["applied_per_s"]),
+                cell(&d["steady_per_s"]),
+                cell(&d["after_balance"]["per_s"]),
+                cell(&d["batches"]["avg_size"]),
+                cell(&d["publish"]["per_s"]),
+                cell(&d["rss"]["worker_peak_mb"]),
+                cell(&cpu["postgres"]),
+                cell(&cpu["tally-worker"]),
+            ));
+        }
+    }
+    s.push_str("\n## HTTP through nginx\n\n| run | mode | offered/s | accepted/s | applied/s | deposit p50 / p99 / p99.9 / max ms | withdraw_request p50 / p99 / max ms | e2e lag p50 / p99 ms | API / worker RSS MB | CPU % of a core (pg / rmq / nginx / api / worker / bench), machine busy % |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    if let Some(ls) = r["loads"].as_array() {
+        for l in ls {
+            let lat = |k: &str, qs: &[&str]| {
+                qs.iter()
+                    .map(|q| cell(&l["latency"][k][*q]))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
+            let cpu = &l["cpu"]["percent_of_one_core"];
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} / {} / {} / {} / {}, {} |\n",
+                label_cell(l),
+                if l["mode"] == "open" { "open".to_string() } else { format!("closed c={}", cell(&l["connections"])) },
+                cell(&l["offered_per_s"]),
+                cell(&l["accepted_per_s"]),
+                cell(&l["applied"]["in_window_per_s"]),
+                lat("deposit", &["p50_ms", "p99_ms", "p999_ms", "max_ms"]),
+                if l["latency"]["withdraw_request"].is_null() { "–".into() } else { lat("withdraw_request", &["p50_ms", "p99_ms", "max_ms"]) },
+                cell(&l["e2e_lag"]["all"]["p50_ms"]),
+                cell(&l["e2e_lag"]["all"]["p99_ms"]),
+                cell(&l["rss"]["api_peak_mb"]),
+                cell(&l["rss"]["worker_peak_mb"]),
+                cell(&cpu["postgres"]),
+                cell(&cpu["rabbitmq"]),
+                cell(&cpu["nginx"]),
+                cell(&cpu["tally-api"]),
+                cell(&cpu["tally-worker"]),
+                cell(&cpu["tally-bench"]),
+                cell(&l["cpu"]["machine_busy_percent"]),
+            ));
+        }
+    }
+    s.push_str(
+        "\n## Scaling\n\n| what | configuration | accepted/s | applied/s |\n|---|---|---|---|\n",
+    );
+    if let Some(ds) = r["drain"].as_array() {
+        for d in ds.iter().filter(|d| d["hot"] == false) {
+            s.push_str(&format!(
+                "| worker drain (no HTTP) | {} worker(s) | – | {} overall, {} after lease balance |\n",
+                cell(&d["workers"]),
+                cell(&d["applied_per_s"]),
+                cell(&d["after_balance"]["per_s"]),
+            ));
+        }
+    }
+    for (label, config) in [
+        ("scale-3api-1w", "3 API, 1 worker"),
+        ("deposits-c64", "3 API, 2 workers"),
+        ("scale-3api-4w", "3 API, 4 workers"),
+        ("scale-1api-2w", "1 API, 2 workers"),
+    ] {
+        let l = find(r, "loads", label);
+        if !l.is_null() {
+            s.push_str(&format!(
+                "| HTTP deposits, closed loop c=64 | {config} | {} | {} |\n",
+                cell(&l["accepted_per_s"]),
+                cell(&l["applied"]["in_window_per_s"]),
+            ));
+        }
+    }
+    if !r["quiet"]["quiet"].as_bool().unwrap_or(true) {
+        s.push_str(&format!(
+            "\nMachine NOT quiet during the run: {}\n",
+            r["quiet"]["busy"]
+        ));
+    }
+    if let Some(e) = r["error"].as_str() {
+        s.push_str(&format!("\nSuite stopped early: {e}\n"));
+    }
+    s
+}
