@@ -13,6 +13,10 @@ async fn a_backlogged_shard_sheds_requests_at_once_and_recovers() {
             s.admission.request_backlog = 10;
             s.admission.max_backlog = 30;
             s.admission.poll_ms = 50;
+            // Probes sent before the poller saw the backlog are published and wait for a
+            // decision that cannot come: keep that wait short.
+            s.ledger.request_deadline_ms = 400;
+            s.ledger.decision_margin_ms = 100;
         },
         ..Options::default()
     })
@@ -21,14 +25,19 @@ async fn a_backlogged_shard_sheds_requests_at_once_and_recovers() {
     for i in 0..20 {
         assert_eq!(app.post_json(&deposit(i)).await.0, 200);
     }
-    let request = json!({"id": "r", "type": "withdraw_request", "amount": 1, "accountId": "jam"});
+    // Every probe has its own id: one published before the poller noticed is a real request.
+    let probe = |n: usize| json!({"id": format!("probe-{n}"), "type": "withdraw_request", "amount": 1, "accountId": "jam"});
+    let mut n = 0;
     // Once the poller has seen the backlog, a request is refused without waiting.
-    eventually(Duration::from_secs(5), || async {
-        (app.post(&request).await.status() == 503).then_some(())
+    eventually(Duration::from_secs(10), || {
+        n += 1;
+        let body = probe(n);
+        let app = &app;
+        async move { (app.post(&body).await.status() == 503).then_some(()) }
     })
     .await;
     let started = Instant::now();
-    let response = app.post(&request).await;
+    let response = app.post(&probe(1000)).await;
     let took = started.elapsed();
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
@@ -52,8 +61,9 @@ async fn a_backlogged_shard_sheds_requests_at_once_and_recovers() {
     // A worker drains the shard and requests are decided again.
     let _worker = app.start_worker().await;
     app.wait_balance("jam", &accepted.to_string()).await;
-    eventually(Duration::from_secs(5), || async {
-        (app.post(&request).await.status() == 201).then_some(())
+    let after = json!({"id": "after", "type": "withdraw_request", "amount": 1, "accountId": "jam"});
+    eventually(Duration::from_secs(10), || async {
+        (app.post(&after).await.status() == 201).then_some(())
     })
     .await;
 }
