@@ -48,11 +48,7 @@ impl Application {
             STARTUP_PATIENCE,
         )
         .await?;
-        let topology = Topology {
-            prefix: settings.broker.prefix.clone(),
-            shard_count: settings.ledger.shard_count,
-            delivery_limit: settings.broker.delivery_limit,
-        };
+        let topology = Topology::from_settings(&settings);
         let publisher = Publisher::start(
             PublisherConfig {
                 url: settings.broker.url.expose().to_string(),

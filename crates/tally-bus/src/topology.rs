@@ -19,6 +19,15 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The topology the settings describe (prefix, K, delivery limit).
+    pub fn from_settings(settings: &tally_core::settings::Settings) -> Self {
+        Self {
+            prefix: settings.broker.prefix.clone(),
+            shard_count: settings.ledger.shard_count,
+            delivery_limit: settings.broker.delivery_limit,
+        }
+    }
+
     /// Direct exchange every command is published to, routed by shard number.
     pub fn exchange(&self) -> String {
         format!("{}.commands", self.prefix)

@@ -10,35 +10,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tally_core::Kind;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
 
-use crate::reads::TransactionRecord;
+use crate::reads::{TransactionRecord, TX_COLUMNS as COLUMNS};
 use crate::users::OWNED_ACCOUNTS;
 use crate::StoreError;
-
-/// Same columns, same order as `reads`, so rows become the same [`TransactionRecord`].
-const COLUMNS: &str = "id, account_id, kind, amount, status, reason, hold_id, request_id, \
-     fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard";
-
-fn record(r: &Row) -> TransactionRecord {
-    TransactionRecord {
-        id: r.get(0),
-        account_id: r.get(1),
-        kind: r.get(2),
-        amount: r.get(3),
-        status: r.get(4),
-        reason: r.get(5),
-        hold_id: r.get(6),
-        request_id: r.get(7),
-        fingerprint: r.get(8),
-        seq: r.get(9),
-        balance_after: r.get(10),
-        occurred_at: r.get(11),
-        accepted_at: r.get(12),
-        applied_at: r.get(13),
-        shard: r.get(14),
-    }
-}
 
 /// Optional filters of a history page.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -110,7 +85,7 @@ pub async fn page(
     let client = pool.get().await?;
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &params).await?;
-    let mut items: Vec<TransactionRecord> = rows.iter().map(record).collect();
+    let mut items: Vec<TransactionRecord> = rows.iter().map(TransactionRecord::from_row).collect();
     let next = if items.len() as i64 > limit {
         items.truncate(usize::try_from(limit).unwrap_or(0));
         items.last().map(|r| r.seq)
@@ -163,5 +138,5 @@ async fn largest_expense(
         .query_opt(&stmt, &[&key, &from, &to])
         .await?
         .as_ref()
-        .map(record))
+        .map(TransactionRecord::from_row))
 }

@@ -78,11 +78,13 @@ pub struct TransactionRecord {
     pub shard: i32,
 }
 
-const TX_COLUMNS: &str = "id, account_id, kind, amount, status, reason, hold_id, request_id, \
+/// The columns [`TransactionRecord::from_row`] reads, in its order.
+pub(crate) const TX_COLUMNS: &str =
+    "id, account_id, kind, amount, status, reason, hold_id, request_id, \
      fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard";
 
 impl TransactionRecord {
-    fn from_row(r: &Row) -> Self {
+    pub(crate) fn from_row(r: &Row) -> Self {
         Self {
             id: r.get(0),
             account_id: r.get(1),

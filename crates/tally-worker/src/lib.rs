@@ -66,11 +66,7 @@ impl Worker {
             STARTUP_PATIENCE,
         )
         .await?;
-        let topology = Topology {
-            prefix: settings.broker.prefix.clone(),
-            shard_count: settings.ledger.shard_count,
-            delivery_limit: settings.broker.delivery_limit,
-        };
+        let topology = Topology::from_settings(&settings);
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
             settings,
