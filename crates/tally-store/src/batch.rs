@@ -281,7 +281,6 @@ pub async fn write(
          ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
              version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, \
              user_id = COALESCE(accounts.user_id, EXCLUDED.user_id)";
-    let accounts_params = &account_params;
     // ON CONFLICT DO NOTHING + count: a conflict means another writer recorded one of these
     // ids since `load` (an id reused on two accounts at once). The caller rolls back and the
     // retry sees that row as a duplicate.
@@ -293,40 +292,45 @@ pub async fn write(
              $5::text[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::int8[], \
              $11::numeric[], $12::timestamptz[], $13::timestamptz[]) AS u \
          ON CONFLICT (id) DO NOTHING";
-    let records_params = &record_params;
     let new_holds_sql =
         "INSERT INTO holds (id, account_id, request_id, amount, status, shard, created_at, \
              expires_at) \
          SELECT u.id, u.account_id, u.request_id, u.amount, 'open', $6, $7, u.expires_at \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[]) \
               AS u(id, account_id, request_id, amount, expires_at)";
-    let new_holds_params = &hold_params;
     let closed_holds_sql =
         "UPDATE holds SET status = u.status, captured_by = u.captured_by, closed_at = $4 \
          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, captured_by) \
          WHERE holds.id = u.id AND holds.status = 'open'";
-    let closed_holds_params = &closed_params;
     let voided_sql = "UPDATE transactions SET status = 'denied', reason = 'deadline_exceeded' \
          WHERE id = ANY($1) AND status = 'approved'";
-    let voided_params = &voided_params;
-    let (s_accounts, s_records, s_new_holds, s_closed_holds, s_voided) = tokio::try_join!(
-        tx.prepare_cached(accounts_sql),
-        tx.prepare_cached(records_sql),
-        tx.prepare_cached(new_holds_sql),
-        tx.prepare_cached(closed_holds_sql),
-        tx.prepare_cached(voided_sql),
-    )?;
+    // Statements with nothing to write are not sent: most batches place, close and void no
+    // hold, and an empty statement still costs the database a plan and an execution.
     let (_, inserted, _, _, _) = tokio::try_join!(
-        tx.execute(&s_accounts, accounts_params),
-        tx.execute(&s_records, records_params),
-        tx.execute(&s_new_holds, new_holds_params),
-        tx.execute(&s_closed_holds, closed_holds_params),
-        tx.execute(&s_voided, voided_params),
+        execute_unless_empty(tx, accounts_sql, &account_params, e.accounts.is_empty()),
+        execute_unless_empty(tx, records_sql, &record_params, r.is_empty()),
+        execute_unless_empty(tx, new_holds_sql, &hold_params, h.is_empty()),
+        execute_unless_empty(tx, closed_holds_sql, &closed_params, c.is_empty()),
+        execute_unless_empty(tx, voided_sql, &voided_params, e.voided.is_empty()),
     )?;
     if inserted != r.len() as u64 {
         return Err(StoreError::Conflict);
     }
     Ok(())
+}
+
+/// Executes a cached statement, or nothing when `empty` (0 rows).
+async fn execute_unless_empty(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&Param<'_>],
+    empty: bool,
+) -> Result<u64, tokio_postgres::Error> {
+    if empty {
+        return Ok(0);
+    }
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, params).await
 }
 
 /// Records the expiry of this shard's holds past their TTL and releases their amounts from

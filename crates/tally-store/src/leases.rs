@@ -67,14 +67,18 @@ pub async fn renew(pool: &Pool, worker: &str, ttl: Duration) -> Result<Vec<Lease
             &[&worker, &interval(ttl)],
         )
         .await?;
-    Ok(rows
-        .iter()
+    Ok(leases_of(&rows, worker))
+}
+
+/// Leases of `worker` from `(shard, epoch)` rows.
+fn leases_of(rows: &[tokio_postgres::Row], worker: &str) -> Vec<Lease> {
+    rows.iter()
         .map(|r| Lease {
             shard: u16::try_from(r.get::<_, i32>(0)).unwrap_or(u16::MAX),
             owner: worker.to_string(),
             epoch: r.get(1),
         })
-        .collect())
+        .collect()
 }
 
 /// Takes up to `n` shards that nobody holds (free or expired), lowest first, with a new epoch.
@@ -99,14 +103,7 @@ pub async fn acquire(
             &[&worker, &n, &interval(ttl)],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Lease {
-            shard: u16::try_from(r.get::<_, i32>(0)).unwrap_or(u16::MAX),
-            owner: worker.to_string(),
-            epoch: r.get(1),
-        })
-        .collect())
+    Ok(leases_of(&rows, worker))
 }
 
 /// Gives a shard up (after its consumer stopped), so another worker can take it at once.
