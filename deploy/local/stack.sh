@@ -19,6 +19,8 @@
 #   BIN_DIR          where tally-api / tally-worker are (default target/release, or
 #                    $CARGO_TARGET_DIR/release); API_BIN / WORKER_BIN override each binary
 #   NGINX=nginx      nginx binary
+#   RATE_LIMIT=5000r/s, RATE_BURST=10000
+#                    nginx's per-client-address rate limit (limit_req; over it: 429)
 #   READY_TIMEOUT=30 seconds to wait for every replica's /health/ready
 #   STOP_TIMEOUT=10  seconds between SIGTERM and SIGKILL when stopping
 #   TALLY_PROFILE=local, TALLY_DATABASE__URL, TALLY_BROKER__URL, RUST_LOG ... are passed
@@ -45,6 +47,8 @@ PORT=${PORT:-8080}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 NGINX=${NGINX:-nginx}
+RATE_LIMIT=${RATE_LIMIT:-5000r/s}
+RATE_BURST=${RATE_BURST:-10000}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR # cargo resolves it from the workspace root
 BIN_DIR=${BIN_DIR:-$TARGET_DIR/release}
@@ -265,6 +269,8 @@ wait_ready() {
 
 render_nginx() {
   local servers='' i conf
+  [[ $RATE_LIMIT =~ ^[0-9]+r/[sm]$ ]] || die "RATE_LIMIT must look like 50r/s or 600r/m, not '$RATE_LIMIT'"
+  [[ $RATE_BURST =~ ^[0-9]+$ ]] || die "RATE_BURST must be a whole number, not '$RATE_BURST'"
   for ((i = 0; i < API_REPLICAS; i++)); do
     # max_fails=0: see the comment in the upstream block of the template.
     servers+="        server 127.0.0.1:$((API_BASE_PORT + i)) max_fails=0;"$'\n'
@@ -273,6 +279,8 @@ render_nginx() {
   conf=$(<"$TEMPLATE")
   conf=${conf//@PORT@/$PORT}
   conf=${conf//@UPSTREAM_SERVERS@/$servers}
+  conf=${conf//@RATE_LIMIT@/$RATE_LIMIT}
+  conf=${conf//@RATE_BURST@/$RATE_BURST}
   # A placeholder left over means the template and this script disagree.
   if grep -qE '@[A-Z_]+@' <<<"$conf"; then
     die "unknown placeholder in $TEMPLATE: $(grep -oE '@[A-Z_]+@' <<<"$conf" | sort -u | tr '\n' ' ')"

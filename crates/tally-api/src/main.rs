@@ -7,6 +7,13 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Configuration comes from files and the environment only; a stray argument is most
+    // likely a deploy file meant for `tally-worker`.
+    if let Some(arg) = std::env::args().nth(1) {
+        anyhow::bail!(
+            "tally-api takes no arguments (got {arg:?}); configure it with TALLY_* variables"
+        );
+    }
     let settings = Settings::load()?;
     tally_telemetry::init(&settings.log);
     let shutdown = CancellationToken::new();

@@ -25,6 +25,26 @@ pub enum StartError {
     Store(#[from] tally_store::StoreError),
     #[error("binding the HTTP listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "refusing to serve /debug/* without a token on {0}: set debug.token \
+         (TALLY_DEBUG__TOKEN), turn debug.enabled off, or bind a loopback address"
+    )]
+    OpenDebug(String),
+}
+
+/// Debug routes dump every table: without a token they may only listen on loopback, where
+/// nothing but this machine reaches them (SECURITY.md).
+fn check_debug_exposure(settings: &Settings) -> Result<(), StartError> {
+    let loopback = settings.api.host == "localhost"
+        || settings
+            .api
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if settings.debug.enabled && settings.debug.token.expose().is_empty() && !loopback {
+        return Err(StartError::OpenDebug(settings.api.host.clone()));
+    }
+    Ok(())
 }
 
 pub struct Application {
@@ -40,6 +60,7 @@ impl Application {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
+        check_debug_exposure(&settings)?;
         let pool = tally_store::connect(&settings.database)?;
         // Publishing with another K than the workers consume would mis-route accounts.
         tally_store::meta::ensure_shard_count_patiently(

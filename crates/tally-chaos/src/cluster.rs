@@ -253,6 +253,9 @@ impl Nginx {
         let config = template
             .replace("@PORT@", &port.to_string())
             .replace("@UPSTREAM_SERVERS@", &servers)
+            // stack.sh's defaults: the checker's clients all come from 127.0.0.1.
+            .replace("@RATE_LIMIT@", "5000r/s")
+            .replace("@RATE_BURST@", "10000")
             // Foreground: this program owns the master process.
             .replace("daemon on;", "daemon off;");
         for sub in ["logs", "tmp"] {

@@ -148,6 +148,15 @@ impl Settings {
     }
 
     pub fn load_profile(profile: &str) -> Result<Self, SettingsError> {
+        Self::load_profile_from(profile, None)
+    }
+
+    /// Like [`Settings::load_profile`], reading the `TALLY_*` variables from `env` instead of
+    /// the process environment when given (tests check deploy files' environments with it).
+    pub fn load_profile_from(
+        profile: &str,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, SettingsError> {
         use config::{Config, Environment, File, FileFormat};
         let profile_toml = PROFILES
             .iter()
@@ -165,7 +174,8 @@ impl Settings {
                 Environment::with_prefix("TALLY")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(env),
             )
             .build()?
             .try_deserialize()?;

@@ -1,6 +1,7 @@
 //! The tally worker: consumes the shard queues and applies their commands to PostgreSQL in
 //! batches, exactly once and in order per account (see `../shared/ARCHITECTURE.md` §4).
 //!
+//! - [`cli`]: the `tally-worker` subcommands.
 //! - [`ledger`]: the rules, as a pure function.
 //! - [`apply`]: one batch = one transaction (dedupe + effects commit together).
 //! - [`shard`]: the greedy consumer loop of one shard queue.
@@ -10,6 +11,7 @@
 //!   epoch), one loop per owned shard, reconnection and shutdown.
 
 pub mod apply;
+pub mod cli;
 pub mod dead_letters;
 pub mod jobs;
 pub mod ledger;

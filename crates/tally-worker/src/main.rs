@@ -5,8 +5,9 @@
 //! - `dead-letters list`: print archived dead letters as JSON.
 //! - `dead-letters republish (--all | ID…)`: send pending dead letters back to their shard.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tally_core::settings::Settings;
+use tally_worker::cli::Command;
 use tally_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -15,21 +16,21 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     tally_telemetry::init(&settings.log);
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command: Vec<&str> = args.iter().map(String::as_str).collect();
-    match command.as_slice() {
-        ["migrate"] => {
+    let command = Command::parse(&args).map_err(anyhow::Error::msg)?;
+    match command {
+        Command::Migrate => {
             let applied = tally_store::migrate::run(settings.database.url.expose())
                 .await
                 .context("migrating the database")?;
             tracing::info!(applied, "migrations up to date");
         }
-        [] | ["run"] => {
+        Command::Run => {
             let worker = build(settings).await?;
             let shutdown = CancellationToken::new();
             tally_telemetry::cancel_on_signal(shutdown.clone());
             worker.run(shutdown).await;
         }
-        ["audit"] => {
+        Command::Audit => {
             let worker = build(settings).await?;
             let queues = match worker.broker().await {
                 Ok(connection) => {
@@ -47,17 +48,13 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        ["dead-letters", "list"] => {
+        Command::DeadLettersList => {
             let worker = build(settings).await?;
             let letters = tally_store::dead_letters::page(worker.pool(), None, 10_000).await?;
             println!("{}", serde_json::to_string_pretty(&letters)?);
         }
-        ["dead-letters", "republish", rest @ ..] if !rest.is_empty() => {
+        Command::DeadLettersRepublish(ids) => {
             let worker = build(settings).await?;
-            let ids: Option<Vec<String>> = match rest {
-                ["--all"] => None,
-                ids => Some(ids.iter().map(|s| s.to_string()).collect()),
-            };
             let connection = worker.broker().await?;
             let channel = connection.create_channel().await?;
             let done = tally_worker::dead_letters::republish(
@@ -69,10 +66,6 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             println!("{}", serde_json::to_string(&done)?);
         }
-        other => bail!(
-            "unknown command {other:?}; expected run | migrate | audit | dead-letters list | \
-             dead-letters republish (--all | ID...)"
-        ),
     }
     Ok(())
 }

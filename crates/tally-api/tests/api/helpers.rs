@@ -521,7 +521,13 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// With stack.sh's default rate limit (high: every test client is 127.0.0.1).
     pub async fn start(api_ports: &[u16]) -> Self {
+        Self::start_limited(api_ports, "5000r/s", 10_000).await
+    }
+
+    /// With the given per-client rate limit (`RATE_LIMIT`/`RATE_BURST` of stack.sh).
+    pub async fn start_limited(api_ports: &[u16], rate: &str, burst: u32) -> Self {
         let template = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../nginx/local.conf.template"
@@ -538,6 +544,8 @@ impl Nginx {
         let config = template
             .replace("@PORT@", &port.to_string())
             .replace("@UPSTREAM_SERVERS@", &servers)
+            .replace("@RATE_LIMIT@", rate)
+            .replace("@RATE_BURST@", &burst.to_string())
             // In the foreground, so the test owns the process.
             .replace("daemon on;", "daemon off;");
         let dir =

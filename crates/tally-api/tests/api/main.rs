@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is its failure message
 
 mod admission;
+mod deploy;
 mod faults;
 mod helpers;
 mod history;
 mod jobs;
 mod leases;
+mod security;
 mod shutdown;
 mod startup;
 mod through_nginx;

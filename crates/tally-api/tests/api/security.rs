@@ -1,0 +1,260 @@
+//! What SECURITY.md promises: debug routes off in production and behind a bearer token when
+//! on, no open debug routes on a public address, capped bodies, identifiers validated wherever
+//! they enter, and nginx's per-client rate limit.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tally_api::Application;
+use tally_core::settings::{Secret, Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Nginx, Options, TestApp};
+
+const DEBUG_ROUTES: [&str; 4] = [
+    "/debug/accounts",
+    "/debug/transactions",
+    "/debug/conservation",
+    "/debug/dead-letters",
+];
+
+async fn status_of(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = app.client.get(format!("{}{path}", app.address));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn debug_routes_do_not_exist_in_the_production_profile() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        tweak: |s| {
+            let production = Settings::load_profile("production").unwrap();
+            s.debug = production.debug;
+        },
+        ..Options::default()
+    })
+    .await;
+    assert!(!app.settings.debug.enabled);
+    for path in DEBUG_ROUTES {
+        let (status, body) = status_of(&app, path, None).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+        // Not even with a token: the routes are not registered at all.
+        let (status, _) = status_of(&app, path, Some("anything")).await;
+        assert_eq!(status, 404, "{path} with a token");
+    }
+}
+
+#[tokio::test]
+async fn debug_routes_require_the_bearer_token_when_one_is_set() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        tweak: |s| {
+            s.debug.enabled = true;
+            s.debug.token = Secret::new("s3cret-token");
+        },
+        ..Options::default()
+    })
+    .await;
+    for path in DEBUG_ROUTES {
+        for wrong in [
+            None,
+            Some("wrong"),
+            Some("s3cret-toke"),
+            Some("s3cret-token2"),
+        ] {
+            let (status, body) = status_of(&app, path, wrong).await;
+            assert_eq!(status, 401, "{path} with {wrong:?}");
+            assert_eq!(body["error"]["code"], "unauthorized", "{path}: {body}");
+        }
+        // Not a bearer scheme.
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .header("Authorization", "Basic czNjcmV0LXRva2Vu")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{path} with Basic");
+        let (status, _) = status_of(&app, path, Some("s3cret-token")).await;
+        assert_eq!(status, 200, "{path} with the token");
+    }
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_serve_open_debug_routes_on_a_public_address() {
+    let probe = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut settings = probe.settings.clone();
+    settings.api.host = "0.0.0.0".into();
+    settings.debug.enabled = true;
+    settings.debug.token = Secret::new("");
+    let refused = Application::build(settings.clone(), CancellationToken::new()).await;
+    let message = refused.err().expect("must refuse").to_string();
+    assert!(message.contains("debug.token"), "{message}");
+
+    // Any one of: a token, debug off, or loopback makes it acceptable.
+    settings.debug.token = Secret::new("t");
+    let stop = CancellationToken::new();
+    let app = Application::build(settings.clone(), stop.clone()).await;
+    assert!(app.is_ok(), "with a token: {:?}", app.err());
+    drop(app);
+    settings.debug.token = Secret::new("");
+    settings.debug.enabled = false;
+    assert!(Application::build(settings, stop.clone()).await.is_ok());
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn bodies_are_capped_before_parsing() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let big = json!({
+        "id": "big-1", "type": "deposit", "accountId": "acc-1", "amount": "1.00",
+        "padding": "x".repeat(70_000),
+    });
+    let response = app
+        .client
+        .post(format!("{}/transaction", app.address))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large", "{body}");
+    assert_eq!(app.count("SELECT count(*) FROM transactions").await, 0);
+}
+
+#[tokio::test]
+async fn identifiers_are_validated_in_paths_queries_and_bodies() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let long = "a".repeat(129);
+    // Percent-encoded so that they reach the handler as one path segment.
+    for bad in [
+        "bad%20id",
+        "a%2Fb",
+        "%C3%A9t%C3%A9",
+        "a%27%3B--",
+        long.as_str(),
+    ] {
+        let paths = [
+            format!("/account/{bad}"),
+            format!("/transactions/{bad}"),
+            format!("/account/{bad}/transactions"),
+            format!("/account/{bad}/largest-expense"),
+            format!("/users/{bad}"),
+            format!("/users/{bad}/largest-expense"),
+            format!("/jobs/{bad}"),
+            format!("/jobs/{bad}/download"),
+            format!("/account/acc-1/transactions?cursor={bad}"),
+        ];
+        for path in paths {
+            let (status, body) = app.get(&path).await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert!(body["error"]["code"].is_string(), "{path}: {body}");
+            assert!(body["error"]["message"].is_string(), "{path}: {body}");
+        }
+        for (method, path) in [
+            ("PUT", format!("/users/{bad}/accounts/acc-1")),
+            ("PUT", format!("/users/u-1/accounts/{bad}")),
+            ("POST", format!("/jobs/{bad}/cancel")),
+        ] {
+            let response = app
+                .client
+                .request(method.parse().unwrap(), format!("{}{path}", app.address))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 400, "{method} {path}");
+        }
+    }
+    let decoded_bad = ["bad id", "a/b", "été", "a';--", long.as_str()];
+    for bad in decoded_bad {
+        for field in ["id", "accountId", "userId", "requestId"] {
+            let mut tx = json!({
+                "id": "tx-1", "type": "withdraw", "accountId": "acc-1", "amount": "1.00",
+            });
+            tx[field] = json!(bad);
+            let (status, body) = app.post_json(&tx).await;
+            assert_eq!(status, 400, "{field}={bad:?}: {body}");
+            assert_eq!(body["error"]["field"], field, "{body}");
+        }
+    }
+    assert_eq!(app.count("SELECT count(*) FROM transactions").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM account_owners").await, 0);
+}
+
+#[tokio::test]
+async fn nginx_rate_limits_each_client_address_with_a_json_429() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    // 2 requests/s with a burst of 5: a quick run of 30 gets about 6 through.
+    let nginx = Nginx::start_limited(&app.api_ports, "2r/s", 5).await;
+    // Let the start-up probes' budget refill.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut served = 0u64;
+    let mut limited = 0u64;
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        let response = app
+            .client
+            .get(format!("{}/health/live", nginx.address))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => served += 1,
+            429 => {
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap()),
+                    Some("1")
+                );
+                assert!(response.headers().contains_key("x-request-id"));
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Burst 5 plus the current slot, plus whatever the rate refilled while the run lasted
+    // (measured, so a slow machine only widens the bound).
+    let refill = (started.elapsed().as_secs_f64() * 2.0).ceil() as u64;
+    assert!(
+        (6..=6 + refill).contains(&served),
+        "served {served} of 30 in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(served + limited, 30);
+    // The budget comes back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let response = app
+        .client
+        .get(format!("{}/health/live", nginx.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
