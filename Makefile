@@ -28,7 +28,7 @@ STACK := bash deploy/local/stack.sh
 # Database the tests connect to (they create their own tally_test_* databases in it).
 TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
 
-.PHONY: help up down status logs services services-down build migrate test bench chaos test-db-clean fmt lint check
+.PHONY: help up down status logs services services-down build migrate test bench chaos fuzz test-db-clean fmt lint check
 
 help: ## list the targets
 	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)]"
@@ -68,7 +68,7 @@ migrate: ## apply the database migrations (release binary)
 	$(BIN_DIR)/tally-worker migrate
 
 # ---------------------------------------------------------------- quality
-test: ## services, drop leftover test databases, run the whole workspace's tests, then chaos SEEDS=5
+test: ## services, drop leftover test databases, the workspace's tests, the API fuzzer, then chaos SEEDS=5
 	$(SERVICES)
 	$(MAKE) test-db-clean
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -79,6 +79,7 @@ test: ## services, drop leftover test databases, run the whole workspace's tests
 	  echo "$(CARGO) test --workspace --no-fail-fast"; \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) fuzz
 	$(MAKE) chaos SEEDS=5
 
 # Benchmarks (crates/tally-bench; results and how to read them: BENCHMARKS.md). Baselines,
@@ -115,6 +116,11 @@ chaos: ## fault suite: seeds SEED_START..SEED_START+SEEDS (default 0..5); SEED=n
 # session open (a concurrent test run) are skipped: no WITH (FORCE), and not even
 # attempted, since a plain DROP DATABASE waits up to 5 s for those sessions to end and
 # would then pull the database from under that run's own cleanup.
+# FUZZ_EXAMPLES per operation and phase, FUZZ_SEED: see deploy/local/fuzz.sh.
+fuzz: ## schemathesis (PyPI) from openapi.json against a throw-away API + worker: no 5xx, answers match the spec
+	$(SERVICES)
+	bash deploy/local/fuzz.sh
+
 test-db-clean: ## drop leftover tally_test_% databases (best effort)
 	@echo "dropping leftover tally_test_% databases"
 	@printf '%s\n' "SELECT format('DROP DATABASE IF EXISTS %I', d.datname) FROM pg_database d WHERE d.datname LIKE 'tally\_test\_%' AND NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1 \gexec" \

@@ -20,6 +20,8 @@ pub enum ApiError {
     Unauthorized,
     /// 404.
     NotFound { code: &'static str, message: String },
+    /// 405: the path exists, the method does not; `allow` lists the methods that do.
+    MethodNotAllowed { method: String, allow: String },
     /// 409: the request conflicts with the resource's current state (e.g. a job not finished).
     Conflict { code: &'static str, message: String },
     /// 422: well-formed, but refused by a business rule (e.g. another user owns the account).
@@ -77,6 +79,9 @@ impl fmt::Display for ApiError {
             | ApiError::Conflict { message, .. }
             | ApiError::Unprocessable { message, .. } => f.write_str(message),
             ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
+            ApiError::MethodNotAllowed { method, allow } => {
+                write!(f, "{method} is not allowed here; allowed: {allow}")
+            }
             ApiError::IdReused => {
                 f.write_str("this id was already used for a transaction with another payload")
             }
@@ -92,6 +97,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -107,6 +113,7 @@ impl ResponseError for ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. } => *code,
             ApiError::Unauthorized => "unauthorized",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::IdReused => "id_reused",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(cause) => {
@@ -127,6 +134,9 @@ impl ResponseError for ApiError {
         } = self
         {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.insert_header((header::ALLOW, allow.as_str()));
         }
         if let ApiError::Unauthorized = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

@@ -5,7 +5,7 @@
 //! QUEUED, RUNNING, COMPLETED, FAILED (with `error`) or CANCELLED.
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -182,9 +182,11 @@ async fn find(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
 /// `GET /jobs/{id}` → the job's true status and progress.
 #[get("/jobs/{id}")]
 pub async fn get_job(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::routes::literal_path_method(&req)?;
     let job = find(&state, job_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }

@@ -258,3 +258,49 @@ async fn nginx_rate_limits_each_client_address_with_a_json_429() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_wrong_method_is_a_405_naming_the_allowed_ones_and_a_wrong_path_a_404() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        tweak: |s| s.debug.enabled = false,
+        ..Options::default()
+    })
+    .await;
+    for (method, path, allow) in [
+        ("DELETE", "/status", "GET"),
+        ("TRACE", "/transaction", "POST"),
+        ("GET", "/transaction", "POST"),
+        // The collection is POST-only, although `GET /jobs/{id}` matches the text.
+        ("GET", "/jobs/settlements", "POST"),
+        ("POST", "/account/acc-1", "GET"),
+    ] {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(
+            response.headers().get("allow").map(|v| v.to_str().unwrap()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    }
+    for (method, path) in [("GET", "/nope"), ("DELETE", "/debug/accounts")] {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            404,
+            "{method} {path}: debug is off"
+        );
+    }
+}
