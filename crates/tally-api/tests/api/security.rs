@@ -18,12 +18,24 @@ const DEBUG_ROUTES: [&str; 4] = [
     "/debug/dead-letters",
 ];
 
-async fn status_of(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut request = app.client.get(format!("{}{path}", app.address));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
+/// `method path` on the test's API, with an `Authorization` header when given.
+async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    authorization: Option<String>,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .request(method.parse().unwrap(), format!("{}{path}", app.address));
+    if let Some(value) = authorization {
+        request = request.header("Authorization", value);
     }
-    let response = request.send().await.unwrap();
+    request.send().await.unwrap()
+}
+
+async fn status_of(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
+    let response = send(app, "GET", path, token.map(|t| format!("Bearer {t}"))).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -73,13 +85,7 @@ async fn debug_routes_require_the_bearer_token_when_one_is_set() {
             assert_eq!(body["error"]["code"], "unauthorized", "{path}: {body}");
         }
         // Not a bearer scheme.
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .header("Authorization", "Basic czNjcmV0LXRva2Vu")
-            .send()
-            .await
-            .unwrap();
+        let response = send(&app, "GET", path, Some("Basic czNjcmV0LXRva2Vu".into())).await;
         assert_eq!(response.status().as_u16(), 401, "{path} with Basic");
         let (status, _) = status_of(&app, path, Some("s3cret-token")).await;
         assert_eq!(status, 200, "{path} with the token");
@@ -175,12 +181,7 @@ async fn identifiers_are_validated_in_paths_queries_and_bodies() {
             ("PUT", format!("/users/u-1/accounts/{bad}")),
             ("POST", format!("/jobs/{bad}/cancel")),
         ] {
-            let response = app
-                .client
-                .request(method.parse().unwrap(), format!("{}{path}", app.address))
-                .send()
-                .await
-                .unwrap();
+            let response = send(&app, method, &path, None).await;
             assert_eq!(response.status().as_u16(), 400, "{method} {path}");
         }
     }
@@ -275,12 +276,7 @@ async fn a_wrong_method_is_a_405_naming_the_allowed_ones_and_a_wrong_path_a_404(
         ("GET", "/jobs/settlements", "POST"),
         ("POST", "/account/acc-1", "GET"),
     ] {
-        let response = app
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = send(&app, method, path, None).await;
         assert_eq!(response.status().as_u16(), 405, "{method} {path}");
         assert_eq!(
             response.headers().get("allow").map(|v| v.to_str().unwrap()),
@@ -291,12 +287,7 @@ async fn a_wrong_method_is_a_405_naming_the_allowed_ones_and_a_wrong_path_a_404(
         assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
     }
     for (method, path) in [("GET", "/nope"), ("DELETE", "/debug/accounts")] {
-        let response = app
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = send(&app, method, path, None).await;
         assert_eq!(
             response.status().as_u16(),
             404,
