@@ -20,6 +20,7 @@ use tally_store::reads::TransactionRecord;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::observe::RequestId;
 use crate::state::AppState;
 
 /// 200 body of a deposit or withdraw.
@@ -104,7 +105,7 @@ pub async fn post_transaction(
     // the same instant.
     let accepted_at = envelope.accepted_at;
     let routing_key = Topology::routing_key(shard);
-    let properties = properties(&tx.id, &request_id(req.headers()));
+    let properties = properties(&tx.id, &RequestId::of(&req));
 
     if tx.kind != Kind::WithdrawRequest {
         state
@@ -331,16 +332,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         )
     })?;
     Ok(Some(key.to_string()))
-}
-
-/// The caller's `X-Request-Id` when it is a sane identifier, else a fresh one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| validate_id(v).is_ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| Uuid::new_v4().to_string())
 }
 
 fn properties(id: &str, request_id: &str) -> BasicProperties {

@@ -9,6 +9,7 @@ mod helpers;
 mod history;
 mod jobs;
 mod leases;
+mod metrics;
 mod shutdown;
 mod startup;
 mod through_nginx;
