@@ -11,6 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest};
 use std::time::Instant;
 use tally_telemetry::metrics;
+use tracing::Instrument;
 use uuid::Uuid;
 
 const HEADER: &str = "x-request-id";
@@ -61,7 +62,9 @@ pub async fn observe(
     let id = request_id(&req);
     let method = method_label(req.method());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let result = next.call(req).await;
+    // The handler's own log lines (a failed publish, a 5xx cause) carry the id too.
+    let span = tracing::info_span!("request", request_id = %id);
+    let result = next.call(req).instrument(span).await;
     let (route, status) = match &result {
         Ok(res) => (res.request().match_pattern(), res.status().as_u16()),
         // Handlers' errors are already responses; this is a failure below them.

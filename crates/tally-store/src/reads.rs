@@ -120,8 +120,8 @@ pub async fn transaction(pool: &Pool, id: &str) -> Result<Option<TransactionReco
         .map(TransactionRecord::from_row))
 }
 
-/// How many holds are open, ledger-wide (`/metrics`). Index-only on the open-holds partial
-/// index, so its cost follows the open holds, not the table.
+/// How many holds are open, ledger-wide (`/metrics`). The partial indexes on open holds
+/// (V1__ledger.sql) let it read only the open ones, not the whole table.
 pub async fn open_holds(pool: &Pool) -> Result<i64, StoreError> {
     let client = pool.get().await?;
     let stmt = client
