@@ -245,4 +245,19 @@ mod tests {
         assert!(!printed.contains("tally:tally@"), "{printed}");
         assert!(!printed.contains("guest:guest@"), "{printed}");
     }
+
+    #[test]
+    fn worker_metrics_addr_is_an_ip_and_port_or_off() {
+        let mut s = Settings::load_profile("local").unwrap();
+        assert_eq!(
+            s.worker.metrics_listen().unwrap(),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        for off in ["off", ""] {
+            s.worker.metrics_addr = off.into();
+            assert_eq!(s.worker.metrics_listen().unwrap(), None);
+        }
+        s.worker.metrics_addr = "localhost:9100".into();
+        assert!(s.validate().is_err());
+    }
 }

@@ -234,7 +234,7 @@ static WORKER: LazyLock<Worker> = LazyLock::new(|| Worker {
     ),
     batch_duration: histogram(
         "tally_batch_duration_seconds",
-        "Time to apply and commit one batch (retries included).",
+        "Time to apply, commit and ack one batch (store retries included).",
         seconds_buckets(),
     ),
     applied: counter_vec(
