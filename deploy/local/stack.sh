@@ -15,6 +15,9 @@
 #   API_REPLICAS=3   API replicas, api-i listens on 127.0.0.1:$((API_BASE_PORT+i-1))
 #   API_BASE_PORT=8001
 #   WORKERS=2        worker processes (tally-worker run)
+#   WORKER_METRICS_BASE_PORT=9101  worker-i serves GET /metrics on
+#                    127.0.0.1:$((WORKER_METRICS_BASE_PORT+i-1)) (the API replicas serve
+#                    theirs on their own port, and nginx's /metrics reaches one of them)
 #   PORT=8080        nginx listen port (127.0.0.1)
 #   BIN_DIR          where tally-api / tally-worker are (default target/release, or
 #                    $CARGO_TARGET_DIR/release); API_BIN / WORKER_BIN override each binary
@@ -25,7 +28,8 @@
 #   STOP_TIMEOUT=10  seconds between SIGTERM and SIGKILL when stopping
 #   TALLY_PROFILE=local, TALLY_DATABASE__URL, TALLY_BROKER__URL, RUST_LOG ... are passed
 #   through to the processes unchanged; each API replica gets TALLY_API__HOST=127.0.0.1
-#   and TALLY_API__PORT; NO_COLOR=1 unless set (logs are files).
+#   and TALLY_API__PORT, each worker TALLY_WORKER__METRICS_ADDR; NO_COLOR=1 unless set
+#   (logs are files).
 #
 # Layout (all under .run/, git-ignored):
 #   .run/pids/<name>.pid    api-1..N, worker-1..M (plain pid, one line)
@@ -43,6 +47,7 @@ TEMPLATE=$ROOT/nginx/local.conf.template
 API_REPLICAS=${API_REPLICAS:-3}
 API_BASE_PORT=${API_BASE_PORT:-8001}
 WORKERS=${WORKERS:-2}
+WORKER_METRICS_BASE_PORT=${WORKER_METRICS_BASE_PORT:-9101}
 PORT=${PORT:-8080}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
@@ -107,6 +112,7 @@ signal() { kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "$2" 2>/dev/null ||
 
 port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 api_port() { echo $((API_BASE_PORT + ${1#api-} - 1)); }
+worker_metrics_port() { echo $((WORKER_METRICS_BASE_PORT + ${1#worker-} - 1)); }
 
 # ------------------------------------------------------------------ stop
 # Stop the processes named by the given pid files: SIGTERM to all at once, wait up
@@ -186,12 +192,19 @@ cmd_stop() {
 # ------------------------------------------------------------------ start
 validate() {
   local v
-  for v in API_REPLICAS WORKERS PORT API_BASE_PORT READY_TIMEOUT STOP_TIMEOUT; do
+  for v in API_REPLICAS WORKERS PORT API_BASE_PORT WORKER_METRICS_BASE_PORT READY_TIMEOUT STOP_TIMEOUT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
   done
   ((API_REPLICAS >= 1)) || die "API_REPLICAS must be at least 1"
   ((PORT >= 1 && PORT <= 65535)) || die "PORT must be a TCP port (got $PORT)"
   ((API_BASE_PORT >= 1 && API_BASE_PORT + API_REPLICAS - 1 <= 65535)) || die "API ports out of range"
+  ((WORKER_METRICS_BASE_PORT >= 1 && WORKER_METRICS_BASE_PORT + WORKERS - 1 <= 65535)) ||
+    die "worker metrics ports out of range"
+  local w=$WORKER_METRICS_BASE_PORT
+  if ((WORKERS > 0 && w < API_BASE_PORT + API_REPLICAS && API_BASE_PORT < w + WORKERS)) ||
+    ((WORKERS > 0 && PORT >= w && PORT < w + WORKERS)); then
+    die "worker metrics ports $w..$((w + WORKERS - 1)) collide with PORT or the API replica ports"
+  fi
   if ((PORT >= API_BASE_PORT && PORT < API_BASE_PORT + API_REPLICAS)); then
     die "PORT=$PORT collides with the API replica ports $API_BASE_PORT..$((API_BASE_PORT + API_REPLICAS - 1))"
   fi
@@ -321,6 +334,9 @@ cmd_start() {
   for ((p = API_BASE_PORT; p < API_BASE_PORT + API_REPLICAS; p++)); do
     port_in_use "$p" && die "127.0.0.1:$p is already in use by another process (see: ss -ltnp 'sport = :$p')"
   done
+  for ((p = WORKER_METRICS_BASE_PORT; p < WORKER_METRICS_BASE_PORT + WORKERS; p++)); do
+    port_in_use "$p" && die "127.0.0.1:$p (worker metrics) is already in use by another process (see: ss -ltnp 'sport = :$p'); choose another: WORKER_METRICS_BASE_PORT=..."
+  done
   port_in_use "$PORT" && die "127.0.0.1:$PORT is already in use by another process (see: ss -ltnp 'sport = :$PORT'); choose another: make up PORT=..."
 
   # Keep the previous run's logs for post-mortems (<name>.log.prev) and start fresh
@@ -339,7 +355,8 @@ cmd_start() {
     TALLY_API__HOST=127.0.0.1 TALLY_API__PORT=$((API_BASE_PORT + i - 1)) launch "api-$i" "$API_BIN"
   done
   for ((i = 1; i <= WORKERS; i++)); do
-    launch "worker-$i" "$WORKER_BIN" run
+    TALLY_WORKER__METRICS_ADDR=127.0.0.1:$(worker_metrics_port "worker-$i") \
+      launch "worker-$i" "$WORKER_BIN" run
   done
 
   wait_ready
@@ -352,6 +369,7 @@ cmd_start() {
   start_nginx
   say "nginx (pid $(nginx_pid)) on 127.0.0.1:$PORT -> ${API_REPLICAS} replicas"
   trap - INT TERM
+  ((WORKERS == 0)) || say "worker metrics: http://127.0.0.1:$WORKER_METRICS_BASE_PORT/metrics .. :$((WORKER_METRICS_BASE_PORT + WORKERS - 1))/metrics"
   say "up: http://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
 }
 
@@ -374,7 +392,10 @@ cmd_status() {
         # The port it was started with (not today's API_BASE_PORT): from its environment.
         port=$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | sed -n 's/^TALLY_API__PORT=//p') || true
         extra="127.0.0.1:$port ready=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 1 \
-          "http://127.0.0.1:$port/health/ready" 2>/dev/null || true)"
+          "http://127.0.0.1:$port/health/ready" 2>/dev/null || true) metrics=http://127.0.0.1:$port/metrics"
+      elif [[ $name == worker-* ]]; then
+        port=$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | sed -n 's/^TALLY_WORKER__METRICS_ADDR=//p') || true
+        extra="metrics=http://$port/metrics"
       fi
     else
       state=DEAD dead=1 extra="see ${LOGS#"$ROOT"/}/$name.log"

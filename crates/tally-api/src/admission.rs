@@ -1,6 +1,7 @@
 //! Admission control: refuse at once what cannot be served in time, instead of letting it time
 //! out. A background task polls the shard queue depths; each request compares against them in
 //! memory (see `[admission]` in config/default.toml for the thresholds and their reasoning).
+//! The same depths are the `tally_queue_depth` gauges of `/metrics`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use tally_bus::Publisher;
 use tally_core::settings::AdmissionSettings;
 use tally_core::Kind;
+use tally_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
 /// The latest known depth of every shard queue.
@@ -44,8 +46,15 @@ impl Admission {
                 match publisher.queue_depths().await {
                     // Shard queues come first, in shard order; the dead-letter queue last.
                     Ok(depths) => {
-                        for (slot, (_, depth)) in poller.depths.iter().zip(depths) {
+                        let dead = depths.get(shards).map(|(_, depth)| *depth);
+                        for (shard, (slot, (_, depth))) in
+                            (0u16..).zip(poller.depths.iter().zip(depths))
+                        {
                             slot.store(depth, Ordering::Relaxed);
+                            metrics::set_queue_depth(shard, depth);
+                        }
+                        if let Some(dead) = dead {
+                            metrics::set_dead_letter_depth(dead);
                         }
                         poller.known.store(true, Ordering::Relaxed);
                     }

@@ -4,11 +4,13 @@
 //!
 //! - [`startup`]: building and running the server (tests start it on port 0).
 //! - [`admission`]: load shedding from the shard queue depths.
+//! - [`observe`]: request ids and HTTP metrics around every request.
 //! - [`error`]: the one error type and its JSON shape `{"error":{"code","message","field"?}}`.
 //! - [`routes`]: the HTTP routes.
 
 pub mod admission;
 pub mod error;
+pub mod observe;
 pub mod routes;
 pub mod startup;
 pub mod state;

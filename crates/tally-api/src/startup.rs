@@ -1,6 +1,7 @@
 //! Building and running the API: settings → pool + publisher → bound listener → server.
 //! Tests call the same [`Application::build`] with port 0.
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 use crate::admission::Admission;
+use crate::observe::observe;
 use crate::routes;
 use crate::state::AppState;
 
@@ -61,6 +63,7 @@ impl Application {
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         check_debug_exposure(&settings)?;
+        tally_telemetry::metrics::init_api();
         let pool = tally_store::connect(&settings.database)?;
         // Publishing with another K than the workers consume would mis-route accounts.
         tally_store::meta::ensure_shard_count_patiently(
@@ -99,6 +102,7 @@ impl Application {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(observe))
                 .app_data(web::Data::new(app_state.clone()))
                 .configure(|cfg| routes::configure(cfg, &app_state))
         })

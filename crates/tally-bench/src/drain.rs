@@ -63,6 +63,8 @@ fn worker_env(spec: &DrainSpec, db_url: &str) -> Vec<(String, String)> {
         ("TALLY_LEDGER__SHARD_COUNT".into(), spec.shards.to_string()),
         ("RUST_LOG".into(), "warn".into()),
         ("NO_COLOR".into(), "1".into()),
+        // Several workers per host: each its own free metrics port.
+        ("TALLY_WORKER__METRICS_ADDR".into(), "127.0.0.1:0".into()),
     ];
     if let Some(b) = spec.batch_max {
         env.push(("TALLY_WORKER__BATCH_MAX".into(), b.to_string()));

@@ -405,6 +405,8 @@ async fn make(cfg: &Config, args: &[&str], extra: &[(&str, String)]) -> Result<(
         .env("TALLY_BROKER__URL", &cfg.broker_url)
         .env("TALLY_BROKER__PREFIX", &cfg.prefix)
         .env("BIN_DIR", &cfg.bin_dir)
+        // Beside a default stack's workers (9101…).
+        .env("WORKER_METRICS_BASE_PORT", "9201")
         // The stack's logs: warnings only, so logging is not what is measured.
         .env("RUST_LOG", "warn")
         .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))

@@ -14,6 +14,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tally_telemetry::metrics::{self, PublishOutcome};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -138,7 +139,10 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let session = self.current().ok_or(PublishError::Unavailable)?;
+        let Some(session) = self.current() else {
+            metrics::publish(PublishOutcome::Unavailable);
+            return Err(PublishError::Unavailable);
+        };
         self.publish_on(&session, routing_key, body, properties)
             .await
     }
@@ -167,7 +171,8 @@ impl Publisher {
                 .await?
                 .await
         };
-        match tokio::time::timeout(self.inner.config.confirm_timeout, confirmed).await {
+        let result = match tokio::time::timeout(self.inner.config.confirm_timeout, confirmed).await
+        {
             Err(_) => Err(PublishError::Timeout),
             Ok(Err(e)) => {
                 self.inner.broken.notify_one();
@@ -178,7 +183,16 @@ impl Publisher {
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             // The channel is always put in confirm mode; this would be a bug, treat as a loss.
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
-        }
+        };
+        metrics::publish(match &result {
+            Ok(()) => PublishOutcome::Confirmed,
+            Err(PublishError::Nacked) => PublishOutcome::Nacked,
+            Err(PublishError::Unroutable) => PublishOutcome::Returned,
+            Err(PublishError::Timeout) => PublishOutcome::Timeout,
+            Err(PublishError::Broker(_)) => PublishOutcome::BrokerError,
+            Err(PublishError::Unavailable) => PublishOutcome::Unavailable,
+        });
+        result
     }
 
     /// Publishes a request whose reply comes back on this replica's reply queue, then waits
@@ -191,7 +205,10 @@ impl Publisher {
         properties: BasicProperties,
         deadline: Instant,
     ) -> Result<Option<Vec<u8>>, PublishError> {
-        let session = self.current().ok_or(PublishError::Unavailable)?;
+        let Some(session) = self.current() else {
+            metrics::publish(PublishOutcome::Unavailable);
+            return Err(PublishError::Unavailable);
+        };
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         // Registered before publishing: a fast worker may reply before the confirm arrives.
@@ -201,7 +218,11 @@ impl Publisher {
             .with_reply_to(session.reply_queue.as_str().into());
         let publish = self.publish_on(&session, routing_key, body, properties);
         match tokio::time::timeout_at(deadline, publish).await {
-            Err(_) => return Err(PublishError::Timeout),
+            // The publish was dropped before it counted itself.
+            Err(_) => {
+                metrics::publish(PublishOutcome::Timeout);
+                return Err(PublishError::Timeout);
+            }
             Ok(result) => result?,
         }
         match tokio::time::timeout_at(deadline, rx).await {

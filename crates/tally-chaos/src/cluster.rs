@@ -352,6 +352,11 @@ impl Cluster {
                 cfg.shard_count.to_string(),
             ),
             ("NO_COLOR".to_string(), "1".to_string()),
+            // Several workers per host: each its own free metrics port.
+            (
+                "TALLY_WORKER__METRICS_ADDR".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
         ];
         let mut api_ports = Vec::new();
         let mut apis = Vec::new();

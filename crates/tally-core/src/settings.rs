@@ -66,6 +66,22 @@ pub struct WorkerSettings {
     pub hold_sweep_secs: u64,
     pub lease_ttl_ms: u64,
     pub lease_tick_ms: u64,
+    /// `host:port` of the worker's `/metrics` listener; "off" or empty: none.
+    pub metrics_addr: String,
+}
+
+impl WorkerSettings {
+    /// The address of the `/metrics` listener, `None` when it is off.
+    pub fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, SettingsError> {
+        match self.metrics_addr.trim() {
+            "" | "off" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| {
+                SettingsError::Invalid(format!(
+                    "worker.metrics_addr must be host:port (an IP address) or \"off\", not {addr:?}"
+                ))
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +219,7 @@ impl Settings {
         {
             return bad("worker.lease_tick_ms must be positive and at most half of lease_ttl_ms");
         }
+        self.worker.metrics_listen()?;
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1");
         }
@@ -237,5 +254,20 @@ mod tests {
         let printed = format!("{s:?}");
         assert!(!printed.contains("tally:tally@"), "{printed}");
         assert!(!printed.contains("guest:guest@"), "{printed}");
+    }
+
+    #[test]
+    fn worker_metrics_addr_is_an_ip_and_port_or_off() {
+        let mut s = Settings::load_profile("local").unwrap();
+        assert_eq!(
+            s.worker.metrics_listen().unwrap(),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        for off in ["off", ""] {
+            s.worker.metrics_addr = off.into();
+            assert_eq!(s.worker.metrics_listen().unwrap(), None);
+        }
+        s.worker.metrics_addr = "localhost:9100".into();
+        assert!(s.validate().is_err());
     }
 }

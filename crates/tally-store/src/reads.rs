@@ -120,6 +120,16 @@ pub async fn transaction(pool: &Pool, id: &str) -> Result<Option<TransactionReco
         .map(TransactionRecord::from_row))
 }
 
+/// How many holds are open, ledger-wide (`/metrics`). The partial indexes on open holds
+/// (V1__ledger.sql) let it read only the open ones, not the whole table.
+pub async fn open_holds(pool: &Pool) -> Result<i64, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT count(*) FROM holds WHERE status = 'open'")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
 /// Debug dump: transactions ordered by id, strictly after `after`.
 pub async fn transactions_page(
     pool: &Pool,

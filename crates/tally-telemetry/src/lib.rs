@@ -1,5 +1,8 @@
 //! Process-wide telemetry and lifecycle shared by the tally binaries: the log subscriber
-//! (pretty for terminals, JSON lines for production) and the shutdown signal.
+//! (pretty for terminals, JSON lines for production), the shutdown signal, and the
+//! Prometheus [`metrics`].
+
+pub mod metrics;
 
 use tally_core::settings::LogSettings;
 use tokio_util::sync::CancellationToken;

@@ -4,10 +4,11 @@
 //! recognised as a duplicate; a worker that lost the shard cannot commit at all.
 
 use chrono::Utc;
-use tally_core::{Envelope, Outcome};
+use tally_core::{Envelope, Outcome, OutcomeStatus};
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
 use tally_store::{batch, StoreError};
+use tally_telemetry::metrics;
 
 use crate::ledger::{decide, Rules};
 
@@ -33,7 +34,23 @@ pub async fn apply_batch(
     let decision = decide(envelopes, snapshot, now, rules);
     batch::write(&tx, lease.shard, now, &decision.effects).await?;
     tx.commit().await?;
+    count(&decision.effects.records);
     Ok(decision.outcomes)
+}
+
+/// Feeds the outcome metrics from the rows a batch committed: only new records, so a
+/// redelivered (deduplicated) command is never counted twice.
+fn count(records: &[batch::NewRecord]) {
+    let committed = Utc::now();
+    for record in records {
+        let took_effect = record.status == OutcomeStatus::Applied.as_str()
+            || record.status == OutcomeStatus::Approved.as_str();
+        let reason = (!took_effect).then(|| record.reason.unwrap_or(record.status));
+        let lag = (committed - record.accepted_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::transaction(record.kind, reason, lag);
+    }
 }
 
 /// Expires the shard's holds past their TTL; returns how many accounts changed.

@@ -7,6 +7,7 @@
 //! - [`shard`]: the greedy consumer loop of one shard queue.
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
 //! - [`jobs`]: the settlement job runner (claims, chunks, heartbeats, resumes).
+//! - [`metrics`]: the worker's `GET /metrics` listener.
 //! - [`Worker`]: connection, topology, shard leases (about K / live workers each, fenced by
 //!   epoch), one loop per owned shard, reconnection and shutdown.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod dead_letters;
 pub mod jobs;
 pub mod ledger;
+pub mod metrics;
 pub mod shard;
 
 use futures_util::future::join_all;
@@ -46,6 +48,13 @@ pub enum WorkerError {
     Bus(#[from] tally_bus::BusError),
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Settings(#[from] tally_core::settings::SettingsError),
+    #[error("binding the metrics listener on {addr}: {source}")]
+    MetricsListener {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A configured worker, ready to run.
@@ -55,12 +64,22 @@ pub struct Worker {
     topology: Topology,
     /// This worker's name in leases and in the broker's connection list.
     id: String,
+    /// Bound at build (a taken port fails start-up, not later); served by `run`.
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Worker {
     /// Connects to PostgreSQL and checks the recorded shard count (a mismatch refuses to
     /// start). Migrations must have been applied (`tally-worker migrate`).
     pub async fn build(settings: Settings) -> Result<Self, WorkerError> {
+        tally_telemetry::metrics::init_worker();
+        let metrics = match settings.worker.metrics_listen()? {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| WorkerError::MetricsListener { addr, source })?,
+            ),
+            None => None,
+        };
         let pool = tally_store::connect(&settings.database)?;
         tally_store::meta::ensure_shard_count_patiently(
             &pool,
@@ -75,6 +94,7 @@ impl Worker {
             pool,
             topology,
             id: format!("tally-worker-{}-{}", std::process::id(), &nonce[..8]),
+            metrics,
         })
     }
 
@@ -88,6 +108,14 @@ impl Worker {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The port of the `/metrics` listener, if it is on.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     /// Opens a short-lived broker connection for the operator commands.
@@ -113,7 +141,20 @@ impl Worker {
     /// Consumes its share of the shards until `shutdown` is cancelled, reconnecting with
     /// back-off whenever the broker connection is lost. On shutdown every shard loop finishes
     /// and acks its batch in hand, and the leases are released.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let metrics = self.metrics.take().and_then(|listener| {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            match metrics::serve(listener, self.pool.clone(), shutdown.clone()) {
+                Ok(task) => {
+                    tracing::info!(port, "metrics listening");
+                    Some(task)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener not started");
+                    None
+                }
+            }
+        });
         // Settlement jobs need only PostgreSQL: their runner lives beside the broker sessions,
         // through reconnections. Aborted with this future (a killed worker kills its runner,
         // whose job is then resumed elsewhere); on shutdown it hands its job back.
@@ -139,6 +180,9 @@ impl Worker {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         let _ = jobs.await;
+        if let Some(task) = metrics {
+            finish(task).await;
+        }
         tracing::info!("worker stopped");
     }
 
@@ -326,7 +370,12 @@ impl Worker {
             consumer,
             stop.clone(),
         ));
-        Ok(Running { lease, stop, task })
+        Ok(Running {
+            lease,
+            stop,
+            task,
+            _owned: tally_telemetry::metrics::OwnedShard::new(),
+        })
     }
 }
 
@@ -335,6 +384,8 @@ struct Running {
     lease: Lease,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ShardError>>,
+    /// Counts this shard in `tally_shards_owned` while it runs.
+    _owned: tally_telemetry::metrics::OwnedShard,
 }
 
 /// Removes finished shard loops; returns true if one ended for a broker reason (the session

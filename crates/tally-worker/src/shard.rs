@@ -6,16 +6,21 @@
 //! back-off (no nack, which would count against the delivery limit); a permanent one is
 //! narrowed down by applying the batch's commands one by one, and the single command that
 //! still fails — like an envelope that does not decode — is rejected to the dead-letter queue.
+//!
+//! Every committed batch feeds the batch metrics; each command's debug log line carries the
+//! API's request id (AMQP header `x-request-id`).
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Consumer};
 use std::sync::Arc;
 use std::time::Duration;
 use tally_core::{Envelope, Kind, Outcome};
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
+use tally_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{apply_batch, sweep_holds};
@@ -113,6 +118,7 @@ async fn process(
             Ok(env) => good.push((delivery, env)),
             Err(reason) => {
                 tracing::error!(shard, %reason, message_id = ?delivery.properties.message_id(),
+                    request_id = request_id(&delivery),
                     "dead-lettering a message that can never be applied");
                 delivery
                     .acker
@@ -132,7 +138,9 @@ async fn process(
             if let Some((last, _)) = good.last() {
                 last.acker.ack(BasicAckOptions { multiple: true }).await?;
             }
+            metrics::batch(good.len(), started.elapsed());
             tracing::debug!(shard, size = good.len(), elapsed = ?started.elapsed(), "batch applied");
+            log_outcomes(shard, &good, &outcomes);
             reply_all(ctx, &good, &outcomes).await;
         }
         Applied::Stopped => {}
@@ -141,16 +149,20 @@ async fn process(
             tracing::warn!(shard, %error, size = good.len(),
                 "batch failed permanently; applying its commands one by one");
             for (delivery, env) in good {
+                let started = std::time::Instant::now();
                 match apply_retrying(ctx, lease, std::slice::from_ref(&env), stop).await {
                     Applied::Done(outcomes) => {
                         delivery.acker.ack(BasicAckOptions::default()).await?;
-                        reply_all(ctx, &[(delivery, env)], &outcomes).await;
+                        metrics::batch(1, started.elapsed());
+                        let one = [(delivery, env)];
+                        log_outcomes(shard, &one, &outcomes);
+                        reply_all(ctx, &one, &outcomes).await;
                     }
                     Applied::Stopped => return Ok(()),
                     Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
                     Applied::Permanent(error) => {
-                        tracing::error!(shard, id = %env.id, %error,
-                            "dead-lettering a command the ledger cannot apply");
+                        tracing::error!(shard, id = %env.id, request_id = request_id(&delivery),
+                            %error, "dead-lettering a command the ledger cannot apply");
                         delivery
                             .acker
                             .reject(BasicRejectOptions { requeue: false })
@@ -197,6 +209,39 @@ async fn apply_retrying(
     }
 }
 
+/// The API's request id of a delivery (the `x-request-id` header), for its log lines.
+fn request_id(delivery: &Delivery) -> &str {
+    let header = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REQUEST_ID_HEADER));
+    match header {
+        Some(AMQPValue::LongString(id)) => std::str::from_utf8(id.as_bytes()).unwrap_or("-"),
+        _ => "-",
+    }
+}
+
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// One debug line per committed command, carrying its request id. Skipped as a whole when
+/// debug is off: nothing per message on the hot path.
+fn log_outcomes(shard: u16, batch: &[(Delivery, Envelope)], outcomes: &[Outcome]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for ((delivery, env), outcome) in batch.iter().zip(outcomes) {
+        tracing::debug!(
+            shard,
+            request_id = request_id(delivery),
+            id = %env.id,
+            kind = env.kind.as_str(),
+            status = outcome.status.as_str(),
+            "transaction processed"
+        );
+    }
+}
+
 /// Sends each withdraw_request's outcome to the API replica that waits for it.
 async fn reply_all(ctx: &ShardContext, batch: &[(Delivery, Envelope)], outcomes: &[Outcome]) {
     for ((delivery, env), outcome) in batch.iter().zip(outcomes) {
@@ -228,7 +273,8 @@ async fn reply_all(ctx: &ShardContext, batch: &[(Delivery, Envelope)], outcomes:
             )
             .await;
         if let Err(e) = sent {
-            tracing::warn!(id = %env.id, error = %e, "reply not sent");
+            tracing::warn!(id = %env.id, request_id = request_id(delivery), error = %e,
+                "reply not sent");
         }
     }
 }

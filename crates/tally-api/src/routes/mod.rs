@@ -6,6 +6,7 @@ pub mod debug;
 pub mod health;
 pub mod history;
 pub mod jobs;
+pub mod metrics;
 pub mod transaction;
 pub mod users;
 
@@ -32,7 +33,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(jobs::create_settlement)
         .service(jobs::get_job)
         .service(jobs::cancel_job)
-        .service(jobs::download);
+        .service(jobs::download)
+        .service(metrics::get_metrics);
     if state.settings.debug.enabled {
         cfg.service(debug::accounts)
             .service(debug::transactions)

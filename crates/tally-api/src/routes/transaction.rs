@@ -20,6 +20,7 @@ use tally_store::reads::TransactionRecord;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::observe::RequestId;
 use crate::state::AppState;
 
 /// 200 body of a deposit or withdraw.
@@ -104,7 +105,8 @@ pub async fn post_transaction(
     // the same instant.
     let accepted_at = envelope.accepted_at;
     let routing_key = Topology::routing_key(shard);
-    let properties = properties(&tx.id, &request_id(req.headers()));
+    let request_id = RequestId::of(&req);
+    let properties = properties(&tx.id, &request_id);
 
     if tx.kind != Kind::WithdrawRequest {
         state
@@ -172,7 +174,7 @@ pub async fn post_transaction(
             }
             // From here on this attempt answers without a decision: its void makes sure it
             // approves nothing, whenever the worker gets to it.
-            void_in_background(&state, routing_key, envelope.void());
+            void_in_background(&state, routing_key, envelope.void(), request_id);
             match last_look {
                 Ok(Ok(_)) => Ok(decided(
                     &tx.id,
@@ -216,13 +218,13 @@ const LAST_LOOK: Duration = Duration::from_millis(100);
 /// Publishes the void of a withdraw_request the API answered "deadline_exceeded" for,
 /// retrying for a while: if the worker approved it too late, the void releases the hold so
 /// the ledger says what the client was told. The answer does not wait for it.
-fn void_in_background(state: &AppState, routing_key: String, void: Envelope) {
+fn void_in_background(state: &AppState, routing_key: String, void: Envelope, request_id: String) {
     let publisher = state.publisher.clone();
     tokio::spawn(async move {
         let body = void.encode();
         let mut backoff = Duration::from_millis(100);
         for _ in 0..10 {
-            let props = properties(&void.id, "void");
+            let props = properties(&void.id, &request_id);
             match publisher.publish(&routing_key, &body, props).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(id = %void.id, error = %e, "void not published yet"),
@@ -331,16 +333,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         )
     })?;
     Ok(Some(key.to_string()))
-}
-
-/// The caller's `X-Request-Id` when it is a sane identifier, else a fresh one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| validate_id(v).is_ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| Uuid::new_v4().to_string())
 }
 
 fn properties(id: &str, request_id: &str) -> BasicProperties {

@@ -240,6 +240,7 @@ fn compose_environment_is_understood_by_the_binaries() {
                 "TALLY_BROKER__URL" => s.broker.url.expose().to_string(),
                 "TALLY_API__HOST" => s.api.host.clone(),
                 "TALLY_API__PORT" => s.api.port.to_string(),
+                "TALLY_WORKER__METRICS_ADDR" => s.worker.metrics_addr.clone(),
                 other => panic!("{name}: {other} is not checked by this test; add it"),
             };
             assert_eq!(&loaded, value, "{name}: {key}");

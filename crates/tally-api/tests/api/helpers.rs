@@ -113,6 +113,7 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
     s.api.host = "127.0.0.1".into();
     s.api.port = 0;
     s.api.threads = 1;
+    s.worker.metrics_addr = "127.0.0.1:0".into();
     s
 }
 
@@ -126,6 +127,8 @@ pub struct Replica {
 pub struct WorkerHandle {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// Port of the worker's `/metrics` listener.
+    pub metrics_port: Option<u16>,
 }
 
 impl WorkerHandle {
@@ -270,9 +273,14 @@ impl TestApp {
         let worker = tally_worker::Worker::build(self.settings.clone())
             .await
             .expect("build worker");
+        let metrics_port = worker.metrics_port();
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
-        WorkerHandle { stop, task }
+        WorkerHandle {
+            stop,
+            task,
+            metrics_port,
+        }
     }
 
     pub async fn post(&self, body: &Value) -> reqwest::Response {

@@ -10,6 +10,7 @@ mod helpers;
 mod history;
 mod jobs;
 mod leases;
+mod metrics;
 mod security;
 mod shutdown;
 mod startup;
