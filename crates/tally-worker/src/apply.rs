@@ -4,10 +4,12 @@
 //! recognised as a duplicate; a worker that lost the shard cannot commit at all.
 
 use chrono::Utc;
+use rust_decimal::Decimal;
 use tally_core::{Envelope, Outcome};
+use tally_store::batch::{self, AccountState};
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
-use tally_store::{batch, StoreError};
+use tally_store::StoreError;
 
 use crate::ledger::{decide, Rules};
 
@@ -27,11 +29,32 @@ pub async fn apply_batch(
     accounts.sort_unstable();
     accounts.dedup();
     let snapshot = batch::load(&tx, &ids, &accounts).await?;
+    // Before the decision, aligned with `accounts`: what a webhook compares against.
+    let before: Vec<(Decimal, Decimal)> = accounts
+        .iter()
+        .map(|id| {
+            snapshot
+                .accounts
+                .get(*id)
+                .map_or((Decimal::ZERO, Decimal::ZERO), |a| (a.balance, a.held))
+        })
+        .collect();
 
     // Taken after the lock: a request's deadline is judged at the moment it is decided.
     let now = Utc::now();
     let decision = decide(envelopes, snapshot, now, rules);
-    batch::write(&tx, lease.shard, now, &decision.effects).await?;
+    // Balance or held moved (so balance or available did): a recorded-only command (denied,
+    // rejected, id reused) bumps the version but is no balance change.
+    let changed: Vec<&AccountState> = decision
+        .effects
+        .accounts
+        .iter()
+        .filter(|a| match accounts.binary_search(&a.id.as_str()) {
+            Ok(i) => before[i] != (a.balance, a.held),
+            Err(_) => true,
+        })
+        .collect();
+    batch::write(&tx, lease.shard, now, &decision.effects, &changed).await?;
     tx.commit().await?;
     Ok(decision.outcomes)
 }

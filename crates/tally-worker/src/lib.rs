@@ -6,6 +6,7 @@
 //! - [`shard`]: the greedy consumer loop of one shard queue.
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
 //! - [`jobs`]: the settlement job runner (claims, chunks, heartbeats, resumes).
+//! - [`webhooks`]: the balance webhook sender (claims due deliveries, signs, retries).
 //! - [`Worker`]: connection, topology, shard leases (about K / live workers each, fenced by
 //!   epoch), one loop per owned shard, reconnection and shutdown.
 
@@ -14,6 +15,7 @@ pub mod dead_letters;
 pub mod jobs;
 pub mod ledger;
 pub mod shard;
+pub mod webhooks;
 
 use futures_util::future::join_all;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -121,6 +123,13 @@ impl Worker {
             config,
             shutdown.clone(),
         )));
+        // Webhooks, likewise: killed with the worker (its leases expire, another sender
+        // delivers); on shutdown it stops claiming and what it has not sent stays pending.
+        let hooks = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(webhooks::run(
+            webhooks::own_pool(&self.settings.database, &self.pool),
+            self.settings.webhooks.clone(),
+            shutdown.clone(),
+        )));
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             match self.run_session(&shutdown).await {
@@ -137,6 +146,7 @@ impl Worker {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         let _ = jobs.await;
+        let _ = hooks.await;
         tracing::info!("worker stopped");
     }
 

@@ -8,6 +8,7 @@ pub mod history;
 pub mod jobs;
 pub mod transaction;
 pub mod users;
+pub mod webhooks;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -31,11 +32,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(jobs::get_job)
         .service(jobs::cancel_job)
         .service(jobs::download);
+    cfg.service(webhooks::put_webhook)
+        .service(webhooks::delete_webhook);
     if state.settings.debug.enabled {
         cfg.service(debug::accounts)
             .service(debug::transactions)
             .service(debug::conservation)
             .service(debug::dead_letters);
+        cfg.service(debug::webhooks);
     }
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest {
