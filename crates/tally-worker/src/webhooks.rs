@@ -133,7 +133,8 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
 
 /// One attempt of one claimed delivery, and its record.
 async fn deliver(pool: &Pool, client: &reqwest::Client, s: &WebhookSettings, c: Claimed) {
-    let attempt = c.attempts.saturating_add(1);
+    // Nothing is sent for a deleted webhook: no attempt is counted.
+    let attempt = c.attempts + i32::from(c.target.is_some());
     let outcome = match &c.target {
         None => Outcome::Failed {
             status: None,

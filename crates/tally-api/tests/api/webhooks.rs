@@ -354,6 +354,80 @@ async fn a_worker_killed_mid_send_leaves_the_delivery_to_the_next_sender_once_it
 }
 
 #[tokio::test]
+async fn a_worker_stopped_gracefully_leaves_pending_deliveries_to_the_next_worker() {
+    let mut app = spawn().await;
+    let receiver = Receiver::start(ok).await;
+    register(&app, "acc-1", &receiver.url, 800).await;
+
+    deposit(&app, "d1", "acc-1", "10").await;
+    wait_statuses(&app, &["pending"], Duration::from_secs(10)).await;
+    app.worker.take().unwrap().stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(receiver.requests().is_empty());
+
+    app.worker = Some(app.start_worker().await);
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    wait_statuses(&app, &["sent"], Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_expired_hold_changes_available_and_is_delivered_too() {
+    let app = TestApp::spawn_with(Options {
+        tweak: |s| {
+            quick(s);
+            s.ledger.hold_ttl_secs = 1;
+            s.worker.hold_sweep_secs = 1;
+        },
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start(ok).await;
+    register(&app, "acc-1", &receiver.url, 0).await;
+
+    deposit(&app, "d1", "acc-1", "100").await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let request =
+        json!({"id": "r1", "type": "withdraw_request", "amount": 30, "accountId": "acc-1"});
+    let (status, answer) = app.post_json(&request).await;
+    assert_eq!(status, 201, "{answer}");
+
+    let seen = receiver.wait_for(3, Duration::from_secs(10)).await;
+    let states: Vec<(String, String)> = seen
+        .iter()
+        .map(|r| {
+            let body = r.json();
+            (body["balance"].to_string(), body["available"].to_string())
+        })
+        .collect();
+    let expected = [("100", "100"), ("100", "70"), ("100", "100")];
+    assert_eq!(
+        states,
+        expected.map(|(b, a)| (b.to_string(), a.to_string())),
+        "deposit, hold placed, hold expired"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_webhook_stops_its_pending_delivery() {
+    let app = spawn().await;
+    let receiver = Receiver::start(ok).await;
+    register(&app, "acc-1", &receiver.url, 600).await;
+
+    deposit(&app, "d1", "acc-1", "10").await;
+    wait_statuses(&app, &["pending"], Duration::from_secs(10)).await;
+    assert_eq!(delete_webhook(&app, "acc-1").await.0, 204);
+
+    let rows = wait_statuses(&app, &["failed"], Duration::from_secs(5)).await;
+    assert_eq!(rows[0]["lastError"], "webhook deleted");
+    assert_eq!(rows[0]["attempts"], 0);
+    assert!(receiver.requests().is_empty());
+    // Later changes schedule nothing.
+    deposit(&app, "d2", "acc-1", "5").await;
+    app.wait_balance("acc-1", "15").await;
+    assert_eq!(deliveries(&app).await.len(), 1);
+}
+
+#[tokio::test]
 async fn put_and_delete_validate_their_input_and_never_show_the_secret() {
     let app = TestApp::spawn_with(Options {
         worker: false,
