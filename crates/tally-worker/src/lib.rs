@@ -126,7 +126,7 @@ impl Worker {
         // Webhooks, likewise: killed with the worker (its leases expire, another sender
         // delivers); on shutdown it stops claiming and what it has not sent stays pending.
         let hooks = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(webhooks::run(
-            webhooks::own_pool(&self.settings.database, &self.pool),
+            webhooks::own_pool(&self.settings.database, &self.settings.webhooks, &self.pool),
             self.settings.webhooks.clone(),
             shutdown.clone(),
         )));

@@ -34,11 +34,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest `last_error` kept: a receiver's error text is not ours to store in full.
 const MAX_ERROR_CHARS: usize = 500;
 
-/// The sender's own pool: a claim and the outcome records, so it never takes the connections
-/// the shard loops need. Falls back to `shared` if it cannot be built.
-pub fn own_pool(database: &DatabaseSettings, shared: &Pool) -> Pool {
+/// The sender's own pool, so it never takes the connections the shard loops need: the claim
+/// and the outcome records (short single-row updates; a few connections serve many sends).
+/// Falls back to `shared` if it cannot be built.
+pub fn own_pool(database: &DatabaseSettings, webhooks: &WebhookSettings, shared: &Pool) -> Pool {
     let mut settings = database.clone();
-    settings.pool_size = 2;
+    settings.pool_size = webhooks.concurrency.clamp(1, 4);
     tally_store::connect(&settings).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "webhook sender shares the worker's pool");
         shared.clone()
