@@ -47,6 +47,7 @@ pub struct Settings {
     pub admission: AdmissionSettings,
     pub debug: DebugSettings,
     pub log: LogSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +140,18 @@ pub struct DebugSettings {
     pub token: Secret,
 }
 
+/// Balance webhook delivery by the workers (see `config/default.toml`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    pub poll_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub timeout_ms: u64,
+    pub concurrency: usize,
+    pub lease_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
     pub format: String,
@@ -220,6 +233,17 @@ impl Settings {
             return bad("worker.lease_tick_ms must be positive and at most half of lease_ttl_ms");
         }
         self.worker.metrics_listen()?;
+        let w = &self.webhooks;
+        if w.poll_ms == 0 || w.max_attempts == 0 || w.concurrency == 0 || w.backoff_base_ms == 0 {
+            return bad(
+                "webhooks.poll_ms, max_attempts, concurrency, backoff_base_ms must be positive",
+            );
+        }
+        if w.backoff_max_ms < w.backoff_base_ms || w.lease_ms <= w.timeout_ms {
+            return bad(
+                "webhooks: backoff_max_ms must be >= backoff_base_ms, lease_ms > timeout_ms",
+            );
+        }
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1");
         }

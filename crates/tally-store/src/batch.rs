@@ -2,6 +2,9 @@
 //! state the batch's commands need (already-recorded ids, account rows, open holds) and
 //! [`write`] stores what the worker decided (account rows, transaction rows, hold changes).
 //!
+//! Balance webhooks are scheduled here too, in the same transaction as the change they
+//! report: a delivery exists iff its balance change committed, once per change.
+//!
 //! Each half is a fixed handful of statements whatever the batch size — `unnest` arrays, no
 //! per-message round trip — and the statements of a half are pipelined on one connection.
 
@@ -191,13 +194,37 @@ pub struct Effects {
     pub voided: Vec<String>,
 }
 
-/// Writes the effects of a batch at `now` for `shard`.
+/// The webhook step shared by a batch and the hold sweep, given a CTE `changed(account_id,
+/// balance, available, version, delay_ms)` of hooked accounts whose balance or available
+/// amount changed, and `$1` = the change's time: the accounts' deliveries not yet sent and not
+/// in flight (no live lease) are superseded, and one delivery of the new state is due after
+/// the webhook's delay. A delivery in flight is left alone: it may already have arrived.
+macro_rules! schedule_webhooks {
+    () => {
+        "superseded AS ( \
+             UPDATE webhook_deliveries d SET status = 'superseded', finished_at = $1 \
+             FROM changed c WHERE d.account_id = c.account_id AND d.status = 'pending' \
+               AND (d.locked_until IS NULL OR d.locked_until <= $1) \
+             RETURNING d.id), \
+         scheduled AS ( \
+             INSERT INTO webhook_deliveries (account_id, balance, available, version, \
+                 changed_at, due_at, created_at) \
+             SELECT account_id, balance, available, version, $1, \
+                    $1 + delay_ms * interval '1 millisecond', $1 FROM changed \
+             RETURNING id)"
+    };
+}
+
+/// Writes the effects of a batch at `now` for `shard`. `changed` are the accounts among
+/// `effects.accounts` whose balance or available amount changed: their webhooks, if any,
+/// get a delivery. Returns how many pending deliveries those superseded.
 pub async fn write(
     tx: &Transaction<'_>,
     shard: u16,
     now: DateTime<Utc>,
     effects: &Effects,
-) -> Result<(), StoreError> {
+    changed: &[&AccountState],
+) -> Result<u64, StoreError> {
     let shard = i32::from(shard);
     let e = effects;
 
@@ -270,6 +297,11 @@ pub async fn write(
     ];
     let closed_params: [&Param<'_>; 4] = [&c_ids, &c_statuses, &c_by, &now];
     let voided_params: [&Param<'_>; 1] = [&e.voided];
+    let w_ids: Vec<&str> = changed.iter().map(|a| a.id.as_str()).collect();
+    let w_balances: Vec<Decimal> = changed.iter().map(|a| a.balance).collect();
+    let w_available: Vec<Decimal> = changed.iter().map(|a| a.balance - a.held).collect();
+    let w_versions: Vec<i64> = changed.iter().map(|a| a.version).collect();
+    let webhook_params: [&Param<'_>; 5] = [&now, &w_ids, &w_balances, &w_available, &w_versions];
 
     // Absolute values are safe: this shard's worker is the only writer of these rows and
     // holds their locks since `load`.
@@ -304,19 +336,33 @@ pub async fn write(
          WHERE holds.id = u.id AND holds.status = 'open'";
     let voided_sql = "UPDATE transactions SET status = 'denied', reason = 'deadline_exceeded' \
          WHERE id = ANY($1) AND status = 'approved'";
+    // Joined to `webhooks` by primary key: without registrations this finds nothing and
+    // writes nothing, so it costs an index probe per changed account.
+    let webhooks_sql = concat!(
+        "WITH changed AS ( \
+             SELECT u.account_id, u.balance, u.available, u.version, w.delay_ms \
+             FROM unnest($2::text[], $3::numeric[], $4::numeric[], $5::int8[]) \
+                  AS u(account_id, balance, available, version) \
+             JOIN webhooks w ON w.account_id = u.account_id), ",
+        schedule_webhooks!(),
+        // One row per superseded delivery, so `execute` counts them (for the metrics); the
+        // data-modifying `scheduled` runs whether or not it is selected from.
+        " SELECT id FROM superseded"
+    );
     // Statements with nothing to write are not sent: most batches place, close and void no
     // hold, and an empty statement still costs the database a plan and an execution.
-    let (_, inserted, _, _, _) = tokio::try_join!(
+    let (_, inserted, _, _, _, superseded) = tokio::try_join!(
         execute_unless_empty(tx, accounts_sql, &account_params, e.accounts.is_empty()),
         execute_unless_empty(tx, records_sql, &record_params, r.is_empty()),
         execute_unless_empty(tx, new_holds_sql, &hold_params, h.is_empty()),
         execute_unless_empty(tx, closed_holds_sql, &closed_params, c.is_empty()),
         execute_unless_empty(tx, voided_sql, &voided_params, e.voided.is_empty()),
+        execute_unless_empty(tx, webhooks_sql, &webhook_params, changed.is_empty()),
     )?;
     if inserted != r.len() as u64 {
         return Err(StoreError::Conflict);
     }
-    Ok(())
+    Ok(superseded)
 }
 
 /// Executes a cached statement, or nothing when `empty` (0 rows).
@@ -333,23 +379,43 @@ async fn execute_unless_empty(
     tx.execute(&statement, params).await
 }
 
+/// What a hold sweep changed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Swept {
+    /// Accounts whose `held` (so `available`) changed.
+    pub accounts: u64,
+    /// Webhook deliveries the new state superseded.
+    pub superseded: u64,
+}
+
 /// Records the expiry of this shard's holds past their TTL and releases their amounts from
-/// `held`. Run by the shard's owner between batches, so it never races a batch.
+/// `held` (which changes `available`: hooked accounts get a delivery, as after a batch).
+/// Run by the shard's owner between batches, so it never races a batch.
 pub async fn expire_holds(
     tx: &Transaction<'_>,
     shard: u16,
     now: DateTime<Utc>,
-) -> Result<u64, StoreError> {
-    Ok(tx
-        .execute(
-            "WITH expired AS ( \
-                 UPDATE holds SET status = 'expired', closed_at = $2 \
-                 WHERE shard = $1 AND status = 'open' AND expires_at <= $2 \
-                 RETURNING account_id, amount), \
-             sums AS (SELECT account_id, sum(amount) AS total FROM expired GROUP BY account_id) \
-             UPDATE accounts a SET held = a.held - sums.total, updated_at = $2 \
-             FROM sums WHERE a.id = sums.account_id",
-            &[&i32::from(shard), &now],
-        )
-        .await?)
+) -> Result<Swept, StoreError> {
+    let sql = concat!(
+        "WITH expired AS ( \
+             UPDATE holds SET status = 'expired', closed_at = $1 \
+             WHERE shard = $2 AND status = 'open' AND expires_at <= $1 \
+             RETURNING account_id, amount), \
+         sums AS (SELECT account_id, sum(amount) AS total FROM expired GROUP BY account_id), \
+         updated AS ( \
+             UPDATE accounts a SET held = a.held - sums.total, updated_at = $1 \
+             FROM sums WHERE a.id = sums.account_id \
+             RETURNING a.id, a.balance, a.balance - a.held AS available, a.version), \
+         changed AS ( \
+             SELECT u.id AS account_id, u.balance, u.available, u.version, w.delay_ms \
+             FROM updated u JOIN webhooks w ON w.account_id = u.id), ",
+        schedule_webhooks!(),
+        " SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM superseded)"
+    );
+    let row = tx.query_one(sql, &[&now, &i32::from(shard)]).await?;
+    let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(Swept {
+        accounts: count(0),
+        superseded: count(1),
+    })
 }

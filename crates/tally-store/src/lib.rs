@@ -17,6 +17,7 @@ pub mod pool;
 pub mod reads;
 pub mod settlement;
 pub mod users;
+pub mod webhooks;
 
 pub use deadpool_postgres::Pool;
 pub use error::StoreError;

@@ -351,6 +351,16 @@ pub fn webhook_delivery(outcome: WebhookOutcome) {
     SHARED.webhooks.with_label_values(&[outcome.as_str()]).inc();
 }
 
+/// Counts deliveries a newer balance change superseded (committed, never sent).
+pub fn webhooks_superseded(n: u64) {
+    if n > 0 {
+        SHARED
+            .webhooks
+            .with_label_values(&[WebhookOutcome::Superseded.as_str()])
+            .inc_by(n);
+    }
+}
+
 // ------------------------------------------------------------------ start-up
 
 /// Registers the API's series, so they show (at zero) from the first scrape.

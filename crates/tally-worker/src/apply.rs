@@ -4,10 +4,12 @@
 //! recognised as a duplicate; a worker that lost the shard cannot commit at all.
 
 use chrono::Utc;
+use rust_decimal::Decimal;
 use tally_core::{Envelope, Outcome, OutcomeStatus};
+use tally_store::batch::{self, AccountState};
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
-use tally_store::{batch, StoreError};
+use tally_store::StoreError;
 use tally_telemetry::metrics;
 
 use crate::ledger::{decide, Rules};
@@ -28,13 +30,35 @@ pub async fn apply_batch(
     accounts.sort_unstable();
     accounts.dedup();
     let snapshot = batch::load(&tx, &ids, &accounts).await?;
+    // Before the decision, aligned with `accounts`: what a webhook compares against.
+    let before: Vec<(Decimal, Decimal)> = accounts
+        .iter()
+        .map(|id| {
+            snapshot
+                .accounts
+                .get(*id)
+                .map_or((Decimal::ZERO, Decimal::ZERO), |a| (a.balance, a.held))
+        })
+        .collect();
 
     // Taken after the lock: a request's deadline is judged at the moment it is decided.
     let now = Utc::now();
     let decision = decide(envelopes, snapshot, now, rules);
-    batch::write(&tx, lease.shard, now, &decision.effects).await?;
+    // Balance or held moved (so balance or available did): a recorded-only command (denied,
+    // rejected, id reused) bumps the version but is no balance change.
+    let changed: Vec<&AccountState> = decision
+        .effects
+        .accounts
+        .iter()
+        .filter(|a| match accounts.binary_search(&a.id.as_str()) {
+            Ok(i) => before[i] != (a.balance, a.held),
+            Err(_) => true,
+        })
+        .collect();
+    let superseded = batch::write(&tx, lease.shard, now, &decision.effects, &changed).await?;
     tx.commit().await?;
     count(&decision.effects.records);
+    metrics::webhooks_superseded(superseded);
     Ok(decision.outcomes)
 }
 
@@ -58,7 +82,8 @@ pub async fn sweep_holds(pool: &Pool, lease: &Lease) -> Result<u64, StoreError> 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     leases::fence(&tx, lease).await?;
-    let changed = batch::expire_holds(&tx, lease.shard, Utc::now()).await?;
+    let swept = batch::expire_holds(&tx, lease.shard, Utc::now()).await?;
     tx.commit().await?;
-    Ok(changed)
+    metrics::webhooks_superseded(swept.superseded);
+    Ok(swept.accounts)
 }

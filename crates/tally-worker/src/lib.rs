@@ -8,6 +8,7 @@
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
 //! - [`jobs`]: the settlement job runner (claims, chunks, heartbeats, resumes).
 //! - [`metrics`]: the worker's `GET /metrics` listener.
+//! - [`webhooks`]: the balance webhook sender (claims due deliveries, signs, retries).
 //! - [`Worker`]: connection, topology, shard leases (about K / live workers each, fenced by
 //!   epoch), one loop per owned shard, reconnection and shutdown.
 
@@ -18,6 +19,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod metrics;
 pub mod shard;
+pub mod webhooks;
 
 use futures_util::future::join_all;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -164,6 +166,13 @@ impl Worker {
             config,
             shutdown.clone(),
         )));
+        // Webhooks, likewise: killed with the worker (its leases expire, another sender
+        // delivers); on shutdown it stops claiming and what it has not sent stays pending.
+        let hooks = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(webhooks::run(
+            webhooks::own_pool(&self.settings.database, &self.settings.webhooks, &self.pool),
+            self.settings.webhooks.clone(),
+            shutdown.clone(),
+        )));
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             match self.run_session(&shutdown).await {
@@ -183,6 +192,7 @@ impl Worker {
         if let Some(task) = metrics {
             finish(task).await;
         }
+        let _ = hooks.await;
         tracing::info!("worker stopped");
     }
 

@@ -120,3 +120,26 @@ pub async fn dead_letters(
         .map_err(|e| store_error(&state, &e))?;
     Ok(HttpResponse::Ok().json(rows))
 }
+
+/// `GET /debug/webhooks?limit=&after=` → webhook deliveries in creation order (`after` is a
+/// delivery id): pending, sent, superseded and failed, with attempts and the last error.
+#[get("/debug/webhooks")]
+pub async fn webhooks(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let (limit, after) = page.checked()?;
+    let after = after
+        .map(|a| {
+            a.parse::<i64>().map_err(|_| {
+                ApiError::bad_request("invalid_after", "after", "`after` must be a delivery id")
+            })
+        })
+        .transpose()?;
+    let rows = tally_store::webhooks::page(&state.pool, after, limit)
+        .await
+        .map_err(|e| store_error(&state, &e))?;
+    Ok(HttpResponse::Ok().json(rows))
+}

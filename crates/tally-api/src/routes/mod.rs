@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod transaction;
 pub mod users;
+pub mod webhooks;
 
 use actix_web::dev::ResourceDef;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -35,11 +36,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(jobs::cancel_job)
         .service(jobs::download)
         .service(metrics::get_metrics);
+    cfg.service(webhooks::put_webhook)
+        .service(webhooks::delete_webhook);
     if state.settings.debug.enabled {
         cfg.service(debug::accounts)
             .service(debug::transactions)
             .service(debug::conservation)
             .service(debug::dead_letters);
+        cfg.service(debug::webhooks);
     }
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest {

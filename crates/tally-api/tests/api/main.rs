@@ -16,6 +16,7 @@ mod shutdown;
 mod startup;
 mod through_nginx;
 mod users;
+mod webhooks;
 mod withdraw_request;
 
 mod openapi;
