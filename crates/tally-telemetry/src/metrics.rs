@@ -59,6 +59,23 @@ pub fn render() -> Result<String, prometheus::Error> {
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
+/// Bound on refreshing the open-holds gauge in [`scrape`]: a database outage must not stall
+/// the scrape (the gauge then keeps its last value).
+const HOLDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a `/metrics` handler answers: the open-holds gauge refreshed from `open_holds` (a
+/// count query, bounded by a second), then every series rendered.
+pub async fn scrape<E: std::fmt::Display>(
+    open_holds: impl std::future::Future<Output = Result<i64, E>>,
+) -> Result<String, prometheus::Error> {
+    match tokio::time::timeout(HOLDS_TIMEOUT, open_holds).await {
+        Ok(Ok(count)) => set_holds_open(count),
+        Ok(Err(e)) => tracing::warn!(error = %e, "open holds not counted for /metrics"),
+        Err(_) => tracing::warn!("open holds not counted for /metrics: database too slow"),
+    }
+    render()
+}
+
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

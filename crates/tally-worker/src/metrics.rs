@@ -4,13 +4,9 @@
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::net::TcpListener;
-use std::time::Duration;
 use tally_store::Pool;
 use tally_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
-
-/// Bound on refreshing the open-holds gauge: a database outage must not stall the scrape.
-const HOLDS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `/metrics` on `listener` until `shutdown`.
 pub fn serve(
@@ -41,12 +37,7 @@ pub fn serve(
 }
 
 async fn get_metrics(pool: web::Data<Pool>) -> HttpResponse {
-    match tokio::time::timeout(HOLDS_TIMEOUT, tally_store::reads::open_holds(&pool)).await {
-        Ok(Ok(count)) => metrics::set_holds_open(count),
-        Ok(Err(e)) => tracing::warn!(error = %e, "open holds not counted for /metrics"),
-        Err(_) => tracing::warn!("open holds not counted for /metrics: database too slow"),
-    }
-    match metrics::render() {
+    match metrics::scrape(tally_store::reads::open_holds(&pool)).await {
         Ok(text) => HttpResponse::Ok()
             .content_type(metrics::CONTENT_TYPE)
             .body(text),
