@@ -10,9 +10,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
-use tally_bus::lapin::types::{AMQPValue, FieldTable};
-use tally_bus::lapin::BasicProperties;
-use tally_bus::{PublishError, Topology};
+use tally_bus::{command_properties, PublishError, Topology};
 use tally_core::amount::money_json;
 use tally_core::command::NewTransaction;
 use tally_core::{validate_id, Envelope, Kind, Outcome, OutcomeStatus};
@@ -104,7 +102,7 @@ pub async fn post_transaction(
     // the same instant.
     let accepted_at = envelope.accepted_at;
     let routing_key = Topology::routing_key(shard);
-    let properties = properties(&tx.id, &request_id(req.headers()));
+    let properties = command_properties(&tx.id, &request_id(req.headers()));
 
     if tx.kind != Kind::WithdrawRequest {
         state
@@ -222,7 +220,7 @@ fn void_in_background(state: &AppState, routing_key: String, void: Envelope) {
         let body = void.encode();
         let mut backoff = Duration::from_millis(100);
         for _ in 0..10 {
-            let props = properties(&void.id, "void");
+            let props = command_properties(&void.id, "void");
             match publisher.publish(&routing_key, &body, props).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(id = %void.id, error = %e, "void not published yet"),
@@ -341,16 +339,4 @@ fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| validate_id(v).is_ok())
         .map(str::to_string)
         .unwrap_or_else(|| Uuid::new_v4().to_string())
-}
-
-fn properties(id: &str, request_id: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-request-id".into(),
-        AMQPValue::LongString(request_id.into()),
-    );
-    BasicProperties::default()
-        .with_message_id(id.into())
-        .with_content_type("application/json".into())
-        .with_headers(headers)
 }
