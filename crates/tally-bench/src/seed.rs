@@ -80,9 +80,28 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
     }
     let pool = tally_store::connect(&DatabaseSettings {
         url: Secret::new(spec.database_url.clone()),
-        pool_size: 2,
+        pool_size: 4,
         timeout_ms: 30_000,
     })?;
+    let recorded: Option<String> = pool
+        .get()
+        .await?
+        .query_opt(
+            "SELECT value FROM ledger_meta WHERE key = 'shard_count'",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let shards: u16 = match recorded {
+        Some(k) => k.parse().context("recorded shard_count")?,
+        None => {
+            tally_store::meta::ensure_shard_count(&pool, spec.shards)
+                .await
+                .context("recording the shard count")?;
+            spec.shards
+        }
+    };
+
     let mut client = pool
         .get()
         .await
@@ -98,21 +117,6 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
     if used {
         bail!("the database already has accounts or transactions: seed fills an empty ledger only");
     }
-    let recorded: Option<String> = client
-        .query_opt(
-            "SELECT value FROM ledger_meta WHERE key = 'shard_count'",
-            &[],
-        )
-        .await?
-        .map(|r| r.get(0));
-    let shards: u16 = match recorded {
-        Some(k) => k.parse().context("recorded shard_count")?,
-        None => {
-            tally_store::meta::ensure_shard_count(&pool, spec.shards).await?;
-            spec.shards
-        }
-    };
-
     let start = spec.from.and_time(NaiveTime::MIN).and_utc();
     let span_us = ((spec.to - spec.from).num_days() + 1) * 86_400_000_000;
     let n = spec.transactions;
