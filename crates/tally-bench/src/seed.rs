@@ -83,9 +83,22 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         pool_size: 4,
         timeout_ms: 30_000,
     })?;
-    let recorded: Option<String> = pool
+    let mut client = pool
         .get()
-        .await?
+        .await
+        .with_context(|| format!("connecting to {}", db::redact(&spec.database_url)))?;
+    let used: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM transactions) OR EXISTS (SELECT 1 FROM accounts)",
+            &[],
+        )
+        .await
+        .context("reading the ledger (is the database migrated? `tally-worker migrate`)")?
+        .get(0);
+    if used {
+        bail!("the database already has accounts or transactions: seed fills an empty ledger only");
+    }
+    let recorded: Option<String> = client
         .query_opt(
             "SELECT value FROM ledger_meta WHERE key = 'shard_count'",
             &[],
@@ -102,21 +115,6 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         }
     };
 
-    let mut client = pool
-        .get()
-        .await
-        .with_context(|| format!("connecting to {}", db::redact(&spec.database_url)))?;
-    let used: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM transactions) OR EXISTS (SELECT 1 FROM accounts)",
-            &[],
-        )
-        .await
-        .context("reading the ledger (is the database migrated? `tally-worker migrate`)")?
-        .get(0);
-    if used {
-        bail!("the database already has accounts or transactions: seed fills an empty ledger only");
-    }
     let start = spec.from.and_time(NaiveTime::MIN).and_utc();
     let span_us = ((spec.to - spec.from).num_days() + 1) * 86_400_000_000;
     let n = spec.transactions;
