@@ -28,7 +28,7 @@ STACK := bash deploy/local/stack.sh
 # Database the tests connect to (they create their own tally_test_* databases in it).
 TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
 
-.PHONY: help up down status logs services services-down build migrate test bench chaos fuzz test-db-clean fmt lint check
+.PHONY: help up down status logs services services-down build migrate test bench bench-settlement chaos fuzz test-db-clean fmt lint check
 
 help: ## list the targets
 	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)]"
@@ -96,6 +96,15 @@ bench: ## benchmark set: baselines, worker drain, HTTP load, scaling -> target/b
 	$(SERVICES)
 	$(CARGO) build --release --bins
 	$(BIN_DIR)/tally-bench suite --port $(BENCH_PORT) --api-base-port $(BENCH_API_BASE_PORT) --bin-dir $(BIN_DIR) $(BENCH_FLAGS)
+
+# One settlement job over 1,000,000 seeded transactions (30 days, 100k accounts), run by one
+# release worker in a database and broker prefix of its own: wall time and the worker's peak
+# RSS (also a phase of `make bench`). Add e.g. SETTLEMENT_FLAGS="--transactions 200000".
+SETTLEMENT_FLAGS ?=
+bench-settlement: ## settlement over 1M seeded transactions: wall time + worker peak RSS (BENCHMARKS.md)
+	$(SERVICES)
+	$(CARGO) build --release -p tally-worker -p tally-bench
+	$(BIN_DIR)/tally-bench settlement --bin-dir $(BIN_DIR) --out target/bench/settlement.json $(SETTLEMENT_FLAGS)
 
 # Fault suite (crates/tally-chaos): per seed a fresh database and queue prefix, 2 API
 # replicas + 2 workers (debug builds) behind nginx, a modelled workload, and the seed's

@@ -6,10 +6,13 @@
 //! - `one-commit`: baseline, one PostgreSQL transaction per transfer.
 //! - `broker-ceiling`: baseline, confirmed publishes/s to the quorum shard queues.
 //! - `suite`: the standard set behind `make bench` (restarts the stack with `make up`).
+//! - `seed`: fills an empty ledger database with N transactions through `COPY`.
+//! - `settlement`: one settlement job over a seeded ledger, its wall time and peak RSS.
 //!
 //! Modules: [`args`] options, [`rng`] random numbers and Zipf, [`workload`] the transfers,
 //! [`http`] the HTTP client, [`stats`] histograms, [`procs`] RSS and CPU from /proc, [`db`]
-//! and [`bus`] PostgreSQL and RabbitMQ helpers, [`load`], [`drain`], [`baseline`], [`suite`].
+//! and [`bus`] PostgreSQL and RabbitMQ helpers, [`load`], [`drain`], [`baseline`], [`suite`],
+//! [`seed`], [`settle`].
 
 mod args;
 mod baseline;
@@ -20,6 +23,8 @@ mod http;
 mod load;
 mod procs;
 mod rng;
+mod seed;
+mod settle;
 mod stats;
 mod suite;
 mod workload;
@@ -32,7 +37,8 @@ use std::time::Duration;
 use args::{flag, usage, val, Args, Opt};
 use workload::Workload;
 
-const USAGE: &str = "usage: tally-bench <load|drain|one-commit|broker-ceiling|suite> [options]
+const USAGE: &str =
+    "usage: tally-bench <load|drain|one-commit|broker-ceiling|suite|seed|settlement> [options]
        tally-bench <subcommand> --help";
 
 /// Where connections go unless told otherwise: the same environment variables as tally's
@@ -196,6 +202,53 @@ const CEILING: &[Opt] = &[
     val("label", "name of the run in the result"),
 ];
 
+const SEED: &[Opt] = &[
+    val(
+        "database-url",
+        "the migrated, EMPTY ledger database to fill (default $TALLY_DATABASE__URL); \
+         refused if it has any account or transaction (no append)",
+    ),
+    val("transactions", "rows to write (default 1000000)"),
+    val(
+        "from",
+        "first UTC day YYYY-MM-DD (default: --days before today)",
+    ),
+    val("to", "last UTC day YYYY-MM-DD (default yesterday)"),
+    val("days", "days of data when --from is not given (default 30)"),
+    val(
+        "shards",
+        "shard count to record if the database has none (default 8)",
+    ),
+    val(
+        "withdraw-share",
+        "share of draws that try a withdraw, never overdrawing (default 0.4)",
+    ),
+];
+
+const SETTLEMENT: &[Opt] = &[
+    val("transactions", "seeded rows (default 1000000)"),
+    val("days", "days of data, ending yesterday (default 30)"),
+    val(
+        "database-url",
+        "a database to connect to for CREATE DATABASE (default $TALLY_DATABASE__URL)",
+    ),
+    val(
+        "database",
+        "throw-away database name (default tally_bench_settlement)",
+    ),
+    val("broker-url", "RabbitMQ (default $TALLY_BROKER__URL)"),
+    val("prefix", "throw-away broker prefix (default benchsettle)"),
+    val("shards", "shard count (default 8)"),
+    val(
+        "bin-dir",
+        "where tally-worker is (default $BIN_DIR or target/release)",
+    ),
+    val("timeout", "give up after (default 300s)"),
+    val("log-dir", "worker log (default target/bench/logs)"),
+    flag("keep-database", "do not drop the database afterwards"),
+    val("label", "name of the run in the result"),
+];
+
 fn parse(argv: &[String], specific: &[Opt], what: &str) -> Result<Option<Args>> {
     let opts = options(specific);
     let args = Args::parse(argv, &opts)?;
@@ -329,6 +382,55 @@ async fn dispatch(command: &str, argv: &[String]) -> Result<()> {
                 progress: !a.flag("quiet"),
             };
             (baseline::broker_ceiling(spec).await?, a)
+        }
+        "seed" => {
+            let Some(a) = parse(argv, SEED, "seed")? else {
+                return Ok(());
+            };
+            let today = chrono::Utc::now().date_naive();
+            let day = |name: &str, default: chrono::NaiveDate| -> Result<chrono::NaiveDate> {
+                match a.opt_str(name) {
+                    None => Ok(default),
+                    Some(v) => v.parse().with_context(|| format!("--{name} {v:?}")),
+                }
+            };
+            let days: u64 = a.num_or("days", 30)?;
+            let spec = seed::SeedSpec {
+                database_url: a.str_or("database-url", &default_database_url()),
+                transactions: a.num_or("transactions", 1_000_000)?,
+                accounts: a.num_or("accounts", 100_000)?,
+                from: day("from", today - chrono::Days::new(days))?,
+                to: day("to", today - chrono::Days::new(1))?,
+                seed: a.num_or("seed", 1)?,
+                shards: shards(&a)?,
+                withdraw_share: a.num_or("withdraw-share", 0.4)?,
+                progress: !a.flag("quiet"),
+            };
+            (seed::run(spec).await?, a)
+        }
+        "settlement" => {
+            let Some(a) = parse(argv, SETTLEMENT, "settlement")? else {
+                return Ok(());
+            };
+            let spec = settle::SettleSpec {
+                label: a.str_or("label", "settlement"),
+                transactions: a.num_or("transactions", 1_000_000)?,
+                accounts: a.num_or("accounts", 100_000)?,
+                days: a.num_or("days", 30)?,
+                seed: a.num_or("seed", 1)?,
+                admin_database_url: a.str_or("database-url", &default_database_url()),
+                database: a.str_or("database", "tally_bench_settlement"),
+                broker_url: a.str_or("broker-url", &default_broker_url()),
+                prefix: a.str_or("prefix", "benchsettle"),
+                shards: shards(&a)?,
+                worker_bin: PathBuf::from(a.str_or("bin-dir", &default_bin_dir()))
+                    .join("tally-worker"),
+                timeout: a.duration_or("timeout", Duration::from_secs(300))?,
+                log_dir: PathBuf::from(a.str_or("log-dir", "target/bench/logs")),
+                keep_database: a.flag("keep-database"),
+                progress: !a.flag("quiet"),
+            };
+            (settle::run(spec).await?, a)
         }
         "suite" => return suite::main(argv).await,
         "-h" | "--help" | "help" => {

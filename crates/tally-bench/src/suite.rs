@@ -4,7 +4,9 @@
 //!    and on one hot row (several concurrencies each, the best counts).
 //! 2. Worker drain of a 200k pre-filled queue with 1, 2 and 4 workers, and 200k on one hot
 //!    account with 1 worker.
-//! 3. HTTP through nginx against `make up` stacks in a database and broker prefix of the
+//! 3. Settlement: one job over 1,000,000 seeded transactions (30 days, 100k accounts) run
+//!    by one worker: wall time and the worker's peak RSS.
+//! 4. HTTP through nginx against `make up` stacks in a database and broker prefix of the
 //!    bench's own (recreated at every restart, so every configuration starts from the same
 //!    empty ledger): 3 API replicas + 2 workers for the saturation, half-rate and hot runs;
 //!    then 1 replica + 2 workers, 3 + 1 and 3 + 4 for scaling.
@@ -24,7 +26,7 @@ use tokio::process::Command;
 use crate::args::{flag, usage, val, Args, Opt};
 use crate::load::{LoadSpec, Mode};
 use crate::workload::Workload;
-use crate::{baseline, bus, db, drain, load, procs};
+use crate::{baseline, bus, db, drain, load, procs, settle};
 
 const OPTS: &[Opt] = &[
     val("port", "nginx port of the bench stack (default 8090)"),
@@ -55,7 +57,7 @@ const OPTS: &[Opt] = &[
     ),
     val(
         "skip",
-        "phases to skip, comma-separated: baselines,drain,stack,scaling",
+        "phases to skip, comma-separated: baselines,drain,settlement,stack,scaling",
     ),
     flag(
         "quick",
@@ -246,6 +248,28 @@ async fn phases(cfg: &Config, report: &mut Value) -> Result<()> {
             );
             report["drain"] = json!(drains);
         }
+    }
+    if !cfg.skips("settlement") {
+        println!("\n== settlement over seeded transactions");
+        report["settlement"] = settle::run(settle::SettleSpec {
+            label: "settlement".into(),
+            transactions: if cfg.quick { 100_000 } else { 1_000_000 },
+            accounts: 100_000,
+            days: 30,
+            seed: 1,
+            admin_database_url: cfg.admin_url.clone(),
+            database: format!("{}_settlement", cfg.database),
+            broker_url: cfg.broker_url.clone(),
+            prefix: format!("{}settle", cfg.prefix),
+            shards: 8,
+            worker_bin: cfg.bin_dir.join("tally-worker"),
+            timeout: Duration::from_secs(300),
+            log_dir: cfg.out_dir.join("logs"),
+            keep_database: false,
+            progress: true,
+        })
+        .await
+        .unwrap_or_else(|e| failed("settlement", &e));
     }
     if !cfg.skips("stack") {
         stack_phase(cfg, report).await?;

@@ -10,7 +10,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use lapin;
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{command_properties, PublishError, Publisher};
 pub use topology::Topology;
 
 use std::time::Duration;

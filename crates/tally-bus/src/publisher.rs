@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,6 +35,20 @@ pub enum PublishError {
     Nacked,
     #[error("message was unroutable (no shard queue bound)")]
     Unroutable,
+}
+
+/// Properties of a command message, whoever publishes it (the API, `tally import`):
+/// `message_id` is the transaction id, and `x-request-id` traces it across processes.
+pub fn command_properties(id: &str, request_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-request-id".into(),
+        AMQPValue::LongString(request_id.into()),
+    );
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_content_type("application/json".into())
+        .with_headers(headers)
 }
 
 /// Connection settings of a [`Publisher`].

@@ -10,9 +10,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
-use tally_bus::lapin::types::{AMQPValue, FieldTable};
-use tally_bus::lapin::BasicProperties;
-use tally_bus::{PublishError, Topology};
+use tally_bus::{command_properties, PublishError, Topology};
 use tally_core::amount::money_json;
 use tally_core::command::NewTransaction;
 use tally_core::{validate_id, Envelope, Kind, Outcome, OutcomeStatus};
@@ -106,7 +104,7 @@ pub async fn post_transaction(
     let accepted_at = envelope.accepted_at;
     let routing_key = Topology::routing_key(shard);
     let request_id = RequestId::of(&req);
-    let properties = properties(&tx.id, &request_id);
+    let properties = command_properties(&tx.id, &request_id);
 
     if tx.kind != Kind::WithdrawRequest {
         state
@@ -224,7 +222,7 @@ fn void_in_background(state: &AppState, routing_key: String, void: Envelope, req
         let body = void.encode();
         let mut backoff = Duration::from_millis(100);
         for _ in 0..10 {
-            let props = properties(&void.id, &request_id);
+            let props = command_properties(&void.id, &request_id);
             match publisher.publish(&routing_key, &body, props).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(id = %void.id, error = %e, "void not published yet"),
@@ -333,16 +331,4 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         )
     })?;
     Ok(Some(key.to_string()))
-}
-
-fn properties(id: &str, request_id: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-request-id".into(),
-        AMQPValue::LongString(request_id.into()),
-    );
-    BasicProperties::default()
-        .with_message_id(id.into())
-        .with_content_type("application/json".into())
-        .with_headers(headers)
 }
