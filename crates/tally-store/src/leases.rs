@@ -57,14 +57,24 @@ pub async fn heartbeat(pool: &Pool, worker: &str, ttl: Duration) -> Result<i64, 
         .get(0))
 }
 
-/// Extends the leases `worker` still holds; returns those it holds (lost ones are missing).
-pub async fn renew(pool: &Pool, worker: &str, ttl: Duration) -> Result<Vec<Lease>, StoreError> {
+/// Extends the leases `worker` still holds on `shards` (the ones it runs); returns those
+/// (lost ones are missing). A lease the worker holds but no longer runs, because its release
+/// failed during an outage, is deliberately not extended: it expires and another worker takes
+/// the shard. Extending it would orphan the shard, held by a worker that does not consume it.
+pub async fn renew(
+    pool: &Pool,
+    worker: &str,
+    shards: &[u16],
+    ttl: Duration,
+) -> Result<Vec<Lease>, StoreError> {
+    let shards: Vec<i32> = shards.iter().map(|&s| i32::from(s)).collect();
     let client = pool.get().await?;
     let rows = client
         .query(
             "UPDATE shard_leases SET expires_at = now() + make_interval(secs => $2) \
-             WHERE owner = $1 AND expires_at > now() RETURNING shard, epoch",
-            &[&worker, &interval(ttl)],
+             WHERE owner = $1 AND shard = ANY($3) AND expires_at > now() \
+             RETURNING shard, epoch",
+            &[&worker, &interval(ttl), &shards],
         )
         .await?;
     Ok(leases_of(&rows, worker))

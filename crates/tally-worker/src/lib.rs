@@ -304,11 +304,13 @@ impl Worker {
         let k = i64::from(self.topology.shard_count);
         let fair = (k + live - 1) / live;
 
-        let held: HashMap<u16, i64> = tally_store::leases::renew(&self.pool, &self.id, ttl)
-            .await?
-            .into_iter()
-            .map(|l| (l.shard, l.epoch))
-            .collect();
+        let running: Vec<u16> = owned.keys().copied().collect();
+        let held: HashMap<u16, i64> =
+            tally_store::leases::renew(&self.pool, &self.id, &running, ttl)
+                .await?
+                .into_iter()
+                .map(|l| (l.shard, l.epoch))
+                .collect();
         let lost: Vec<u16> = owned
             .iter()
             .filter(|(shard, r)| held.get(shard) != Some(&r.lease.epoch))

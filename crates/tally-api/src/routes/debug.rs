@@ -2,8 +2,9 @@
 //! when `debug.token` is set they also require `Authorization: Bearer <token>`.
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tally_store::{Pool, StoreError};
 
 use crate::error::ApiError;
 use crate::routes::account::store_error;
@@ -58,6 +59,22 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// What every paged dump does: check the token and the page, fetch the rows after `after`,
+/// answer them as a JSON array.
+async fn dump<T: Serialize>(
+    req: &HttpRequest,
+    state: &AppState,
+    page: &Page,
+    fetch: impl AsyncFnOnce(&Pool, Option<&str>, i64) -> Result<Vec<T>, StoreError>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(req, state)?;
+    let (limit, after) = page.checked()?;
+    let rows = fetch(&state.pool, after, limit)
+        .await
+        .map_err(|e| store_error(state, &e))?;
+    Ok(HttpResponse::Ok().json(rows))
+}
+
 /// `GET /debug/accounts?limit=&after=` → JSON array of account rows ordered by id.
 #[get("/debug/accounts")]
 pub async fn accounts(
@@ -65,12 +82,7 @@ pub async fn accounts(
     state: web::Data<AppState>,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let (limit, after) = page.checked()?;
-    let rows = tally_store::reads::accounts_page(&state.pool, after, limit)
-        .await
-        .map_err(|e| store_error(&state, &e))?;
-    Ok(HttpResponse::Ok().json(rows))
+    dump(&req, &state, &page, tally_store::reads::accounts_page).await
 }
 
 /// `GET /debug/transactions?limit=&after=` → JSON array of transactions ordered by id.
@@ -80,12 +92,7 @@ pub async fn transactions(
     state: web::Data<AppState>,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let (limit, after) = page.checked()?;
-    let rows = tally_store::reads::transactions_page(&state.pool, after, limit)
-        .await
-        .map_err(|e| store_error(&state, &e))?;
-    Ok(HttpResponse::Ok().json(rows))
+    dump(&req, &state, &page, tally_store::reads::transactions_page).await
 }
 
 /// `GET /debug/conservation` → the auditor's report: `pass`, each check with its offending
@@ -113,12 +120,7 @@ pub async fn dead_letters(
     state: web::Data<AppState>,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let (limit, after) = page.checked()?;
-    let rows = tally_store::dead_letters::page(&state.pool, after, limit)
-        .await
-        .map_err(|e| store_error(&state, &e))?;
-    Ok(HttpResponse::Ok().json(rows))
+    dump(&req, &state, &page, tally_store::dead_letters::page).await
 }
 
 /// `GET /debug/webhooks?limit=&after=` → webhook deliveries in creation order (`after` is a

@@ -177,3 +177,41 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
         .unwrap();
     assert_eq!(app.balance(&account).await, "101");
 }
+
+/// Found by the chaos suite (seed 6): a worker handed a shard over, its release failed during
+/// a PostgreSQL restart, and its lease ticks kept renewing that lease, so the shard had an
+/// owner that did not consume it. Renewal now covers only the shards a worker runs.
+#[tokio::test]
+async fn a_lease_whose_release_failed_is_not_renewed_and_another_worker_takes_it() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let short = Duration::from_secs(1);
+    let mut leases = tally_store::leases::acquire(&app.pool, "w1", 2, short)
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 2);
+    let (running, zombie) = (leases.remove(0), leases.remove(0));
+
+    // w1 still runs `running` only; its tick renews what it runs.
+    let renewed =
+        tally_store::leases::renew(&app.pool, "w1", &[running.shard], Duration::from_secs(60))
+            .await
+            .unwrap();
+    assert_eq!(renewed.len(), 1);
+    assert_eq!(
+        (renewed[0].shard, renewed[0].epoch),
+        (running.shard, running.epoch)
+    );
+
+    // Once the short lease is over, another worker takes the zombie's shard, not the other.
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    let taken = tally_store::leases::acquire(&app.pool, "w2", 4, short)
+        .await
+        .unwrap();
+    let shards: Vec<u16> = taken.iter().map(|l| l.shard).collect();
+    assert!(shards.contains(&zombie.shard), "{shards:?}");
+    assert!(!shards.contains(&running.shard), "{shards:?}");
+}
