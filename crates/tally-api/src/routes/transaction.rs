@@ -123,14 +123,18 @@ pub async fn post_transaction(
     }
 
     let ledger = &state.settings.ledger;
-    let wait = Duration::from_millis(ledger.request_deadline_ms);
+    let decision_margin = Duration::from_millis(ledger.decision_margin_ms);
+    let wait = deadline_budget(
+        req.headers(),
+        Duration::from_millis(ledger.request_deadline_ms),
+        decision_margin + MIN_DECISION_TIME,
+    );
     let deadline = tokio::time::Instant::now() + wait;
     // Stop waiting for the reply a little early: the last look below must fit the deadline.
     let reply_deadline = deadline - LAST_LOOK;
     // The worker must decide before the API stops waiting, with room for commit and reply.
-    let margin = chrono::Duration::milliseconds(
-        i64::try_from(ledger.request_deadline_ms - ledger.decision_margin_ms).unwrap_or(0),
-    );
+    let margin = chrono::Duration::from_std(wait.saturating_sub(decision_margin))
+        .unwrap_or(chrono::Duration::zero());
     envelope.decide_by = Some(accepted_at + margin);
     let reply = state
         .publisher
@@ -190,6 +194,35 @@ pub async fn post_transaction(
             }
         }
     }
+}
+
+/// The least time a withdraw_request is given past its decision margin, however late a retry
+/// arrives: enough for a worker to decide it.
+const MIN_DECISION_TIME: Duration = Duration::from_millis(500);
+
+/// How long this replica may wait for a withdraw_request's decision: what is left of the
+/// deadline since nginx received the request (`X-Request-Start: t=<unix seconds>`, set by
+/// `nginx/*.conf`), never less than `floor`, never more than `full`. When a replica dies while
+/// a request waits, nginx retries it on another replica: counted from the first arrival, the
+/// client waits about one deadline, not two. Without the header (direct calls) it is `full`;
+/// a start in the future (clock skew) counts as now.
+fn deadline_budget(headers: &HeaderMap, full: Duration, floor: Duration) -> Duration {
+    let started = headers
+        .get("x-request-start")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("t="))
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| t.is_finite() && *t > 0.0);
+    let Some(started) = started else {
+        return full;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let elapsed = (now - started).clamp(0.0, full.as_secs_f64());
+    full.saturating_sub(Duration::from_secs_f64(elapsed))
+        .max(floor)
+        .min(full)
 }
 
 /// Polls the ledger for the record of `id` until `deadline` (returns at once if it passed).
@@ -331,4 +364,50 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         )
     })?;
     Ok(Some(key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deadline_budget;
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn started(ago: Duration) -> HeaderMap {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() - ago;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("x-request-start"),
+            HeaderValue::from_str(&format!("t={:.3}", t.as_secs_f64())).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_retry_gets_what_is_left_of_the_deadline_since_nginx_received_it() {
+        let (full, floor) = (Duration::from_secs(3), Duration::from_secs(1));
+        assert_eq!(deadline_budget(&HeaderMap::new(), full, floor), full);
+        // 1.2 s ago (the header keeps milliseconds, so allow for the rounding).
+        let left = deadline_budget(&started(Duration::from_millis(1200)), full, floor);
+        assert!(
+            left <= Duration::from_millis(1810) && left > Duration::from_millis(1500),
+            "{left:?}"
+        );
+        // Late retries still get the floor; a start in the future counts as now.
+        assert_eq!(
+            deadline_budget(&started(Duration::from_secs(10)), full, floor),
+            floor
+        );
+        let mut future = HeaderMap::new();
+        future.insert(
+            HeaderName::from_static("x-request-start"),
+            HeaderValue::from_static("t=99999999999.000"),
+        );
+        assert_eq!(deadline_budget(&future, full, floor), full);
+        let mut junk = HeaderMap::new();
+        junk.insert(
+            HeaderName::from_static("x-request-start"),
+            HeaderValue::from_static("t=NaN"),
+        );
+        assert_eq!(deadline_budget(&junk, full, floor), full);
+    }
 }
