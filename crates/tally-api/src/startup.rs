@@ -11,10 +11,6 @@ use tally_bus::{Publisher, Topology};
 use tally_core::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
-/// How long start-up waits for an unreachable database before giving up (a process started
-/// during a PostgreSQL restart should come up, not exit).
-const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
-
 use crate::admission::Admission;
 use crate::observe::observe;
 use crate::routes;
@@ -64,14 +60,7 @@ impl Application {
     ) -> Result<Self, StartError> {
         check_debug_exposure(&settings)?;
         tally_telemetry::metrics::init_api();
-        let pool = tally_store::connect(&settings.database)?;
-        // Publishing with another K than the workers consume would mis-route accounts.
-        tally_store::meta::ensure_shard_count_patiently(
-            &pool,
-            settings.ledger.shard_count,
-            STARTUP_PATIENCE,
-        )
-        .await?;
+        let pool = tally_store::connect_service(&settings).await?;
         let topology = Topology::from_settings(&settings);
         let publisher = Publisher::start(
             PublisherConfig {

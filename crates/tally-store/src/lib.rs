@@ -21,4 +21,4 @@ pub mod webhooks;
 
 pub use deadpool_postgres::Pool;
 pub use error::StoreError;
-pub use pool::connect;
+pub use pool::{connect, connect_service};

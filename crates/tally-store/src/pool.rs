@@ -3,7 +3,7 @@
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tally_core::settings::DatabaseSettings;
+use tally_core::settings::{DatabaseSettings, Settings};
 use tokio_postgres::NoTls;
 
 use crate::StoreError;
@@ -39,4 +39,18 @@ pub fn connect(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
 pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     pool.get().await?.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+/// How long a starting service waits for an unreachable database before giving up (a process
+/// started during a PostgreSQL restart should come up, not exit).
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The pool of a long-running service (API replica, worker): built, then checked that the
+/// database records the same shard count as `ledger.shard_count` (publishing or consuming with
+/// another K would mis-route accounts), waiting out a database that is still starting.
+pub async fn connect_service(settings: &Settings) -> Result<Pool, StoreError> {
+    let pool = connect(&settings.database)?;
+    crate::meta::ensure_shard_count_patiently(&pool, settings.ledger.shard_count, STARTUP_PATIENCE)
+        .await?;
+    Ok(pool)
 }

@@ -34,10 +34,6 @@ use tally_store::{Pool, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How long start-up waits for an unreachable database before giving up (a process started
-/// during a PostgreSQL restart should come up, not exit).
-const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
-
 use crate::ledger::Rules;
 use crate::shard::{ShardContext, ShardError};
 
@@ -82,13 +78,7 @@ impl Worker {
             ),
             None => None,
         };
-        let pool = tally_store::connect(&settings.database)?;
-        tally_store::meta::ensure_shard_count_patiently(
-            &pool,
-            settings.ledger.shard_count,
-            STARTUP_PATIENCE,
-        )
-        .await?;
+        let pool = tally_store::connect_service(&settings).await?;
         let topology = Topology::from_settings(&settings);
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
