@@ -24,22 +24,8 @@ const REQUEST_CENTS: i64 = 37;
 /// A single HTTP attempt above this is a hang, not an answer (reported).
 pub const SLOW_ATTEMPT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Deposit,
-    Withdraw,
-    WithdrawRequest,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Deposit => "deposit",
-            Kind::Withdraw => "withdraw",
-            Kind::WithdrawRequest => "withdraw_request",
-        }
-    }
-}
+// The ledger's own command kinds: the checker speaks the API's vocabulary.
+pub use tally_core::Kind;
 
 /// One command a client sends (and may send again, identically).
 #[derive(Debug, Clone)]
