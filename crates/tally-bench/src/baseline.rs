@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::procs::{self, CpuSnapshot};
-use crate::rng::Zipf;
 use crate::stats::{round1, Latency};
 use crate::workload::{run_id, Gen, Workload, HOT_ACCOUNT};
 use crate::{bus, db};
+use tally_tools::rng::Zipf;
 
 #[derive(Debug, Clone)]
 pub struct OneCommitSpec {

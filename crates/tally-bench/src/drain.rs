@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use crate::procs::{self, CpuSnapshot, RssTracker};
-use crate::rng::Zipf;
 use crate::stats::round1;
 use crate::workload::{run_id, Gen, Workload};
 use crate::{bus, db};
+use tally_tools::rng::Zipf;
 
 #[derive(Debug, Clone)]
 pub struct DrainSpec {

@@ -26,10 +26,10 @@ use tokio::time::sleep_until;
 
 use crate::http::{Conn, Target};
 use crate::procs::{self, CpuSnapshot, RssTracker};
-use crate::rng::Zipf;
 use crate::stats::{round1, Latency};
 use crate::workload::{run_id, Gen, Tx, Workload};
 use crate::{bus, db};
+use tally_tools::rng::Zipf;
 
 /// Open or closed loop.
 #[derive(Debug, Clone, Copy)]

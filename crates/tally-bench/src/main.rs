@@ -9,12 +9,11 @@
 //! - `seed`: fills an empty ledger database with N transactions through `COPY`.
 //! - `settlement`: one settlement job over a seeded ledger, its wall time and peak RSS.
 //!
-//! Modules: [`args`] options, [`rng`] random numbers and Zipf, [`workload`] the transfers,
+//! Modules (options and random numbers come from `tally-tools`): [`workload`] the transfers,
 //! [`http`] the HTTP client, [`stats`] histograms, [`procs`] RSS and CPU from /proc, [`db`]
 //! and [`bus`] PostgreSQL and RabbitMQ helpers, [`load`], [`drain`], [`baseline`], [`suite`],
 //! [`seed`], [`settle`].
 
-mod args;
 mod baseline;
 mod bus;
 mod db;
@@ -22,7 +21,6 @@ mod drain;
 mod http;
 mod load;
 mod procs;
-mod rng;
 mod seed;
 mod settle;
 mod stats;
@@ -34,7 +32,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use args::{flag, usage, val, Args, Opt};
+use tally_tools::args::{flag, usage, val, Args, Opt};
 use workload::Workload;
 
 const USAGE: &str =
@@ -252,6 +250,7 @@ const SETTLEMENT: &[Opt] = &[
 fn parse(argv: &[String], specific: &[Opt], what: &str) -> Result<Option<Args>> {
     let opts = options(specific);
     let args = Args::parse(argv, &opts)?;
+    args.no_positional()?;
     if args.flag("help") {
         println!("tally-bench {what} [options]\n{}", usage(&opts));
         return Ok(None);

@@ -26,8 +26,8 @@ use tally_core::settings::{DatabaseSettings, Secret};
 use tally_core::Kind;
 
 use crate::db;
-use crate::rng::Rng;
 use crate::stats::round1;
+use tally_tools::rng::Rng;
 
 /// What to seed.
 pub struct SeedSpec {

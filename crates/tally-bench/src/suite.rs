@@ -23,10 +23,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
-use crate::args::{flag, usage, val, Args, Opt};
 use crate::load::{LoadSpec, Mode};
 use crate::workload::Workload;
 use crate::{baseline, bus, db, drain, load, procs, settle};
+use tally_tools::args::{flag, usage, val, Args, Opt};
 
 const OPTS: &[Opt] = &[
     val("port", "nginx port of the bench stack (default 8090)"),
@@ -101,6 +101,7 @@ impl Config {
 
 pub async fn main(argv: &[String]) -> Result<()> {
     let a = Args::parse(argv, OPTS)?;
+    a.no_positional()?;
     if a.flag("help") {
         println!("tally-bench suite [options]\n{}", usage(OPTS));
         return Ok(());

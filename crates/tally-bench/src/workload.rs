@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tally_core::command::NewTransaction;
 use tally_core::{Envelope, Kind};
 
-use crate::rng::{Rng, Zipf};
+use tally_tools::rng::{Rng, Zipf};
 
 /// Which transfers a run sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

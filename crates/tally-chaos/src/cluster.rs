@@ -16,6 +16,7 @@ use std::time::Duration;
 use tally_bus::lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use tally_bus::lapin::types::FieldTable;
 use tally_bus::Topology;
+use tally_tools::nginx;
 use tokio::time::Instant;
 
 /// Settings of a whole run (every seed).
@@ -242,22 +243,10 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    fn start(template: &Path, dir: &Path, api_ports: &[u16]) -> Result<Self> {
-        let template = std::fs::read_to_string(template)
-            .with_context(|| format!("reading {}", template.display()))?;
+    fn start(dir: &Path, api_ports: &[u16]) -> Result<Self> {
         let port = free_port()?;
-        let servers: String = api_ports
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
-            .collect();
-        let config = template
-            .replace("@PORT@", &port.to_string())
-            .replace("@UPSTREAM_SERVERS@", &servers)
-            // stack.sh's defaults: the checker's clients all come from 127.0.0.1.
-            .replace("@RATE_LIMIT@", "5000r/s")
-            .replace("@RATE_BURST@", "10000")
-            // Foreground: this program owns the master process.
-            .replace("daemon on;", "daemon off;");
+        let config =
+            nginx::local_config(port, api_ports, nginx::DEFAULT_RATE, nginx::DEFAULT_BURST);
         for sub in ["logs", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -445,11 +434,7 @@ impl Cluster {
             self.wait_api(i, "/health/ready", Duration::from_secs(60))
                 .await?;
         }
-        let nginx = Nginx::start(
-            &cfg.root.join("nginx/local.conf.template"),
-            &self.log_dir.join("nginx"),
-            &self.api_ports,
-        )?;
+        let nginx = Nginx::start(&self.log_dir.join("nginx"), &self.api_ports)?;
         self.base_url = format!("http://127.0.0.1:{}", nginx.port);
         self.nginx = Some(nginx);
         wait_http(

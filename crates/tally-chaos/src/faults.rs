@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{pg_connect, Cluster, RunConfig};
 use crate::model::{Command, Http, Kind, Op, Stats};
-use crate::rng::Rng;
+use tally_tools::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FaultKind {

@@ -11,7 +11,6 @@ mod checks;
 mod cluster;
 mod faults;
 mod model;
-mod rng;
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -26,7 +25,7 @@ use checks::{Model, Verdict};
 use cluster::{Cluster, RunConfig};
 use faults::{FaultKind, Services};
 use model::{Answer, Client, Http, Stats};
-use rng::Rng;
+use tally_tools::rng::Rng;
 
 const USAGE: &str =
     "usage: tally-chaos [--seeds A..B | --seeds N] [--seed N]... [--fail-fast] [--no-faults] [--kinds K,K] [--no-wait]

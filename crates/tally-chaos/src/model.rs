@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::rng::Rng;
+use tally_tools::rng::Rng;
 
 /// Cents of every withdraw_request amount (and only of those).
 const REQUEST_CENTS: i64 = 37;

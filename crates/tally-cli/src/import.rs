@@ -24,10 +24,10 @@ use tally_core::settings::{Secret, Settings};
 use tally_core::AmountRules;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::Args;
 use crate::checkpoint::{self, Checkpoint};
 use crate::input::{self, Format, Line};
 use crate::send::{Outcome, Sender};
+use tally_tools::args::Args;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {

@@ -4,16 +4,16 @@
 //! or published straight to the shard queues with publisher confirms (`--via queue`), with a
 //! progress bar, and safe to run again after an interruption (see [`import`]).
 //!
-//! Modules: [`args`] options, [`input`] reading and identifying lines, [`checkpoint`] the
-//! confirmed prefix, [`send`] the two ways out, [`import`] the loop tying them together.
+//! Modules (option parsing comes from `tally-tools`): [`input`] reading and identifying
+//! lines, [`checkpoint`] the confirmed prefix, [`send`] the two ways out, [`import`] the loop
+//! tying them together.
 
-mod args;
 mod checkpoint;
 mod import;
 mod input;
 mod send;
 
-use args::{flag, usage, val, Args, Opt};
+use tally_tools::args::{flag, usage, val, Args, Opt};
 
 const USAGE: &str = "usage: tally import FILE [options]
        tally import --help";

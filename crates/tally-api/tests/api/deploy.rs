@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
 use tally_core::settings::Settings;
+use tally_tools::nginx;
 use tally_worker::cli::Command;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -302,20 +303,12 @@ fn nginx_configs_pass_nginx_t() {
     nginx_check(&root().join("nginx/compose.conf"), &dir);
 
     // The local template, rendered as deploy/local/stack.sh renders it.
-    let rendered = read("nginx/local.conf.template")
-        .replace("@PORT@", "18080")
-        .replace(
-            "@UPSTREAM_SERVERS@",
-            "        server 127.0.0.1:18001 max_fails=0;",
-        )
-        .replace("@RATE_LIMIT@", "5000r/s")
-        .replace("@RATE_BURST@", "10000");
-    // Placeholders look like @NAME@ (stack.sh refuses leftovers the same way).
-    let leftover =
-        rendered.split('@').skip(1).step_by(2).find(|name| {
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-        });
-    assert_eq!(leftover, None, "a placeholder this test does not render");
+    let rendered = nginx::local_config(18080, &[18001], nginx::DEFAULT_RATE, nginx::DEFAULT_BURST);
+    assert_eq!(
+        nginx::leftover_placeholder(&rendered),
+        None,
+        "a placeholder stack.sh does not know"
+    );
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, rendered).unwrap();
     nginx_check(&conf, &dir);

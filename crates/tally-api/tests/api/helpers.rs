@@ -17,6 +17,7 @@ use tally_bus::Topology;
 use tally_core::settings::{Secret, Settings};
 use tally_core::Envelope;
 use tally_store::Pool;
+use tally_tools::nginx;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -531,31 +532,16 @@ pub struct Nginx {
 impl Nginx {
     /// With stack.sh's default rate limit (high: every test client is 127.0.0.1).
     pub async fn start(api_ports: &[u16]) -> Self {
-        Self::start_limited(api_ports, "5000r/s", 10_000).await
+        Self::start_limited(api_ports, nginx::DEFAULT_RATE, nginx::DEFAULT_BURST).await
     }
 
     /// With the given per-client rate limit (`RATE_LIMIT`/`RATE_BURST` of stack.sh).
     pub async fn start_limited(api_ports: &[u16], rate: &str, burst: u32) -> Self {
-        let template = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../nginx/local.conf.template"
-        ))
-        .expect("nginx template");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let servers: String = api_ports
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
-            .collect();
-        let config = template
-            .replace("@PORT@", &port.to_string())
-            .replace("@UPSTREAM_SERVERS@", &servers)
-            .replace("@RATE_LIMIT@", rate)
-            .replace("@RATE_BURST@", &burst.to_string())
-            // In the foreground, so the test owns the process.
-            .replace("daemon on;", "daemon off;");
+        let config = nginx::local_config(port, api_ports, rate, burst);
         let dir =
             std::env::temp_dir().join(format!("tally-nginx-{}", uuid::Uuid::new_v4().simple()));
         for sub in ["logs", "tmp"] {

@@ -1,6 +1,7 @@
-//! Command-line options: `--name value` and bare `--flag`, checked against the options a
-//! subcommand declares. Hand-rolled on purpose: a dozen options do not justify an argument
-//! parser crate in a workspace whose release build already takes minutes on 2 cores.
+//! Command-line options: positional arguments, `--name value`, `--name=value` and bare
+//! `--flag`, checked against the options a subcommand declares. Hand-rolled on purpose: a
+//! dozen options do not justify an argument parser crate in a workspace whose release build
+//! already takes minutes on 2 cores.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ pub const fn flag(name: &'static str, help: &'static str) -> Opt {
 /// Parsed options of one subcommand.
 #[derive(Debug, Default)]
 pub struct Args {
+    /// Arguments that are not options (e.g. `tally import FILE`), in order.
+    pub positional: Vec<String>,
     values: HashMap<String, String>,
     flags: Vec<String>,
 }
@@ -55,13 +58,15 @@ pub fn usage(opts: &[Opt]) -> String {
 }
 
 impl Args {
-    /// Parses `argv` (without the subcommand) against `opts`; unknown options are errors.
+    /// Parses `argv` (without the subcommand) against `opts`; unknown options are errors,
+    /// other arguments are kept in [`Args::positional`].
     pub fn parse(argv: &[String], opts: &[Opt]) -> Result<Self> {
         let mut args = Args::default();
         let mut it = argv.iter();
         while let Some(arg) = it.next() {
             let Some(body) = arg.strip_prefix("--") else {
-                bail!("unexpected argument {arg:?} (options start with --)");
+                args.positional.push(arg.clone());
+                continue;
             };
             let (name, inline) = match body.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_string())),
@@ -123,6 +128,14 @@ impl Args {
             .get(name)
             .map(|v| v.parse().map_err(|e| anyhow!("--{name} {v:?}: {e}")))
             .transpose()
+    }
+
+    /// Refuses positional arguments, for subcommands that take options only.
+    pub fn no_positional(&self) -> Result<()> {
+        match self.positional.first() {
+            Some(arg) => bail!("unexpected argument {arg:?} (options start with --)"),
+            None => Ok(()),
+        }
     }
 
     /// A comma-separated list of numbers (`--concurrency 4,16,64`).
@@ -194,7 +207,12 @@ mod tests {
     fn refuses_unknown_options_and_missing_values() {
         assert!(Args::parse(&argv("--bogus 1"), OPTS).is_err());
         assert!(Args::parse(&argv("--rate"), OPTS).is_err());
-        assert!(Args::parse(&argv("rate"), OPTS).is_err());
+        assert!(Args::parse(&argv("rate"), OPTS)
+            .unwrap()
+            .no_positional()
+            .is_err());
+        let a = Args::parse(&argv("f.jsonl --rate=1"), OPTS).unwrap();
+        assert_eq!(a.positional, vec!["f.jsonl"]);
     }
 
     #[test]
