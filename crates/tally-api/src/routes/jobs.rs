@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::routes::account::store_error;
+use crate::routes::body::json_object;
 use crate::state::AppState;
 
 /// A job request is two dates; anything bigger is not one.
@@ -114,22 +115,6 @@ fn day(body: &serde_json::Map<String, Value>, field: &'static str) -> Result<Nai
         })
 }
 
-async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| bad("invalid_body", "body", e.to_string()))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(bad(
-                "body_too_large",
-                "body",
-                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 /// `POST /jobs/settlements {"from":"YYYY-MM-DD","to":"YYYY-MM-DD"}` → 202
 /// `{"jobId","status":"QUEUED"}` with `Location: /jobs/{jobId}`. Days are UTC days of the
 /// ledger's `appliedAt`, both ends included.
@@ -138,16 +123,7 @@ pub async fn create_settlement(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| bad("invalid_json", "body", format!("malformed JSON: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(bad(
-            "invalid_json",
-            "body",
-            "the body must be a JSON object",
-        ));
-    };
+    let fields = json_object(payload, MAX_BODY_BYTES).await?;
     let from = day(&fields, "from")?;
     let to = day(&fields, "to")?;
     if from > to {

@@ -2,6 +2,7 @@
 //! the same rules ([`tally_core::validate_id`]) before it reaches the database.
 
 pub mod account;
+pub mod body;
 pub mod debug;
 pub mod health;
 pub mod history;

@@ -5,10 +5,8 @@
 use actix_web::http::{header::HeaderMap, StatusCode};
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use serde_json::Value;
 use std::time::Duration;
 use tally_bus::{command_properties, PublishError, Topology};
 use tally_core::amount::money_json;
@@ -19,6 +17,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::observe::RequestId;
+use crate::routes::body::json_object;
 use crate::state::AppState;
 
 /// 200 body of a deposit or withdraw.
@@ -56,17 +55,7 @@ pub async fn post_transaction(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, state.settings.api.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_json", "body", format!("malformed JSON: {e}"))
-    })?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            "body",
-            "the body must be a JSON object",
-        ));
-    };
+    let fields = json_object(payload, state.settings.api.max_body_bytes).await?;
     let mut tx = NewTransaction::from_json(&fields, &state.amount_rules)?;
     if let Some(key) = idempotency_key(req.headers())? {
         tx = tx.with_idempotency_key(key);
@@ -326,29 +315,6 @@ fn publish_failed(state: &AppState, id: &str, e: PublishError) -> ApiError {
     state.unavailable(
         "the broker did not accept the transaction; nothing was accepted, retry with the same id",
     )
-}
-
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let too_large = || {
-        ApiError::bad_request(
-            "body_too_large",
-            "body",
-            format!("the body must be at most {limit} bytes"),
-        )
-    };
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => too_large(),
-            other => ApiError::bad_request("invalid_body", "body", other.to_string()),
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::routes::account::store_error;
+use crate::routes::body::json_object;
 use crate::routes::path_id;
 use crate::state::AppState;
 
@@ -97,26 +98,11 @@ fn delay_ms(body: &Map<String, Value>) -> Result<i32, ApiError> {
 pub async fn put_webhook(
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = path.into_inner();
     path_id(&account_id, "accountId")?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(bad(
-            "body_too_large",
-            "body",
-            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-        ));
-    }
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| bad("invalid_json", "body", format!("malformed JSON: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(bad(
-            "invalid_json",
-            "body",
-            "the body must be a JSON object",
-        ));
-    };
+    let fields = json_object(payload, MAX_BODY_BYTES).await?;
     let (url, secret, delay_ms) = (url(&fields)?, secret(&fields)?, delay_ms(&fields)?);
     let stored = tally_store::webhooks::put(&state.pool, &account_id, url, secret, delay_ms)
         .await
