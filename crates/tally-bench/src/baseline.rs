@@ -92,16 +92,7 @@ pub async fn one_commit(spec: OneCommitSpec) -> Result<Value> {
     if !spec.keep_database {
         let _ = db::drop_database(&spec.admin_database_url, &spec.database).await;
     }
-    let best = levels
-        .iter()
-        .max_by(|a, b| {
-            a["per_s"]
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&b["per_s"].as_f64().unwrap_or(0.0))
-        })
-        .cloned()
-        .unwrap_or(Value::Null);
+    let best = fastest(&levels);
     Ok(json!({
         "kind": "one-commit",
         "label": spec.label,
@@ -287,16 +278,7 @@ pub async fn broker_ceiling(spec: CeilingSpec) -> Result<Value> {
     }
     bus::delete_topology(&conn, &topology).await?;
     let _ = conn.close(200, "done".into()).await;
-    let best = levels
-        .iter()
-        .max_by(|a, b| {
-            a["per_s"]
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&b["per_s"].as_f64().unwrap_or(0.0))
-        })
-        .cloned()
-        .unwrap_or(Value::Null);
+    let best = fastest(&levels);
     Ok(json!({
         "kind": "broker-ceiling",
         "label": spec.label,
@@ -306,4 +288,16 @@ pub async fn broker_ceiling(spec: CeilingSpec) -> Result<Value> {
         "best_window": best["window"],
         "levels": levels,
     }))
+}
+
+/// The level with the highest `per_s` (Null when there is none).
+fn fastest(levels: &[Value]) -> Value {
+    levels
+        .iter()
+        .max_by(|a, b| {
+            let rate = |v: &Value| v["per_s"].as_f64().unwrap_or(0.0);
+            rate(a).total_cmp(&rate(b))
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
 }

@@ -68,6 +68,46 @@ pub async fn recreate_database(admin_url: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The environment of a `tally-worker` process the bench starts on its own database and
+/// queue prefix (several per host: each gets a free metrics port).
+pub fn worker_env(
+    db_url: &str,
+    broker_url: &str,
+    prefix: &str,
+    shards: u16,
+) -> Vec<(String, String)> {
+    vec![
+        ("TALLY_PROFILE".into(), "local".into()),
+        ("TALLY_DATABASE__URL".into(), db_url.to_string()),
+        ("TALLY_BROKER__URL".into(), broker_url.to_string()),
+        ("TALLY_BROKER__PREFIX".into(), prefix.to_string()),
+        ("TALLY_LEDGER__SHARD_COUNT".into(), shards.to_string()),
+        ("RUST_LOG".into(), "warn".into()),
+        ("NO_COLOR".into(), "1".into()),
+        ("TALLY_WORKER__METRICS_ADDR".into(), "127.0.0.1:0".into()),
+    ]
+}
+
+/// Drops and recreates `name`, then migrates it with the worker binary itself (so the bench
+/// measures the schema the release ships).
+pub async fn recreate_migrated(
+    admin_url: &str,
+    name: &str,
+    worker_bin: &std::path::Path,
+    env: &[(String, String)],
+) -> Result<()> {
+    recreate_database(admin_url, name).await?;
+    let status = tokio::process::Command::new(worker_bin)
+        .arg("migrate")
+        .envs(env.iter().cloned())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .context("running tally-worker migrate")?;
+    anyhow::ensure!(status.success(), "tally-worker migrate failed ({status})");
+    Ok(())
+}
+
 pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
     let admin = connect(admin_url).await?;
     admin

@@ -55,17 +55,7 @@ pub struct DrainSpec {
 
 /// The environment a worker of this run gets.
 fn worker_env(spec: &DrainSpec, db_url: &str) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("TALLY_PROFILE".into(), "local".into()),
-        ("TALLY_DATABASE__URL".into(), db_url.to_string()),
-        ("TALLY_BROKER__URL".into(), spec.broker_url.clone()),
-        ("TALLY_BROKER__PREFIX".into(), spec.prefix.clone()),
-        ("TALLY_LEDGER__SHARD_COUNT".into(), spec.shards.to_string()),
-        ("RUST_LOG".into(), "warn".into()),
-        ("NO_COLOR".into(), "1".into()),
-        // Several workers per host: each its own free metrics port.
-        ("TALLY_WORKER__METRICS_ADDR".into(), "127.0.0.1:0".into()),
-    ];
+    let mut env = db::worker_env(db_url, &spec.broker_url, &spec.prefix, spec.shards);
     if let Some(b) = spec.batch_max {
         env.push(("TALLY_WORKER__BATCH_MAX".into(), b.to_string()));
     }
@@ -87,17 +77,13 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
     std::fs::create_dir_all(&spec.log_dir)?;
 
     // 1. Fresh database, migrated by the worker binary itself.
-    db::recreate_database(&spec.admin_database_url, &spec.database).await?;
-    let status = Command::new(&spec.worker_bin)
-        .arg("migrate")
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .status()
-        .await
-        .context("running tally-worker migrate")?;
-    if !status.success() {
-        bail!("tally-worker migrate failed ({status})");
-    }
+    db::recreate_migrated(
+        &spec.admin_database_url,
+        &spec.database,
+        &spec.worker_bin,
+        &env,
+    )
+    .await?;
     let ledger = db::connect(&db_url).await?;
 
     // 2. Empty topology under our prefix, then pre-fill it.

@@ -55,28 +55,16 @@ pub async fn run(spec: SettleSpec) -> Result<Value> {
         bail!("--days must be positive");
     }
     let db_url = db::with_db_name(&spec.admin_database_url, &spec.database);
-    let env = [
-        ("TALLY_PROFILE", "local".to_string()),
-        ("TALLY_DATABASE__URL", db_url.clone()),
-        ("TALLY_BROKER__URL", spec.broker_url.clone()),
-        ("TALLY_BROKER__PREFIX", spec.prefix.clone()),
-        ("TALLY_LEDGER__SHARD_COUNT", spec.shards.to_string()),
-        ("RUST_LOG", "warn".to_string()),
-        ("NO_COLOR", "1".to_string()),
-    ];
+    let env = db::worker_env(&db_url, &spec.broker_url, &spec.prefix, spec.shards);
     std::fs::create_dir_all(&spec.log_dir)?;
 
-    db::recreate_database(&spec.admin_database_url, &spec.database).await?;
-    let status = Command::new(&spec.worker_bin)
-        .arg("migrate")
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .status()
-        .await
-        .context("running tally-worker migrate")?;
-    if !status.success() {
-        bail!("tally-worker migrate failed ({status})");
-    }
+    db::recreate_migrated(
+        &spec.admin_database_url,
+        &spec.database,
+        &spec.worker_bin,
+        &env,
+    )
+    .await?;
 
     let today = Utc::now().date_naive();
     let to = today - Days::new(1);
