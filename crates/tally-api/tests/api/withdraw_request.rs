@@ -147,6 +147,52 @@ async fn with_workers_stopped_a_request_is_denied_at_the_deadline_and_leaves_no_
     );
 }
 
+/// A request nginx retried on another replica (`X-Request-Start` long past) waits only the
+/// floor (margin + 0.5 s), not a fresh deadline; answer and ledger still agree.
+#[tokio::test]
+async fn a_late_retry_waits_only_the_floor_and_its_answer_matches_the_ledger() {
+    let mut app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.post_json(&tx("d", "deposit", json!(100), "retried"))
+        .await;
+    let ten_seconds_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - 10.0;
+    let post = |id: &'static str| {
+        app.client
+            .post(format!("{}/transaction", app.address))
+            .header("X-Request-Start", format!("t={ten_seconds_ago:.3}"))
+            .json(&tx(id, "withdraw_request", json!(10), "retried"))
+            .send()
+    };
+    // No worker: denied once the floor (0.5 s margin + 0.5 s) is over, not after 3 s.
+    let started = Instant::now();
+    let response = post("late-retry").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status().as_u16(), 402);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    // With a worker, the floor is enough for a decision.
+    app.worker = Some(app.start_worker().await);
+    app.wait_balance("retried", "100").await;
+    let response = post("in-time").await.unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let record = eventually(Duration::from_secs(10), || async {
+        let (status, record) = app.get("/transactions/late-retry").await;
+        (status == 200).then_some(record)
+    })
+    .await;
+    assert_eq!(record["status"], "denied", "{record}");
+    assert_eq!(account(&app, "retried").await["held"], json!(10));
+}
+
 #[tokio::test]
 async fn a_void_releases_a_hold_approved_too_late_for_the_answer() {
     let app = TestApp::spawn().await;
