@@ -37,26 +37,24 @@ pub enum AmountError {
 
 impl AmountRules {
     /// Parses the exact text of a JSON number (or of a JSON string) into an amount.
-    /// Accepts plain (`12.5`) and exponent (`1.25e1`) notation.
+    /// Accepts plain (`12.5`) and exponent (`1.25e1`) notation, held to the same rules: the
+    /// scale is read from the digits themselves, never from a parser that rounds
+    /// (`Decimal::from_scientific` turns `10.00999…9e0` into `10.01`).
     pub fn parse(&self, text: &str) -> Result<Decimal, AmountError> {
-        let text = text.trim();
-        let Some(shape) = NumberShape::of(text) else {
-            return Err(AmountError::NotANumber);
-        };
-        let parsed = if shape.has_exponent {
-            Decimal::from_scientific(text)
-        } else {
-            Decimal::from_str_exact(text)
-        };
-        // A well-formed number that Decimal cannot hold is either huge (certainly above `max`)
-        // or has more decimals than Decimal keeps (certainly more than `max_scale`).
-        let value = parsed.map_err(|_| {
-            if shape.looks_huge() {
-                AmountError::TooLarge(self.max)
-            } else {
-                AmountError::TooManyDecimals(self.max_scale)
-            }
-        })?;
+        let number = ExactNumber::of(text.trim()).ok_or(AmountError::NotANumber)?;
+        if number.negative || number.digits.is_empty() {
+            return Err(AmountError::NotPositive);
+        }
+        // More integer digits than a Decimal holds is certainly above any `max`.
+        if number.integer_digits() > MAX_DECIMAL_DIGITS {
+            return Err(AmountError::TooLarge(self.max));
+        }
+        if number.scale > i64::from(self.max_scale) {
+            return Err(AmountError::TooManyDecimals(self.max_scale));
+        }
+        // Exact from here on: no exponent left, and the scale is within the rules.
+        let value = Decimal::from_str_exact(&number.plain())
+            .map_err(|_| AmountError::TooLarge(self.max))?;
         self.check(value)
     }
 
@@ -75,6 +73,9 @@ impl AmountRules {
         Ok(value)
     }
 }
+
+/// Most significant digits a `Decimal` holds (its 96-bit mantissa holds any 28 digits).
+pub const MAX_DECIMAL_DIGITS: i64 = 28;
 
 #[cfg(test)]
 mod tests {
@@ -121,21 +122,140 @@ mod tests {
     }
 
     #[test]
+    fn exponent_notation_is_held_to_the_same_scale_rule() {
+        // Decimal::from_scientific rounds these to 28 digits; the rule is about the text.
+        for text in [
+            "10.00999999999999999999999999999999e0",
+            "1.000999999999999999999999999999999e1",
+            "1000999999999999999999999999999999e-32",
+            "0.001e0",
+            "1e-3",
+            "1E-3",
+            "12345e-4",
+            "1.001e0",
+            "0.1001e1",
+            "100.1e-2",
+            "1e-400",
+            "0.00000000000000000000000000000000000001e30",
+        ] {
+            assert_eq!(
+                parse(text),
+                Err(AmountError::TooManyDecimals(2)),
+                "{text} must be refused, not rounded"
+            );
+        }
+    }
+
+    #[test]
+    fn exponent_notation_within_the_scale_is_exact() {
+        for (text, expected) in [
+            ("1.5e1", "15"),
+            ("1.5E+1", "15"),
+            ("1.25e0", "1.25"),
+            ("125e-2", "1.25"),
+            ("12500e-4", "1.25"),
+            ("0.0125e2", "1.25"),
+            ("1.2500000000000000000000000000000000e0", "1.25"),
+            ("100e-2", "1"),
+            ("1000000000000000000000000000000000000e-36", "1"),
+            ("0.00000000000000000000000000000000001e35", "1"),
+            ("1e0", "1"),
+            ("1e-2", "0.01"),
+            ("9.9999999999999999e14", "999999999999999.99"),
+            ("1e15", "1000000000000000"),
+            ("  2.5e1 ", "25"),
+        ] {
+            assert_eq!(
+                parse(text).map(|d| d.to_string()),
+                Ok(expected.into()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn exponent_notation_is_held_to_sign_and_maximum() {
+        for text in ["0e5", "0.000e-100", "-1e1", "-1.001e0", "0e0"] {
+            assert_eq!(parse(text), Err(AmountError::NotPositive), "{text}");
+        }
+        for text in [
+            "1.0000000000000001e15",
+            "1e29",
+            "123456789012345678901234567890e0",
+        ] {
+            assert!(
+                matches!(parse(text), Err(AmountError::TooLarge(_))),
+                "{text}"
+            );
+        }
+        for text in ["1e", "1e+", "e5", "1.e5", ".1e5", "1e5.0", "1ee5", "0x1p3"] {
+            assert_eq!(parse(text), Err(AmountError::NotANumber), "{text}");
+        }
+    }
+
+    /// Writes `mantissa × 10^-scale` with `extra` trailing zeros (same value, larger scale),
+    /// `lead` leading zeros, `point` digits after the point and the exponent that makes up
+    /// for it: one value, many texts.
+    fn scientific(mantissa: u64, scale: u32, extra: usize, lead: usize, point: usize) -> String {
+        let digits = format!("{}{mantissa}{}", "0".repeat(lead), "0".repeat(extra));
+        let point = point % digits.len();
+        let (int, frac) = digits.split_at(digits.len() - point);
+        let exponent = i64::try_from(point).unwrap_or(0)
+            - i64::try_from(extra).unwrap_or(0)
+            - i64::from(scale);
+        let frac = if frac.is_empty() {
+            String::new()
+        } else {
+            format!(".{frac}")
+        };
+        format!("{int}{frac}e{exponent}")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_notation_of_a_value_gets_the_values_verdict(
+            mantissa in 0u64..100_000_000_000_000_000,
+            scale in 0u32..8,
+            extra in 0usize..40,
+            lead in 0usize..3,
+            point in 0usize..64,
+        ) {
+            let text = scientific(mantissa, scale, extra, lead, point);
+            let exact = Decimal::from_i128_with_scale(i128::from(mantissa), scale).normalize();
+            let rules = AmountRules::default();
+            let expected = if exact <= Decimal::ZERO {
+                Err(AmountError::NotPositive)
+            } else if exact.scale() > rules.max_scale {
+                Err(AmountError::TooManyDecimals(rules.max_scale))
+            } else if exact > rules.max {
+                Err(AmountError::TooLarge(rules.max))
+            } else {
+                Ok(exact)
+            };
+            proptest::prop_assert_eq!(rules.parse(&text), expected, "{}", text);
+        }
+    }
+
+    #[test]
     fn sums_stay_exact() {
         let sum = parse("0.1").unwrap() + parse("0.2").unwrap();
         assert_eq!(sum.to_string(), "0.3");
     }
 }
 
-/// The syntax of a JSON-like decimal number: `-?digits(.digits)?([eE][+-]?digits)?`.
-struct NumberShape {
-    int_digits: usize,
-    exponent: i64,
-    has_exponent: bool,
+/// The exact value a decimal text denotes, `±digits × 10^-scale`, read from the text alone:
+/// `-?digits(.digits)?([eE][+-]?digits)?`. `digits` has no leading or trailing zeros (empty
+/// for zero), so `scale` is the number of decimals the value really has (negative for a
+/// multiple of ten).
+struct ExactNumber {
+    negative: bool,
+    digits: String,
+    scale: i64,
 }
 
-impl NumberShape {
+impl ExactNumber {
     fn of(text: &str) -> Option<Self> {
+        let negative = text.starts_with('-');
         let body = text.strip_prefix(['-', '+']).unwrap_or(text);
         let (mantissa, exponent) = match body.split_once(['e', 'E']) {
             Some((m, e)) => (m, Some(e)),
@@ -143,7 +263,7 @@ impl NumberShape {
         };
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
         let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if int.is_empty() || !digits(int) || !digits(frac) || (mantissa.ends_with('.')) {
+        if int.is_empty() || !digits(int) || !digits(frac) || mantissa.ends_with('.') {
             return None;
         }
         let exponent = match exponent {
@@ -153,6 +273,7 @@ impl NumberShape {
                 if unsigned.is_empty() || !digits(unsigned) {
                     return None;
                 }
+                // Saturating: an exponent beyond i64 is as refused as a merely huge one.
                 e.parse::<i64>().unwrap_or(if e.starts_with('-') {
                     i64::MIN
                 } else {
@@ -160,16 +281,48 @@ impl NumberShape {
                 })
             }
         };
+        let all = format!("{int}{frac}");
+        let significant = all.trim_start_matches('0');
+        let trimmed = significant.trim_end_matches('0');
+        let trailing_zeros = len_i64(significant) - len_i64(trimmed);
+        let scale = len_i64(frac)
+            .saturating_sub(exponent)
+            .saturating_sub(trailing_zeros);
         Some(Self {
-            int_digits: int.trim_start_matches('0').len(),
-            exponent,
-            has_exponent: text.contains(['e', 'E']),
+            negative,
+            digits: trimmed.to_string(),
+            scale,
         })
     }
 
-    fn looks_huge(&self) -> bool {
-        self.exponent > 0 || self.int_digits > 15
+    /// Digits before the decimal point.
+    fn integer_digits(&self) -> i64 {
+        len_i64(&self.digits).saturating_sub(self.scale)
     }
+
+    /// The same value without an exponent (`125`, scale 1 → `12.5`; scale -2 → `12500`).
+    /// Only for a scale and a size already checked: it writes out every zero.
+    fn plain(&self) -> String {
+        let sign = if self.negative { "-" } else { "" };
+        let len = self.digits.len();
+        match usize::try_from(self.scale) {
+            Err(_) => {
+                let zeros = usize::try_from(-self.scale).unwrap_or(0);
+                format!("{sign}{}{}", self.digits, "0".repeat(zeros))
+            }
+            Ok(scale) if scale >= len => {
+                format!("{sign}0.{}{}", "0".repeat(scale - len), self.digits)
+            }
+            Ok(scale) => {
+                let (int, frac) = self.digits.split_at(len - scale);
+                format!("{sign}{int}.{frac}")
+            }
+        }
+    }
+}
+
+fn len_i64(s: &str) -> i64 {
+    i64::try_from(s.len()).unwrap_or(i64::MAX)
 }
 
 /// Serde helper: a money value as a JSON number with its exact, shortest decimal text

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::amount::AmountRules;
+use crate::amount::{AmountError, AmountRules};
 use crate::ids::validate_id;
 
 /// Version of [`Envelope`] this build writes and understands.
@@ -74,6 +74,12 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl FieldError {
     fn new(code: &'static str, field: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -101,15 +107,43 @@ fn required<'a>(
 fn id_field(body: &Map<String, Value>, field: &'static str) -> Result<Option<String>, FieldError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => validate_id(s)
-            .map(|()| Some(s.clone()))
-            .map_err(|e| FieldError::new("invalid_id", field, format!("`{field}` {e}"))),
+        Some(Value::String(s)) => check_id(field, s).map(|()| Some(s.clone())),
         Some(_) => Err(FieldError::new(
             "invalid_id",
             field,
             format!("`{field}` must be a string"),
         )),
     }
+}
+
+// The rules every command obeys wherever it enters: the API checks them on the body
+// (`NewTransaction::from_json`), the worker on the message (`Envelope::decode`), so a message
+// published by hand cannot carry what the API would refuse. One definition each, used by both.
+
+/// An identifier field (`id`, `accountId`, `requestId`, `userId`): the shared charset.
+fn check_id(field: &'static str, id: &str) -> Result<(), FieldError> {
+    validate_id(id).map_err(|e| FieldError::new("invalid_id", field, format!("`{field}` {e}")))
+}
+
+/// The amount: positive, at most the maximum, at most the allowed decimals.
+fn check_amount(amount: Decimal, rules: &AmountRules) -> Result<Decimal, FieldError> {
+    rules.check(amount).map_err(amount_error)
+}
+
+fn amount_error(e: AmountError) -> FieldError {
+    FieldError::new("invalid_amount", "amount", format!("`amount` {e}"))
+}
+
+/// `requestId` names the withdraw_request whose hold a withdraw captures: a withdraw only.
+fn check_request_id(kind: Kind, request_id: Option<&str>) -> Result<(), FieldError> {
+    if request_id.is_some() && kind != Kind::Withdraw {
+        return Err(FieldError::new(
+            "invalid_field",
+            "requestId",
+            "`requestId` is only allowed on a withdraw",
+        ));
+    }
+    Ok(())
 }
 
 impl NewTransaction {
@@ -141,9 +175,7 @@ impl NewTransaction {
             Value::String(s) => s.clone(),
             _ => String::new(),
         };
-        let amount = rules
-            .parse(&amount_text)
-            .map_err(|e| FieldError::new("invalid_amount", "amount", format!("`amount` {e}")))?;
+        let amount = rules.parse(&amount_text).map_err(amount_error)?;
 
         required(body, "accountId")?;
         let account_id = id_field(body, "accountId")?.unwrap_or_default();
@@ -171,13 +203,7 @@ impl NewTransaction {
         };
 
         let request_id = id_field(body, "requestId")?;
-        if request_id.is_some() && kind != Kind::Withdraw {
-            return Err(FieldError::new(
-                "invalid_field",
-                "requestId",
-                "`requestId` is only allowed on a withdraw",
-            ));
-        }
+        check_request_id(kind, request_id.as_deref())?;
         let user_id = id_field(body, "userId")?;
 
         Ok(Self {
@@ -228,7 +254,12 @@ pub struct Envelope {
     pub kind: Kind,
     pub id: String,
     pub account_id: String,
-    #[serde(with = "rust_decimal::serde::str")]
+    /// Decimal text, read exactly: a digit beyond what a Decimal holds is an error, not a
+    /// rounding (`rust_decimal::serde::str` would round).
+    #[serde(
+        serialize_with = "rust_decimal::serde::str::serialize",
+        deserialize_with = "exact_decimal_text"
+    )]
     pub amount: Decimal,
     pub occurred_at: DateTime<Utc>,
     pub accepted_at: DateTime<Utc>,
@@ -278,32 +309,92 @@ impl Envelope {
         }
     }
 
-    /// Decodes and checks an envelope. An error here is permanent: the message can never be
-    /// applied and belongs in the dead-letter queue.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+    /// Decodes an envelope and checks it against every rule the API checks a request
+    /// against, and the envelope's own (`void` and `decideBy` belong to a withdraw_request, the
+    /// fingerprint is a SHA-256). An error here is permanent: the message can never be applied
+    /// and belongs in the dead-letter queue.
+    pub fn decode(bytes: &[u8], rules: &AmountRules) -> Result<Self, EnvelopeError> {
         #[derive(Deserialize)]
         struct Version {
             v: u32,
         }
         let version: Version =
-            serde_json::from_slice(bytes).map_err(|e| format!("undecodable envelope: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Undecodable(e.to_string()))?;
         if version.v != ENVELOPE_VERSION {
-            return Err(format!("unknown envelope version {}", version.v));
+            return Err(EnvelopeError::UnknownVersion(version.v));
         }
-        let env: Envelope =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid envelope: {e}"))?;
-        validate_id(&env.id).map_err(|e| format!("invalid id: {e}"))?;
-        validate_id(&env.account_id).map_err(|e| format!("invalid accountId: {e}"))?;
-        if env.amount <= Decimal::ZERO {
-            return Err("amount must be positive".into());
-        }
+        let mut env: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        env.amount = env.check(rules).map_err(EnvelopeError::Invalid)?;
         Ok(env)
+    }
+
+    /// The rules of [`Envelope::decode`], in the order the API checks a body; returns the
+    /// amount normalized, as the API would have.
+    fn check(&self, rules: &AmountRules) -> Result<Decimal, FieldError> {
+        check_id("id", &self.id)?;
+        let amount = check_amount(self.amount, rules)?;
+        check_id("accountId", &self.account_id)?;
+        if let Some(request_id) = &self.request_id {
+            check_id("requestId", request_id)?;
+        }
+        check_request_id(self.kind, self.request_id.as_deref())?;
+        if let Some(user_id) = &self.user_id {
+            check_id("userId", user_id)?;
+        }
+        let request_only = |field: &'static str| {
+            FieldError::new(
+                "invalid_field",
+                field,
+                format!("`{field}` is only allowed on a withdraw_request"),
+            )
+        };
+        if self.kind != Kind::WithdrawRequest {
+            if self.void {
+                return Err(request_only("void"));
+            }
+            if self.decide_by.is_some() {
+                return Err(request_only("decideBy"));
+            }
+        }
+        let is_sha256 = self.fingerprint.len() == 64
+            && self
+                .fingerprint
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !is_sha256 {
+            return Err(FieldError::new(
+                "invalid_field",
+                "fingerprint",
+                "`fingerprint` must be a SHA-256 in lowercase hex",
+            ));
+        }
+        Ok(amount)
     }
 
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain strings, numbers and timestamps cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// Why a message on a shard queue can never be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("undecodable envelope: {0}")]
+    Undecodable(String),
+    #[error("unknown envelope version {0}")]
+    UnknownVersion(u32),
+    #[error("invalid envelope: {0}")]
+    Malformed(String),
+    /// A field the API would have refused with a 400.
+    #[error("invalid envelope: {0}")]
+    Invalid(FieldError),
+}
+
+fn exact_decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    let text = String::deserialize(d)?;
+    Decimal::from_str_exact(&text).map_err(serde::de::Error::custom)
 }
 
 /// The decision recorded for a command.
@@ -437,16 +528,110 @@ mod tests {
         assert_ne!(a.fingerprint(), c.fingerprint());
     }
 
+    /// A valid withdraw_request envelope as JSON, to break one field at a time.
+    fn valid_envelope() -> Value {
+        let tx = parse(json!({"id":"t1","type":"withdraw_request","amount":"2.5","accountId":"a"}))
+            .unwrap();
+        let mut env = Envelope::new(&tx, Utc::now());
+        env.decide_by = Some(Utc::now());
+        serde_json::from_slice(&env.encode()).unwrap()
+    }
+
+    fn decode_value(v: &Value) -> Result<Envelope, EnvelopeError> {
+        Envelope::decode(v.to_string().as_bytes(), &AmountRules::default())
+    }
+
+    #[test]
+    fn envelope_decode_refuses_what_the_api_refuses() {
+        assert!(decode_value(&valid_envelope()).is_ok());
+        let cases: [(&str, Value, &str); 16] = [
+            ("amount", json!("10.001"), "amount"),
+            ("amount", json!("0"), "amount"),
+            ("amount", json!("-5"), "amount"),
+            ("amount", json!("1000000000000000.01"), "amount"),
+            ("amount", json!("10000000000000000"), "amount"),
+            ("id", json!(""), "id"),
+            ("id", json!("has space"), "id"),
+            ("id", json!("x".repeat(129)), "id"),
+            ("accountId", json!("a/b"), "accountId"),
+            ("accountId", json!(""), "accountId"),
+            ("userId", json!("é"), "userId"),
+            ("userId", json!(""), "userId"),
+            ("requestId", json!("ok-id"), "requestId"),
+            ("fingerprint", json!(""), "fingerprint"),
+            ("fingerprint", json!("Z".repeat(64)), "fingerprint"),
+            ("fingerprint", json!("ab"), "fingerprint"),
+        ];
+        for (key, value, field) in cases {
+            let mut v = valid_envelope();
+            v[key] = value;
+            match decode_value(&v) {
+                Err(EnvelopeError::Invalid(e)) => assert_eq!(e.field, field, "{v}"),
+                other => panic!("{v} decoded as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn envelope_decode_keeps_request_only_fields_on_requests() {
+        for kind in ["deposit", "withdraw"] {
+            for (key, value, field) in [
+                ("void", json!(true), "void"),
+                ("decideBy", json!("2030-01-01T00:00:00Z"), "decideBy"),
+            ] {
+                let mut v = valid_envelope();
+                v["kind"] = json!(kind);
+                v.as_object_mut().unwrap().remove("decideBy");
+                v[key] = value;
+                match decode_value(&v) {
+                    Err(EnvelopeError::Invalid(e)) => assert_eq!(e.field, field, "{v}"),
+                    other => panic!("{v} decoded as {other:?}"),
+                }
+            }
+        }
+        // A withdraw may name its request; a request may be voided.
+        let mut v = valid_envelope();
+        v["kind"] = json!("withdraw");
+        v.as_object_mut().unwrap().remove("decideBy");
+        v["requestId"] = json!("r-1");
+        assert!(decode_value(&v).is_ok(), "{v}");
+        let mut v = valid_envelope();
+        v["void"] = json!(true);
+        assert!(decode_value(&v).is_ok(), "{v}");
+    }
+
+    #[test]
+    fn envelope_amounts_are_read_exactly_never_rounded() {
+        for amount in [
+            json!("10.00999999999999999999999999999999"),
+            json!("1e1"),
+            json!(10),
+            json!("ten"),
+        ] {
+            let mut v = valid_envelope();
+            v["amount"] = amount;
+            assert!(
+                matches!(decode_value(&v), Err(EnvelopeError::Malformed(_))),
+                "{v}"
+            );
+        }
+        let mut v = valid_envelope();
+        v["amount"] = json!("10.50");
+        assert_eq!(decode_value(&v).unwrap().amount.to_string(), "10.5");
+    }
+
     #[test]
     fn envelope_round_trips_and_refuses_unknown_versions() {
         let tx =
             parse(json!({"id":"t1","type":"withdraw","amount":"0.1","accountId":"a"})).unwrap();
         let env = Envelope::new(&tx, Utc::now());
-        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
-        assert!(Envelope::decode(b"not json").is_err());
-        assert!(Envelope::decode(br#"{"v":2}"#)
-            .unwrap_err()
-            .contains("version"));
-        assert!(Envelope::decode(br#"{"v":1,"kind":"deposit"}"#).is_err());
+        let rules = AmountRules::default();
+        assert_eq!(Envelope::decode(&env.encode(), &rules).unwrap(), env);
+        assert!(Envelope::decode(b"not json", &rules).is_err());
+        assert_eq!(
+            Envelope::decode(br#"{"v":2}"#, &rules),
+            Err(EnvelopeError::UnknownVersion(2))
+        );
+        assert!(Envelope::decode(br#"{"v":1,"kind":"deposit"}"#, &rules).is_err());
     }
 }

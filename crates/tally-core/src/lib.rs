@@ -3,15 +3,17 @@
 //!
 //! Everything that must agree between the API and the worker lives here, defined once:
 //! the identifier charset, exact amount parsing, the versioned envelope, the payload
-//! fingerprint that makes idempotency keys safe, and `shard(accountId)`.
+//! fingerprint that makes idempotency keys safe, `shard(accountId)`, and which addresses a
+//! webhook may target.
 
 pub mod amount;
 pub mod command;
 pub mod ids;
 pub mod settings;
 pub mod shard;
+pub mod target;
 
 pub use amount::{AmountError, AmountRules};
-pub use command::{Envelope, Kind, Outcome, OutcomeStatus, ENVELOPE_VERSION};
+pub use command::{Envelope, EnvelopeError, Kind, Outcome, OutcomeStatus, ENVELOPE_VERSION};
 pub use ids::{validate_id, IdError};
 pub use shard::shard_of;

@@ -5,6 +5,7 @@
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::fmt;
+use std::time::Duration;
 
 use crate::amount::AmountRules;
 
@@ -48,6 +49,7 @@ pub struct Settings {
     pub debug: DebugSettings,
     pub log: LogSettings,
     pub webhooks: WebhookSettings,
+    pub jobs: JobSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +58,9 @@ pub struct ApiSettings {
     pub port: u16,
     pub max_body_bytes: usize,
     pub publish_timeout_ms: u64,
+    /// After a publish whose outcome is unknown: how long the same message is published
+    /// again to settle it before the answer says `outcome_unknown`.
+    pub settle_timeout_ms: u64,
     pub retry_after_secs: u32,
     pub threads: usize,
 }
@@ -69,9 +74,75 @@ pub struct WorkerSettings {
     pub lease_tick_ms: u64,
     /// `host:port` of the worker's `/metrics` listener; "off" or empty: none.
     pub metrics_addr: String,
+    /// Longest statement of a shard session; unset: `lease_ttl_ms`. See [`SessionBounds`].
+    #[serde(default)]
+    pub statement_timeout_ms: Option<u64>,
+    /// Longest idle time inside a transaction of a shard session; unset: half `lease_ttl_ms`.
+    #[serde(default)]
+    pub idle_in_transaction_timeout_ms: Option<u64>,
+    /// AMQP heartbeat and TCP keepalive idle time, seconds; unset: `lease_ttl_ms` / 2000
+    /// (at least 1).
+    #[serde(default)]
+    pub heartbeat_secs: Option<u16>,
+}
+
+/// How long a stalled worker (SIGSTOP, a frozen VM, a long pause) can keep its shards from
+/// the others. The lease epoch checked in every batch (the fence) is what stops two writers;
+/// these bounds only give the shards back: PostgreSQL ends the stalled sessions, releasing the
+/// fence's row lock that takers skip, and RabbitMQ drops the silent connection, releasing its
+/// single-active consumers, both within about the lease TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBounds {
+    /// PostgreSQL cancels a statement running longer (`statement_timeout`); the batch is
+    /// retried. At most the lease TTL: a statement holds the fence while it runs.
+    pub statement_timeout: Duration,
+    /// PostgreSQL ends a session idle inside a transaction longer
+    /// (`idle_in_transaction_session_timeout`), which frees its locks. Below the lease TTL: a
+    /// batch transaction is never idle for long (only the decision runs between statements).
+    pub idle_in_transaction: Duration,
+    /// AMQP heartbeat: RabbitMQ closes a connection silent for about two of these. Also the
+    /// TCP keepalive idle time of the database connections, both ends (a host that vanished).
+    pub heartbeat: Duration,
 }
 
 impl WorkerSettings {
+    /// The bounds on the worker's sessions: the configured values, else derived from the
+    /// lease TTL.
+    pub fn session_bounds(&self) -> SessionBounds {
+        let ttl = self.lease_ttl_ms;
+        let heartbeat = self.heartbeat_secs.map_or((ttl / 2000).max(1), u64::from);
+        SessionBounds {
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms.unwrap_or(ttl)),
+            idle_in_transaction: Duration::from_millis(
+                self.idle_in_transaction_timeout_ms.unwrap_or(ttl / 2),
+            ),
+            heartbeat: Duration::from_secs(heartbeat),
+        }
+    }
+
+    /// Refuses bounds that would let a stalled worker hold its shards past the lease TTL, or
+    /// that PostgreSQL would read as "no limit" (0).
+    fn validate_session_bounds(&self) -> Result<(), SettingsError> {
+        let ttl = Duration::from_millis(self.lease_ttl_ms);
+        let b = self.session_bounds();
+        let bad = |m: &str| Err(SettingsError::Invalid(m.to_string()));
+        if b.statement_timeout.is_zero() || b.statement_timeout > ttl {
+            return bad("worker.statement_timeout_ms must be positive and at most lease_ttl_ms");
+        }
+        if b.idle_in_transaction.is_zero() || b.idle_in_transaction >= ttl {
+            return bad(
+                "worker.idle_in_transaction_timeout_ms must be positive and below lease_ttl_ms",
+            );
+        }
+        if b.heartbeat.is_zero() || b.heartbeat > ttl {
+            return bad(
+                "worker.heartbeat_secs must be at least 1 and at most lease_ttl_ms \
+                 (a lease_ttl_ms below 1000 needs no less than a 1 s heartbeat)",
+            );
+        }
+        Ok(())
+    }
+
     /// The address of the `/metrics` listener, `None` when it is off.
     pub fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, SettingsError> {
         match self.metrics_addr.trim() {
@@ -116,6 +187,10 @@ pub struct LedgerSettings {
     pub hold_ttl_secs: u64,
     pub request_deadline_ms: u64,
     pub decision_margin_ms: u64,
+    /// How often every process compares its clock with PostgreSQL's.
+    pub clock_check_ms: u64,
+    /// Past this difference with PostgreSQL's clock the API refuses withdraw_requests.
+    pub max_clock_skew_ms: u64,
 }
 
 impl LedgerSettings {
@@ -150,6 +225,23 @@ pub struct WebhookSettings {
     pub timeout_ms: u64,
     pub concurrency: usize,
     pub lease_ms: u64,
+    /// Sends in flight at once to one receiver (the URL's host and port), so that a slow or
+    /// hanging receiver holds at most this many of the `concurrency` slots.
+    pub per_receiver: usize,
+    /// Whether a webhook may target loopback, private, link-local or other non-public
+    /// addresses (checked at registration and, after DNS resolution, at every send).
+    pub allow_private_targets: bool,
+}
+
+/// Bounds of settlement jobs, enforced by the API (see `config/default.toml`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    /// Longest range of one job, in days, both ends included.
+    pub max_range_days: u32,
+    /// Jobs waiting to run (QUEUED) at most; beyond it creation is refused with 429.
+    pub max_queued: u32,
+    /// CSV downloads served at once by one API replica, on a pool of their own of this size.
+    pub download_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,8 +313,24 @@ impl Settings {
         if self.ledger.max_amount <= Decimal::ZERO {
             return bad("ledger.max_amount must be positive");
         }
+        // Every amount the rules allow must fit a Decimal exactly (28 significant digits).
+        let max_digits = self.ledger.max_amount.trunc().to_string().len();
+        let max_digits = i64::try_from(max_digits).unwrap_or(i64::MAX);
+        if i64::from(self.ledger.amount_scale).saturating_add(max_digits)
+            > crate::amount::MAX_DECIMAL_DIGITS
+        {
+            return bad(
+                "ledger.amount_scale plus the digits of ledger.max_amount must be at most 28",
+            );
+        }
         if self.ledger.decision_margin_ms >= self.ledger.request_deadline_ms {
             return bad("ledger.decision_margin_ms must be below ledger.request_deadline_ms");
+        }
+        if self.ledger.max_clock_skew_ms >= self.ledger.decision_margin_ms {
+            return bad("ledger.max_clock_skew_ms must be below ledger.decision_margin_ms");
+        }
+        if self.ledger.clock_check_ms == 0 {
+            return bad("ledger.clock_check_ms must be positive");
         }
         if self.worker.batch_max == 0 || usize::from(self.worker.prefetch) < self.worker.batch_max {
             return bad("worker.prefetch must be at least worker.batch_max (> 0)");
@@ -233,6 +341,7 @@ impl Settings {
             return bad("worker.lease_tick_ms must be positive and at most half of lease_ttl_ms");
         }
         self.worker.metrics_listen()?;
+        self.worker.validate_session_bounds()?;
         let w = &self.webhooks;
         if w.poll_ms == 0 || w.max_attempts == 0 || w.concurrency == 0 || w.backoff_base_ms == 0 {
             return bad(
@@ -242,6 +351,16 @@ impl Settings {
         if w.backoff_max_ms < w.backoff_base_ms || w.lease_ms <= w.timeout_ms {
             return bad(
                 "webhooks: backoff_max_ms must be >= backoff_base_ms, lease_ms > timeout_ms",
+            );
+        }
+        if w.per_receiver == 0 {
+            return bad("webhooks.per_receiver must be at least 1");
+        }
+        let j = &self.jobs;
+        if j.max_range_days == 0 || j.max_queued == 0 || j.download_connections == 0 {
+            return bad(
+                "jobs.max_range_days, jobs.max_queued and jobs.download_connections must be \
+                 positive",
             );
         }
         if self.database.pool_size == 0 {
@@ -269,6 +388,10 @@ mod tests {
         assert_eq!(s.ledger.amount_rules().max.to_string(), "1000000000000000");
         let p = Settings::load_profile("production").unwrap();
         assert!(!p.debug.enabled);
+        // Webhooks may reach this machine's receivers only in the local profile (tests,
+        // `make up`); anywhere else a non-public target is refused.
+        assert!(s.webhooks.allow_private_targets);
+        assert!(!p.webhooks.allow_private_targets);
         assert!(Settings::load_profile("staging").is_err());
     }
 
@@ -278,6 +401,54 @@ mod tests {
         let printed = format!("{s:?}");
         assert!(!printed.contains("tally:tally@"), "{printed}");
         assert!(!printed.contains("guest:guest@"), "{printed}");
+    }
+
+    #[test]
+    fn amount_rules_must_fit_a_decimal_exactly() {
+        let mut s = Settings::load_profile("local").unwrap();
+        s.ledger.amount_scale = 12; // 16 integer digits of the default maximum + 12 = 28
+        assert!(s.validate().is_ok());
+        s.ledger.amount_scale = 13;
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn session_bounds_derive_from_the_lease_ttl_and_stay_within_it() {
+        let mut s = Settings::load_profile("local").unwrap();
+        s.worker.lease_ttl_ms = 5000;
+        assert_eq!(
+            s.worker.session_bounds(),
+            SessionBounds {
+                statement_timeout: Duration::from_millis(5000),
+                idle_in_transaction: Duration::from_millis(2500),
+                heartbeat: Duration::from_secs(2),
+            }
+        );
+        assert!(s.validate().is_ok());
+        s.worker.lease_ttl_ms = 1500;
+        s.worker.lease_tick_ms = 500;
+        assert_eq!(s.worker.session_bounds().heartbeat, Duration::from_secs(1));
+        assert!(s.validate().is_ok());
+
+        let broken: [fn(&mut WorkerSettings); 6] = [
+            |w| w.statement_timeout_ms = Some(0),
+            |w| w.statement_timeout_ms = Some(w.lease_ttl_ms + 1),
+            |w| w.idle_in_transaction_timeout_ms = Some(0),
+            |w| w.idle_in_transaction_timeout_ms = Some(w.lease_ttl_ms),
+            |w| w.heartbeat_secs = Some(0),
+            |w| w.heartbeat_secs = Some(2),
+        ];
+        for (n, breaks) in broken.iter().enumerate() {
+            let mut s = s.clone();
+            breaks(&mut s.worker);
+            assert!(s.validate().is_err(), "case {n}");
+        }
+        s.worker.lease_ttl_ms = 800;
+        s.worker.lease_tick_ms = 400;
+        assert!(
+            s.validate().is_err(),
+            "a 1 s heartbeat cannot fit a 0.8 s lease"
+        );
     }
 
     #[test]

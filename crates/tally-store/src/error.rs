@@ -20,6 +20,10 @@ pub enum StoreError {
     /// possible when one id is reused for two accounts at once; a retry sees the winner.
     #[error("concurrent insert of transaction ids; retry the batch")]
     Conflict,
+    /// Two statements of a batch write would touch the same row, so their order would
+    /// matter: a bug in the decision, refused before anything is written. Permanent.
+    #[error("batch effects overlap: {what} ({id})")]
+    OverlappingEffects { what: &'static str, id: String },
     /// The batch's lease on its shard is no longer current: another worker owns the shard.
     /// Never retried: the batch is abandoned uncommitted and redelivered to the new owner.
     #[error("lease on shard {shard} lost: another worker owns it now")]
@@ -42,6 +46,7 @@ impl StoreError {
             StoreError::Migration(_)
             | StoreError::ShardCountMismatch { .. }
             | StoreError::Fenced { .. }
+            | StoreError::OverlappingEffects { .. }
             | StoreError::NotMigrated => false,
             StoreError::Config(_) => false,
         }
@@ -58,6 +63,13 @@ fn db_error_is_retryable(e: &tokio_postgres::Error) -> bool {
         Some(code) => {
             *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED
+                // A statement cut by statement_timeout or a lock wait by lock_timeout (a
+                // stalled peer held the rows): the same work succeeds once they are free.
+                // Never a reason to dead-letter a command.
+                || *code == SqlState::QUERY_CANCELED
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                // Our session was ended for idling in a transaction: nothing was committed.
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
                 || *code == SqlState::ADMIN_SHUTDOWN
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW

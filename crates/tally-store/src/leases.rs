@@ -1,7 +1,9 @@
 //! Shard leases: which worker owns which shard, for how long, under which epoch (see
 //! `migrations/V4__shard_leases.sql`). Times are the database's `now()`, so workers never
-//! compare clocks. The epoch check inside every batch transaction is the fence.
+//! compare clocks. The epoch check inside every batch transaction is the fence; it also gives
+//! the batch its time, from the same clock.
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use deadpool_postgres::Transaction;
 use std::time::Duration;
@@ -140,22 +142,26 @@ pub async fn leave(pool: &Pool, worker: &str) -> Result<(), StoreError> {
 
 /// The fence, first statement of every batch transaction: locks the shard's lease row (a
 /// takeover waits for this transaction) and fails unless `lease` is still the current one.
-pub async fn fence(tx: &Transaction<'_>, lease: &Lease) -> Result<(), StoreError> {
+/// Returns the database's clock at that moment: the batch's one time for every decision
+/// (deadlines, hold expiry, new holds' TTL) and for `applied_at`, so no decision depends on
+/// the worker host's clock.
+pub async fn fence(tx: &Transaction<'_>, lease: &Lease) -> Result<DateTime<Utc>, StoreError> {
     let statement = tx
         .prepare_cached(
-            "SELECT owner, epoch, expires_at > now() FROM shard_leases WHERE shard = $1 FOR SHARE",
+            "SELECT owner, epoch, expires_at > now(), clock_timestamp() FROM shard_leases \
+             WHERE shard = $1 FOR SHARE",
         )
         .await?;
     let row = tx.query_opt(&statement, &[&i32::from(lease.shard)]).await?;
-    let current = row.is_some_and(|r| {
-        r.get::<_, Option<String>>(0).as_deref() == Some(lease.owner.as_str())
-            && r.get::<_, i64>(1) == lease.epoch
-            && r.get::<_, bool>(2)
-    });
-    if current {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced { shard: lease.shard })
+    match row {
+        Some(r)
+            if r.get::<_, Option<String>>(0).as_deref() == Some(lease.owner.as_str())
+                && r.get::<_, i64>(1) == lease.epoch
+                && r.get::<_, bool>(2) =>
+        {
+            Ok(r.get(3))
+        }
+        _ => Err(StoreError::Fenced { shard: lease.shard }),
     }
 }
 

@@ -1,5 +1,5 @@
 //! PostgreSQL for tally: the connection pool, the embedded migrations, the recorded shard
-//! count, the reads the API serves, and the two statements groups of a worker batch (load the
+//! count, the database's clock (the one clock of decisions), the reads the API serves, and the two statements groups of a worker batch (load the
 //! state a batch needs, write what it decided).
 //!
 //! [`StoreError`] says whether retrying can help; the worker's ack/nack decision and the API's
@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod clock;
 pub mod dead_letters;
 pub mod error;
 pub mod history;
@@ -21,4 +22,4 @@ pub mod webhooks;
 
 pub use deadpool_postgres::Pool;
 pub use error::StoreError;
-pub use pool::{connect, connect_service};
+pub use pool::{connect, connect_bounded, connect_service, connect_worker};

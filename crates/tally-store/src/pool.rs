@@ -1,20 +1,40 @@
 //! The connection pool: built once per process, with every wait bounded so that a database
 //! outage turns into a fast error (503 in the API, back-off in the worker), never a hang.
+//!
+//! The worker's pool also bounds its sessions on the server ([`connect_worker`]): a worker
+//! that stalls inside a batch transaction (SIGSTOP, a frozen VM) holds its shard's lease row
+//! locked, and takers skip locked rows, so without a server-side limit its shards would stay
+//! frozen until it resumed.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tally_core::settings::{DatabaseSettings, Settings};
+use tally_core::settings::{DatabaseSettings, SessionBounds, Settings};
 use tokio_postgres::NoTls;
 
 use crate::StoreError;
 
 /// Builds the pool. Connections are opened lazily, so this succeeds while the database is down.
 pub fn connect(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
-    let pg: tokio_postgres::Config = settings
+    build(settings, None)
+}
+
+/// Like [`connect`], with every session bounded by `bounds` (see [`SessionBounds`]).
+pub fn connect_bounded(
+    settings: &DatabaseSettings,
+    bounds: &SessionBounds,
+) -> Result<Pool, StoreError> {
+    build(settings, Some(bounds))
+}
+
+fn build(settings: &DatabaseSettings, bounds: Option<&SessionBounds>) -> Result<Pool, StoreError> {
+    let mut pg: tokio_postgres::Config = settings
         .url
         .expose()
         .parse()
         .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+    if let Some(bounds) = bounds {
+        bound_sessions(&mut pg, bounds);
+    }
     let timeout = Some(Duration::from_millis(settings.timeout_ms));
     let manager = Manager::from_config(
         pg,
@@ -35,6 +55,31 @@ pub fn connect(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Config(e.to_string()))
 }
 
+/// Server-side limits as session parameters of the startup packet (no extra round trip, and
+/// they hold for every connection the pool ever opens), plus TCP keepalives on both ends: the
+/// server's find a client host that vanished, ours a server that did (a query waiting on a
+/// dead peer would otherwise hang with no statement timeout to end it).
+fn bound_sessions(pg: &mut tokio_postgres::Config, bounds: &SessionBounds) {
+    let keepalive = bounds.heartbeat.as_secs().max(1);
+    let limits = format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+         -c tcp_keepalives_idle={keepalive} -c tcp_keepalives_interval={keepalive} \
+         -c tcp_keepalives_count=3",
+        bounds.statement_timeout.as_millis().max(1),
+        bounds.idle_in_transaction.as_millis().max(1),
+    );
+    // Options given in the URL stay; ours come last, so they win on the same parameter.
+    let options = match pg.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {limits}"),
+        _ => limits,
+    };
+    pg.options(options)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(keepalive))
+        .keepalives_interval(Duration::from_secs(keepalive))
+        .keepalives_retries(3);
+}
+
 /// One round trip, for health checks.
 pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     pool.get().await?.simple_query("SELECT 1").await?;
@@ -50,6 +95,17 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 /// another K would mis-route accounts), waiting out a database that is still starting.
 pub async fn connect_service(settings: &Settings) -> Result<Pool, StoreError> {
     let pool = connect(&settings.database)?;
+    ready(pool, settings).await
+}
+
+/// [`connect_service`] for a worker: its sessions are bounded by
+/// `worker.session_bounds()`, so a stalled worker gives its shards back.
+pub async fn connect_worker(settings: &Settings) -> Result<Pool, StoreError> {
+    let pool = connect_bounded(&settings.database, &settings.worker.session_bounds())?;
+    ready(pool, settings).await
+}
+
+async fn ready(pool: Pool, settings: &Settings) -> Result<Pool, StoreError> {
     crate::meta::ensure_shard_count_patiently(&pool, settings.ledger.shard_count, STARTUP_PATIENCE)
         .await?;
     Ok(pool)

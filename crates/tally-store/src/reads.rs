@@ -1,5 +1,6 @@
-//! Reads served by the API: account balances, one transaction, and the keyset-paged debug
-//! dumps. None of them writes; the worker is the only writer of ledger state.
+//! Reads served by the API: account balances, one transaction (with the conflicting reuses of
+//! its id), and the keyset-paged debug dumps. None of them writes; the worker is the only
+//! writer of ledger state.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -118,6 +119,57 @@ pub async fn transaction(pool: &Pool, id: &str) -> Result<Option<TransactionReco
         .await?
         .as_ref()
         .map(TransactionRecord::from_row))
+}
+
+/// A command that reused a recorded id with another payload (`id_conflicts`, V6): accepted
+/// by the API while the first command was still queued, then not applied by the worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdConflict {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub account_id: String,
+    #[serde(with = "money_json")]
+    pub amount: Decimal,
+    pub accepted_at: DateTime<Utc>,
+    /// When the worker found it (the database's clock).
+    pub detected_at: DateTime<Utc>,
+}
+
+/// The recorded transaction with this id and the conflicting reuses of the id (in the order
+/// they were detected), if the worker has decided it. One connection, both reads.
+pub async fn transaction_with_conflicts(
+    pool: &Pool,
+    id: &str,
+) -> Result<Option<(TransactionRecord, Vec<IdConflict>)>, StoreError> {
+    let client = pool.get().await?;
+    let record = client
+        .prepare_cached(&format!(
+            "SELECT {TX_COLUMNS} FROM transactions WHERE id = $1"
+        ))
+        .await?;
+    let Some(row) = client.query_opt(&record, &[&id]).await? else {
+        return Ok(None);
+    };
+    let conflicts = client
+        .prepare_cached(
+            "SELECT kind, account_id, amount, accepted_at, detected_at FROM id_conflicts \
+             WHERE id = $1 ORDER BY detected_at, accepted_at, fingerprint",
+        )
+        .await?;
+    let conflicts = client
+        .query(&conflicts, &[&id])
+        .await?
+        .iter()
+        .map(|r| IdConflict {
+            kind: r.get(0),
+            account_id: r.get(1),
+            amount: r.get(2),
+            accepted_at: r.get(3),
+            detected_at: r.get(4),
+        })
+        .collect();
+    Ok(Some((TransactionRecord::from_row(&row), conflicts)))
 }
 
 /// How many holds are open, ledger-wide (`/metrics`). The partial indexes on open holds

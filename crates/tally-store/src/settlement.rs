@@ -1,8 +1,9 @@
 //! Settlement jobs and their results: per account per UTC day of `applied_at`, the applied
 //! deposits, withdraws, net and count, upserted into `settlements`.
 //!
-//! The API creates jobs ([`create`]) and requests cancellation ([`cancel`]); worker processes
-//! run them ([`claim`], then [`chunk`] after [`chunk`]). Invariants:
+//! The API creates jobs ([`create_bounded`]: at most a configured number waiting) and requests
+//! cancellation ([`cancel`]); worker processes run them ([`claim`], then [`chunk`] after
+//! [`chunk`]). Invariants:
 //! - **Idempotent results**: a chunk recomputes whole days from the ledger and writes them
 //!   (inserted the first time, upserted after, under a per-day lock), so running a range twice,
 //!   concurrently or not, or resuming after a crash, gives the same rows.
@@ -129,7 +130,8 @@ fn next_day(day: NaiveDate) -> NaiveDate {
     day.succ_opt().unwrap_or(day)
 }
 
-/// Queues a job for the days `[from, to]` (callers check `from <= to`).
+/// Queues a job for the days `[from, to]` (callers check `from <= to`), however many are
+/// waiting: for tools that own the database (the benchmark); the API uses [`create_bounded`].
 pub async fn create(pool: &Pool, from: NaiveDate, to: NaiveDate) -> Result<Job, StoreError> {
     let client = pool.get().await?;
     let total = (to - from).num_days() + 1;
@@ -143,6 +145,47 @@ pub async fn create(pool: &Pool, from: NaiveDate, to: NaiveDate) -> Result<Job, 
         )
         .await?;
     Ok(Job::from_row(&row))
+}
+
+/// Serializes [`create_bounded`] ("tq" in ASCII: the namespace of this two-key advisory lock),
+/// so that two requests cannot both count the last free place of the queue.
+const LOCK_QUEUE: &str = "SELECT pg_advisory_xact_lock(29809, 0)";
+
+/// Queues a job for the days `[from, to]` (callers check `from <= to`) unless `max_queued`
+/// jobs are already waiting (QUEUED): `None` then, and nothing is written.
+pub async fn create_bounded(
+    pool: &Pool,
+    from: NaiveDate,
+    to: NaiveDate,
+    max_queued: u32,
+) -> Result<Option<Job>, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(LOCK_QUEUE, &[]).await?;
+    // The partial index of open jobs serves this count: as small as the queue, never the
+    // whole history of jobs.
+    let queued: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM settlement_jobs WHERE status = 'QUEUED'",
+            &[],
+        )
+        .await?
+        .get(0);
+    if queued >= i64::from(max_queued) {
+        return Ok(None);
+    }
+    let total = (to - from).num_days() + 1;
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO settlement_jobs AS j (id, from_day, to_day, total) \
+                 VALUES ($1, $2, $3, $4) RETURNING {JOB_COLUMNS}"
+            ),
+            &[&Uuid::new_v4(), &from, &to, &total],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Some(Job::from_row(&row)))
 }
 
 /// The job, if it exists.

@@ -4,7 +4,8 @@
 //! explicit link (written here, by the API) else the `userId` of the account's first
 //! transaction (written by the shard worker). An account has at most one owner and keeps it:
 //! [`link`] refuses an account owned by someone else, and the API refuses a transaction whose
-//! `userId` is not the owner's. A user exists while they own at least one account.
+//! `userId` is not the owner's. A user exists while they own at least one account. A user's
+//! accounts are read a bounded page at a time, keyset-paged on the account id.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -91,38 +92,69 @@ pub struct UserAccount {
     pub available: Decimal,
 }
 
-/// A user and their accounts.
+/// One page of a user's accounts, with the total over all of them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub user_id: String,
-    /// Sum of the accounts' balances.
+    /// Sum of the balances of all the user's accounts, not only this page's.
     #[serde(with = "money_json")]
     pub total: Decimal,
     /// Ordered by account id.
     pub accounts: Vec<UserAccount>,
+    /// The last account id of this page when more follow (pass it back as `cursor`); `None`
+    /// on the last page.
+    pub next_cursor: Option<String>,
 }
 
-/// The user's accounts with their balances, or `None` when the user owns no account. Like
-/// `GET /account/{id}`, `available` discounts only holds that are open and within their TTL.
-pub async fn user(pool: &Pool, user_id: &str) -> Result<Option<UserView>, StoreError> {
-    let client = pool.get().await?;
-    let stmt = client
+/// Up to `limit` of the user's accounts with ids after `after`, in id order, with their
+/// balances, and the total over all the user's accounts; `None` when the user owns no
+/// account. Like `GET /account/{id}`, `available` discounts only holds that are open and
+/// within their TTL. The total and the page are read from one snapshot, so a user with a
+/// single page sees a total equal to the sum of its balances.
+pub async fn user(
+    pool: &Pool,
+    user_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Option<UserView>, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    // One aggregate in PostgreSQL however many accounts: no account row enters the process.
+    let totals = tx
+        .prepare_cached(&format!(
+            "SELECT count(*), COALESCE(sum(a.balance), 0) \
+             FROM {OWNED_ACCOUNTS} AS o(id) LEFT JOIN accounts a ON a.id = o.id"
+        ))
+        .await?;
+    let row = tx.query_one(&totals, &[&user_id]).await?;
+    if row.get::<_, i64>(0) == 0 {
+        return Ok(None);
+    }
+    let total: Decimal = row.get(1);
+    // One more row than the page: whether another page follows.
+    let page = tx
         .prepare_cached(&format!(
             "SELECT o.id, COALESCE(a.balance, 0), \
                     COALESCE((SELECT sum(h.amount) FROM holds h \
                               WHERE h.account_id = o.id AND h.status = 'open' \
                                 AND h.expires_at > now()), 0) \
              FROM {OWNED_ACCOUNTS} AS o(id) LEFT JOIN accounts a ON a.id = o.id \
-             ORDER BY o.id"
+             WHERE $2::text IS NULL OR o.id > $2 \
+             ORDER BY o.id LIMIT $3"
         ))
         .await?;
-    let rows = client.query(&stmt, &[&user_id]).await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
+    let rows = tx.query(&page, &[&user_id, &after, &(limit + 1)]).await?;
+    tx.commit().await?;
+    let more = usize::try_from(limit).is_ok_and(|limit| rows.len() > limit);
     let accounts: Vec<UserAccount> = rows
         .iter()
+        .take(rows.len() - usize::from(more))
         .map(|r| {
             let balance: Decimal = r.get(1);
             let held: Decimal = r.get(2);
@@ -133,10 +165,14 @@ pub async fn user(pool: &Pool, user_id: &str) -> Result<Option<UserView>, StoreE
             }
         })
         .collect();
+    let next_cursor = more
+        .then(|| accounts.last().map(|a| a.account_id.clone()))
+        .flatten();
     Ok(Some(UserView {
         user_id: user_id.to_string(),
-        total: accounts.iter().map(|a| a.balance).sum(),
+        total,
         accounts,
+        next_cursor,
     }))
 }
 

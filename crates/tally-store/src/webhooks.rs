@@ -79,6 +79,7 @@ pub struct Delivery {
     pub attempts: i32,
     pub due_at: DateTime<Utc>,
     pub last_status: Option<i32>,
+    /// How the last attempt failed, as classified by the sender (see [`Outcome`]).
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -139,24 +140,58 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A delivery's receiver: the authority (`host[:port]`) of its webhook's URL, lower-cased;
+/// NULL when the webhook is gone. Registrations never carry credentials, so that is the host
+/// and port a sender connects to.
+const RECEIVER: &str = "lower(substring(w.url from '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)'))";
+
 /// Claims up to `limit` due deliveries for `lease` (`SKIP LOCKED`: senders of several workers
 /// share the queue without waiting on each other). A row whose lease expired is due again.
-pub async fn claim(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+///
+/// A receiver never gets more than `per_receiver` deliveries in flight (counting the live
+/// leases of every sender): its due deliveries beyond that are left for later, and those of
+/// other receivers are claimed instead, so one slow or hanging receiver cannot take every
+/// sending slot. (Two senders claiming at the same moment may each see the same count; the
+/// bound is then exceeded by at most one claim's share, never without limit.)
+pub async fn claim(
+    pool: &Pool,
+    limit: i64,
+    lease: Duration,
+    per_receiver: i64,
+) -> Result<Vec<Claimed>, StoreError> {
     let client = pool.get().await?;
     let claim = Uuid::new_v4();
+    // Ranked per receiver in due order, then cut at what the receiver has left; the window
+    // function cannot share a query level with FOR UPDATE, hence the nesting.
+    let statement = format!(
+        "WITH busy AS ( \
+             SELECT {RECEIVER} AS receiver, count(*) AS sending \
+             FROM webhook_deliveries f JOIN webhooks w ON w.account_id = f.account_id \
+             WHERE f.status = 'pending' AND f.locked_until > now() GROUP BY 1), \
+         due AS ( \
+             SELECT p.id, p.due_at, {RECEIVER} AS receiver, \
+                    row_number() OVER (PARTITION BY {RECEIVER} ORDER BY p.due_at, p.id) AS n \
+             FROM webhook_deliveries p LEFT JOIN webhooks w ON w.account_id = p.account_id \
+             WHERE p.status = 'pending' AND p.due_at <= now() \
+               AND (p.locked_until IS NULL OR p.locked_until <= now())), \
+         allowed AS ( \
+             SELECT due.id FROM due LEFT JOIN busy ON busy.receiver = due.receiver \
+             WHERE due.receiver IS NULL OR due.n + COALESCE(busy.sending, 0) <= $4 \
+             ORDER BY due.due_at LIMIT $2) \
+         UPDATE webhook_deliveries d \
+         SET locked_until = now() + $3::int8 * interval '1 millisecond', claim = $1 \
+         FROM (SELECT id, account_id FROM webhook_deliveries \
+               WHERE id IN (SELECT id FROM allowed) \
+               ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) c \
+              LEFT JOIN webhooks w ON w.account_id = c.account_id \
+         WHERE d.id = c.id \
+         RETURNING d.id, d.account_id, d.balance, d.available, d.version, d.changed_at, \
+                   d.attempts, w.url, w.secret"
+    );
     let rows = client
         .query(
-            "UPDATE webhook_deliveries d \
-             SET locked_until = now() + $3::int8 * interval '1 millisecond', claim = $1 \
-             FROM (SELECT id, account_id FROM webhook_deliveries \
-                   WHERE status = 'pending' AND due_at <= now() \
-                     AND (locked_until IS NULL OR locked_until <= now()) \
-                   ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) c \
-                  LEFT JOIN webhooks w ON w.account_id = c.account_id \
-             WHERE d.id = c.id \
-             RETURNING d.id, d.account_id, d.balance, d.available, d.version, d.changed_at, \
-                       d.attempts, w.url, w.secret",
-            &[&claim, &limit, &millis(lease)],
+            statement.as_str(),
+            &[&claim, &limit, &millis(lease), &per_receiver],
         )
         .await?;
     Ok(rows
@@ -177,7 +212,8 @@ pub async fn claim(pool: &Pool, limit: i64, lease: Duration) -> Result<Vec<Claim
         .collect())
 }
 
-/// What one attempt came to.
+/// What one attempt came to. `error` is what `GET /debug/webhooks` shows as `lastError`: a
+/// short classification chosen by the sender, never text from the receiver.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The receiver answered 2xx.
@@ -185,11 +221,14 @@ pub enum Outcome {
     /// Try again after `retry_in`.
     Retry {
         status: Option<i32>,
-        error: String,
+        error: &'static str,
         retry_in: Duration,
     },
     /// No more attempts: recorded as failed with the error.
-    Failed { status: Option<i32>, error: String },
+    Failed {
+        status: Option<i32>,
+        error: &'static str,
+    },
 }
 
 /// Records the outcome of attempt number `attempt` of a claimed delivery and drops its lease;
@@ -206,8 +245,8 @@ pub async fn record(
             status,
             error,
             retry_in,
-        } => ("pending", *status, Some(error), millis(*retry_in)),
-        Outcome::Failed { status, error } => ("failed", *status, Some(error), 0),
+        } => ("pending", *status, Some(*error), millis(*retry_in)),
+        Outcome::Failed { status, error } => ("failed", *status, Some(*error), 0),
     };
     let client = pool.get().await?;
     let updated = client

@@ -12,7 +12,7 @@
 //! unit test below builds every group), so the `expect`s here are start-up assertions.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
@@ -154,6 +154,7 @@ struct Bus {
     nacks: IntCounter,
     returns: IntCounter,
     failures: IntCounterVec,
+    settles: IntCounterVec,
     queue_depth: IntGaugeVec,
     dead_letters: IntGauge,
 }
@@ -179,6 +180,12 @@ static BUS: LazyLock<Bus> = LazyLock::new(|| Bus {
         "tally_publish_failures_total",
         "Publishes that got no confirm: no connection, a broker error, or no confirm in time.",
         &["reason"],
+    ),
+    settles: counter_vec(
+        "tally_publish_settles_total",
+        "Publishes whose outcome was unknown (sent, no confirm), by how republishing the same \
+         message ended: confirmed, or still unknown when the answer was due.",
+        &["result"],
     ),
     queue_depth: register(
         IntGaugeVec::new(
@@ -220,6 +227,13 @@ pub fn publish(outcome: PublishOutcome) {
     }
 }
 
+/// Counts one unknown publish outcome and whether republishing settled it.
+pub fn publish_settled(confirmed: bool) {
+    BUS.settles
+        .with_label_values(&[if confirmed { "confirmed" } else { "unknown" }])
+        .inc();
+}
+
 /// The polled depth of shard `shard`'s queue.
 pub fn set_queue_depth(shard: u16, depth: u32) {
     BUS.queue_depth
@@ -241,6 +255,7 @@ struct Worker {
     rejected: IntCounterVec,
     apply_lag: Histogram,
     shards_owned: IntGauge,
+    id_conflicts: IntCounter,
 }
 
 static WORKER: LazyLock<Worker> = LazyLock::new(|| Worker {
@@ -276,6 +291,12 @@ static WORKER: LazyLock<Worker> = LazyLock::new(|| Worker {
         "tally_shards_owned",
         "Shard queues this process consumes under a lease.",
     ),
+    id_conflicts: counter(
+        "tally_id_conflicts_total",
+        "Commands that reused a recorded id with another payload and were therefore not \
+         applied (each id and payload once, redeliveries not counted again); listed under \
+         `conflicts` by GET /transactions/{id}.",
+    ),
 });
 
 /// One committed batch of `size` deliveries that took `elapsed`.
@@ -294,6 +315,11 @@ pub fn transaction(kind: &str, reason: Option<&str>, lag: Duration) {
         Some(reason) => WORKER.rejected.with_label_values(&[kind, reason]).inc(),
     }
     WORKER.apply_lag.observe(lag.as_secs_f64());
+}
+
+/// Counts id conflicts a batch recorded for the first time.
+pub fn id_conflicts(n: u64) {
+    WORKER.id_conflicts.inc_by(n);
 }
 
 /// Counts one shard consumed under a lease for as long as it lives.
@@ -323,9 +349,11 @@ impl Drop for OwnedShard {
 struct Shared {
     holds_open: IntGauge,
     webhooks: IntCounterVec,
+    clock_offset: Gauge,
 }
 
-static SHARED: LazyLock<Shared> = LazyLock::new(|| Shared {
+static SHARED: LazyLock<Shared> = LazyLock::new(|| {
+    Shared {
     holds_open: gauge(
         "tally_holds_open",
         "Open holds in the ledger (all accounts), as of the last scrape.",
@@ -336,7 +364,21 @@ static SHARED: LazyLock<Shared> = LazyLock::new(|| Shared {
          (gave up), superseded (a newer event replaced it).",
         &["outcome"],
     ),
+    clock_offset: register(
+        Gauge::with_opts(Opts::new(
+            "tally_clock_offset_seconds",
+            "PostgreSQL's clock minus this process's host clock, as last measured (decisions \
+             use PostgreSQL's clock; the API refuses withdraw_requests past ledger.max_clock_skew_ms).",
+        ))
+        .expect("valid metric"),
+    ),
+}
 });
+
+/// The last measured offset of PostgreSQL's clock to this host's, in seconds.
+pub fn set_clock_offset_secs(offset_secs: f64) {
+    SHARED.clock_offset.set(offset_secs);
+}
 
 /// The ledger's open holds, refreshed when `/metrics` is scraped.
 pub fn set_holds_open(count: i64) {

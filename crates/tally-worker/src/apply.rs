@@ -2,8 +2,14 @@
 //! commands touch, decide (see [`crate::ledger`]), write, commit. Dedupe and effects commit
 //! together, so a crash before the commit leaves no trace and a redelivery after it is
 //! recognised as a duplicate; a worker that lost the shard cannot commit at all.
+//!
+//! One clock: the batch's time — deadlines, hold expiry, new holds' TTL, `applied_at` — is
+//! the database's, read by the fence, never the worker host's (whose clock may be skewed).
+//! Read before `load` locks the account rows, it is still the time of the decision: those
+//! rows are only ever locked by a batch of the shard's owner, which also holds the lease row
+//! the fence just locked, so `load` never waits for another batch.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::{Envelope, Outcome, OutcomeStatus};
 use tally_store::batch::{self, AccountState};
@@ -14,16 +20,40 @@ use tally_telemetry::metrics;
 
 use crate::ledger::{decide, Rules};
 
-/// Applies `envelopes` (in delivery order) under `lease`; returns one outcome per envelope.
+/// Applies `envelopes` (in delivery order) under `lease` at the database's time; returns one
+/// outcome per envelope.
 pub async fn apply_batch(
     pool: &Pool,
     lease: &Lease,
     envelopes: &[Envelope],
     rules: &Rules,
 ) -> Result<Vec<Outcome>, StoreError> {
+    apply(pool, lease, envelopes, rules, None).await
+}
+
+/// [`apply_batch`] decided and written at `now` instead of the database's time: the same
+/// path, for tests that drive a fake clock (hold expiry, deadlines).
+pub async fn apply_batch_at(
+    pool: &Pool,
+    lease: &Lease,
+    envelopes: &[Envelope],
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outcome>, StoreError> {
+    apply(pool, lease, envelopes, rules, Some(now)).await
+}
+
+async fn apply(
+    pool: &Pool,
+    lease: &Lease,
+    envelopes: &[Envelope],
+    rules: &Rules,
+    at: Option<DateTime<Utc>>,
+) -> Result<Vec<Outcome>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    leases::fence(&tx, lease).await?;
+    let database_now = leases::fence(&tx, lease).await?;
+    let now = at.unwrap_or(database_now);
 
     let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
     let mut accounts: Vec<&str> = envelopes.iter().map(|e| e.account_id.as_str()).collect();
@@ -41,24 +71,23 @@ pub async fn apply_batch(
         })
         .collect();
 
-    // Taken after the lock: a request's deadline is judged at the moment it is decided.
-    let now = Utc::now();
     let decision = decide(envelopes, snapshot, now, rules);
     // Balance or held moved (so balance or available did): a recorded-only command (denied,
     // rejected, id reused) bumps the version but is no balance change.
     let changed: Vec<&AccountState> = decision
         .effects
-        .accounts
+        .accounts()
         .iter()
         .filter(|a| match accounts.binary_search(&a.id.as_str()) {
             Ok(i) => before[i] != (a.balance, a.held),
             Err(_) => true,
         })
         .collect();
-    let superseded = batch::write(&tx, lease.shard, now, &decision.effects, &changed).await?;
+    let written = batch::write(&tx, lease.shard, now, &decision.effects, &changed).await?;
     tx.commit().await?;
-    count(&decision.effects.records);
-    metrics::webhooks_superseded(superseded);
+    count(decision.effects.records());
+    metrics::webhooks_superseded(written.superseded);
+    metrics::id_conflicts(written.new_conflicts);
     Ok(decision.outcomes)
 }
 
@@ -77,12 +106,26 @@ fn count(records: &[batch::NewRecord]) {
     }
 }
 
-/// Expires the shard's holds past their TTL; returns how many accounts changed.
+/// Expires the shard's holds past their TTL at the database's time; returns how many
+/// accounts changed.
 pub async fn sweep_holds(pool: &Pool, lease: &Lease) -> Result<u64, StoreError> {
+    sweep(pool, lease, None).await
+}
+
+/// [`sweep_holds`] at `now` instead of the database's time (tests with a fake clock).
+pub async fn sweep_holds_at(
+    pool: &Pool,
+    lease: &Lease,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    sweep(pool, lease, Some(now)).await
+}
+
+async fn sweep(pool: &Pool, lease: &Lease, at: Option<DateTime<Utc>>) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    leases::fence(&tx, lease).await?;
-    let swept = batch::expire_holds(&tx, lease.shard, Utc::now()).await?;
+    let database_now = leases::fence(&tx, lease).await?;
+    let swept = batch::expire_holds(&tx, lease.shard, at.unwrap_or(database_now)).await?;
     tx.commit().await?;
     metrics::webhooks_superseded(swept.superseded);
     Ok(swept.accounts)

@@ -12,7 +12,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Consumer};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tally_bus::Topology;
-use tally_core::Envelope;
+use tally_core::{AmountRules, Envelope};
 use tally_store::dead_letters::{self, DeadLetter};
 use tally_store::Pool;
 use tokio_util::sync::CancellationToken;
@@ -65,11 +65,12 @@ fn first_death(headers: Option<&FieldTable>) -> (String, String, String, DateTim
     (queue, reason, routing_key, time)
 }
 
-/// What the archive stores for one delivery of the dead-letter queue.
-pub fn letter_of(delivery: &Delivery) -> DeadLetter {
+/// What the archive stores for one delivery of the dead-letter queue; `rules` are the ones the
+/// shard loop judged it by, so the detail says why it was refused.
+pub fn letter_of(delivery: &Delivery, rules: &AmountRules) -> DeadLetter {
     let (queue, reason, routing_key, dead_at) = first_death(delivery.properties.headers().as_ref());
-    let detail = match Envelope::decode(&delivery.data) {
-        Err(why) => why,
+    let detail = match Envelope::decode(&delivery.data, rules) {
+        Err(why) => why.to_string(),
         Ok(_) => "the envelope decodes; the worker could not apply it (see its log)".into(),
     };
     let mut hash = Sha256::new();
@@ -102,6 +103,7 @@ pub fn letter_of(delivery: &Delivery) -> DeadLetter {
 pub async fn archive(
     pool: Pool,
     mut consumer: Consumer,
+    rules: &AmountRules,
     stop: CancellationToken,
 ) -> Result<(), ShardError> {
     loop {
@@ -109,7 +111,7 @@ pub async fn archive(
             _ = stop.cancelled() => return Ok(()),
             next = consumer.next() => next.ok_or(ShardError::ConsumerEnded)??,
         };
-        let letter = letter_of(&delivery);
+        let letter = letter_of(&delivery, rules);
         let mut backoff = Duration::from_millis(100);
         loop {
             match dead_letters::archive(&pool, &letter).await {
@@ -151,6 +153,7 @@ pub async fn republish(
     pool: &Pool,
     channel: &Channel,
     topology: &Topology,
+    rules: &AmountRules,
     ids: Option<&[String]>,
 ) -> Result<Vec<String>, RepublishError> {
     channel
@@ -160,7 +163,7 @@ pub async fn republish(
     for letter in dead_letters::pending(pool, ids).await? {
         // Route by the account when the body decodes (the shard count is fixed), else by the
         // routing key it had.
-        let routing_key = match Envelope::decode(&letter.body) {
+        let routing_key = match Envelope::decode(&letter.body, rules) {
             Ok(env) => Topology::routing_key(topology.shard_of(&env.account_id)),
             Err(_) => letter.routing_key.clone(),
         };

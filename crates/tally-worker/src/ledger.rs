@@ -2,19 +2,29 @@
 //! the state they touch, decide each command and produce the rows to write. No IO here, so
 //! every rule is unit-tested without a database.
 //!
-//! Rules: a duplicate id has no effect and gets its recorded outcome back (or `id_reused` when
-//! the payload differs); holds past their TTL expire before anything else on their account; a
-//! deposit adds; a withdraw is applied (even into a negative balance, unless the policy is
-//! `reject_overdraft`) and captures the hold it names by `requestId`, else the oldest open
+//! Rules: a duplicate id has no effect and gets its recorded outcome back, or `id_reused` when
+//! the payload differs (recorded as an id conflict); holds past their TTL expire before
+//! anything else on their account; a deposit adds; a withdraw is applied (even into a negative
+//! balance, unless the policy is `reject_overdraft`, which judges it against `available` plus
+//! the hold it captures) and captures the hold it names by `requestId`, else the oldest open
 //! hold of the same amount; a withdraw_request is approved only if its decision deadline has
 //! not passed and `balance − held` covers it, and then places a hold.
+//!
+//! A void (the API answered "denied, deadline_exceeded" without seeing a decision) makes the
+//! record say that: an undecided request is recorded denied; an approved one becomes denied
+//! whichever attempt decided it, and its hold, if still open, is released; a denied one stays.
+//!
+//! The effects are built through [`Effects`]' methods, which net a hold placed and closed (or
+//! a record inserted and voided) in one batch into one row in its final state.
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use tally_core::settings::WithdrawPolicy;
 use tally_core::{Envelope, Kind, Outcome, OutcomeStatus};
-use tally_store::batch::{AccountState, ClosedHold, Effects, Hold, NewRecord, Recorded, Snapshot};
+use tally_store::batch::{
+    AccountState, Effects, Hold, HoldEnd, IdConflict, NewRecord, Recorded, Snapshot,
+};
 use uuid::Uuid;
 
 /// The policy knobs the rules depend on.
@@ -26,7 +36,7 @@ pub struct Rules {
 
 /// Reasons recorded with a refusal.
 pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
-pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+pub const DEADLINE_EXCEEDED: &str = tally_store::batch::VOIDED_REASON;
 pub const OWNED_BY_ANOTHER_USER: &str = "account_owned_by_another_user";
 
 /// What a batch decided: rows to write, and one outcome per input command, in input order.
@@ -36,15 +46,18 @@ pub struct Decision {
     pub outcomes: Vec<Outcome>,
 }
 
+/// The outcome a record answers. Only an approval carries its hold: a denied request has
+/// none, and a withdraw's captured hold is not part of its answer.
 fn outcome_of_record(id: &str, r: &Recorded) -> Outcome {
+    let status = OutcomeStatus::parse(&r.status).unwrap_or(OutcomeStatus::Applied);
     Outcome {
         id: id.to_string(),
         account_id: r.account_id.clone(),
         kind: Kind::parse(&r.kind).unwrap_or(Kind::Deposit),
         amount: r.amount,
-        status: OutcomeStatus::parse(&r.status).unwrap_or(OutcomeStatus::Applied),
+        status,
         reason: r.reason.clone(),
-        hold_id: r.hold_id,
+        hold_id: r.hold_id.filter(|_| status == OutcomeStatus::Approved),
     }
 }
 
@@ -60,7 +73,45 @@ fn id_reused(env: &Envelope) -> Outcome {
     }
 }
 
-/// Decides a batch. `now` is the batch's decision time (also its `applied_at`).
+/// The accounts and open holds as the batch changes them.
+struct Books {
+    accounts: HashMap<String, AccountState>,
+    /// Open holds per account, oldest first.
+    open: HashMap<String, Vec<Hold>>,
+    /// Accounts the batch changed (or recorded on), in first-touch order.
+    touched: Vec<String>,
+}
+
+impl Books {
+    /// Account `id` and its open holds, after expiring those past their TTL at `now`: a hold
+    /// stops counting before any command on its account is decided.
+    fn enter(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+        effects: &mut Effects,
+    ) -> (&mut AccountState, &mut Vec<Hold>) {
+        if !self.touched.iter().any(|t| t == id) {
+            self.touched.push(id.to_string());
+        }
+        let account = self
+            .accounts
+            .entry(id.to_string())
+            .or_insert_with(|| AccountState::new(id));
+        let holds = self.open.entry(id.to_string()).or_default();
+        holds.retain(|h| {
+            if h.expires_at > now {
+                return true;
+            }
+            account.held -= h.amount;
+            effects.close_hold(h.id, HoldEnd::Expired, None);
+            false
+        });
+        (account, holds)
+    }
+}
+
+/// Decides a batch. `now` is the batch's decision time (the database's clock).
 pub fn decide(
     envelopes: &[Envelope],
     snapshot: Snapshot,
@@ -69,189 +120,213 @@ pub fn decide(
 ) -> Decision {
     let Snapshot {
         mut recorded,
-        mut accounts,
+        accounts,
         holds,
     } = snapshot;
-    let mut open: HashMap<String, Vec<Hold>> = HashMap::new();
+    let mut books = Books {
+        accounts,
+        open: HashMap::new(),
+        touched: Vec::new(),
+    };
     for hold in holds {
-        open.entry(hold.account_id.clone()).or_default().push(hold);
+        books
+            .open
+            .entry(hold.account_id.clone())
+            .or_default()
+            .push(hold);
     }
-    let mut touched: Vec<String> = Vec::new();
     let mut decision = Decision::default();
+    let effects = &mut decision.effects;
 
     for env in envelopes {
-        if env.void {
-            if let Some(rec) = recorded.get_mut(&env.id) {
-                // Only the approval of this very attempt: a retry that timed out must not take
-                // back what an earlier attempt already told the client (201).
-                if rec.fingerprint == env.fingerprint
-                    && rec.status == "approved"
-                    && rec.accepted_at == env.accepted_at
-                {
-                    let held = open.get_mut(&env.account_id).and_then(|holds| {
-                        let i = holds.iter().position(|h| h.request_id == env.id)?;
-                        Some(holds.remove(i))
-                    });
-                    // Only an open hold can be taken back; a captured one is money gone.
-                    if let (Some(hold), Some(account)) = (held, accounts.get_mut(&env.account_id)) {
-                        account.held -= hold.amount;
-                        if !touched.contains(&env.account_id) {
-                            touched.push(env.account_id.clone());
-                        }
-                        decision.effects.closed_holds.push(ClosedHold {
-                            id: hold.id,
-                            status: "released",
-                            captured_by: None,
-                        });
-                        decision.effects.voided.push(env.id.clone());
-                        rec.status = OutcomeStatus::Denied.as_str().to_string();
-                        rec.reason = Some(DEADLINE_EXCEEDED.to_string());
-                    }
-                }
-                decision.outcomes.push(outcome_of_record(&env.id, rec));
-                continue;
-            }
-            // Not decided yet: falls through and is recorded as denied (deadline passed), so
-            // the request itself, if it is still on its way, becomes a duplicate.
-        }
-        if let Some(rec) = recorded.get(&env.id) {
-            decision
-                .outcomes
-                .push(if rec.fingerprint == env.fingerprint {
-                    outcome_of_record(&env.id, rec)
-                } else {
-                    id_reused(env)
+        let outcome = match recorded.get_mut(&env.id) {
+            Some(rec) if rec.fingerprint != env.fingerprint => {
+                effects.conflict(IdConflict {
+                    id: env.id.clone(),
+                    fingerprint: env.fingerprint.clone(),
+                    kind: env.kind.as_str(),
+                    account_id: env.account_id.clone(),
+                    amount: env.amount,
+                    accepted_at: env.accepted_at,
                 });
-            continue;
-        }
-
-        let account = accounts
-            .entry(env.account_id.clone())
-            .or_insert_with(|| AccountState::new(&env.account_id));
-        if !touched.contains(&env.account_id) {
-            touched.push(env.account_id.clone());
-        }
-        // The API refuses a userId that differs from the recorded owner (422); two first
-        // uses racing in the queue are settled here: the later one is recorded, not applied.
-        let foreign_user =
-            matches!((&account.user_id, &env.user_id), (Some(owner), Some(user)) if owner != user);
-        if account.user_id.is_none() {
-            account.user_id.clone_from(&env.user_id);
-        }
-        let holds = open.entry(env.account_id.clone()).or_default();
-
-        // Holds past their TTL stop counting before this command is decided.
-        holds.retain(|h| {
-            if h.expires_at > now {
-                return true;
+                id_reused(env)
             }
-            account.held -= h.amount;
-            decision.effects.closed_holds.push(ClosedHold {
-                id: h.id,
-                status: "expired",
-                captured_by: None,
-            });
-            false
-        });
-
-        let mut status = OutcomeStatus::Applied;
-        let mut reason = None;
-        let mut hold_id = None;
-        match env.kind {
-            _ if foreign_user => {
-                status = if env.kind == Kind::WithdrawRequest {
-                    OutcomeStatus::Denied
-                } else {
-                    OutcomeStatus::Rejected
-                };
-                reason = Some(OWNED_BY_ANOTHER_USER);
-            }
-            Kind::Deposit => account.balance += env.amount,
-            Kind::Withdraw => {
-                if rules.withdraw_policy == WithdrawPolicy::RejectOverdraft
-                    && account.balance - env.amount < Decimal::ZERO
-                {
-                    status = OutcomeStatus::Rejected;
-                    reason = Some(INSUFFICIENT_FUNDS);
-                } else {
-                    let captured = match &env.request_id {
-                        Some(request) => holds.iter().position(|h| &h.request_id == request),
-                        None => holds.iter().position(|h| h.amount == env.amount),
-                    };
-                    if let Some(i) = captured {
-                        let hold = holds.remove(i);
-                        account.held -= hold.amount;
-                        hold_id = Some(hold.id);
-                        decision.effects.closed_holds.push(ClosedHold {
-                            id: hold.id,
-                            status: "captured",
-                            captured_by: Some(env.id.clone()),
-                        });
-                    }
-                    account.balance -= env.amount;
+            Some(rec) => {
+                if env.void && rec.status == OutcomeStatus::Approved.as_str() {
+                    void_approval(&env.id, rec, &mut books, effects, now);
                 }
+                outcome_of_record(&env.id, rec)
             }
-            Kind::WithdrawRequest => {
-                if env.void || env.decide_by.is_some_and(|d| now > d) {
-                    status = OutcomeStatus::Denied;
-                    reason = Some(DEADLINE_EXCEEDED);
-                } else if account.balance - account.held >= env.amount {
-                    status = OutcomeStatus::Approved;
-                    let hold = Hold {
-                        id: Uuid::new_v4(),
-                        account_id: env.account_id.clone(),
-                        request_id: env.id.clone(),
-                        amount: env.amount,
-                        created_at: now,
-                        expires_at: now + rules.hold_ttl,
-                    };
-                    account.held += env.amount;
-                    hold_id = Some(hold.id);
-                    decision.effects.new_holds.push(hold.clone());
-                    holds.push(hold);
-                } else {
-                    status = OutcomeStatus::Denied;
-                    reason = Some(INSUFFICIENT_FUNDS);
-                }
+            None => {
+                // A void of an undecided request falls through: it is recorded as denied
+                // (deadline passed), so the request itself, if still on its way, becomes a
+                // duplicate.
+                let record = decide_new(env, &mut books, effects, now, rules);
+                let outcome = outcome_of_record(&env.id, &record);
+                // A later copy of this id in the same batch is a duplicate of this decision.
+                recorded.insert(env.id.clone(), record);
+                outcome
             }
-        }
-        account.version += 1;
-
-        decision.effects.records.push(NewRecord {
-            id: env.id.clone(),
-            account_id: env.account_id.clone(),
-            kind: env.kind.as_str(),
-            amount: env.amount,
-            status: status.as_str(),
-            reason,
-            hold_id,
-            request_id: env.request_id.clone(),
-            fingerprint: env.fingerprint.clone(),
-            seq: account.version,
-            balance_after: account.balance,
-            occurred_at: env.occurred_at,
-            accepted_at: env.accepted_at,
-        });
-        let record = Recorded {
-            accepted_at: env.accepted_at,
-            account_id: env.account_id.clone(),
-            kind: env.kind.as_str().to_string(),
-            amount: env.amount,
-            status: status.as_str().to_string(),
-            reason: reason.map(str::to_string),
-            hold_id,
-            fingerprint: env.fingerprint.clone(),
         };
-        decision.outcomes.push(outcome_of_record(&env.id, &record));
-        // A later copy of this id in the same batch is a duplicate of this decision.
-        recorded.insert(env.id.clone(), record);
+        decision.outcomes.push(outcome);
     }
 
-    decision.effects.accounts = touched
+    let Books {
+        mut accounts,
+        touched,
+        ..
+    } = books;
+    let accounts = touched
         .iter()
         .filter_map(|id| accounts.remove(id))
         .collect();
+    decision.effects.set_accounts(accounts);
     decision
+}
+
+/// An approved request whose API answered "denied": the record becomes denied, whichever
+/// attempt decided it, and its hold is released if still open (a captured or expired hold
+/// stays as it is: the withdraw that captured it is its own record).
+fn void_approval(
+    id: &str,
+    rec: &mut Recorded,
+    books: &mut Books,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+) {
+    let (account, holds) = books.enter(&rec.account_id, now, effects);
+    let open = rec
+        .hold_id
+        .and_then(|hold| holds.iter().position(|h| h.id == hold));
+    if let Some(i) = open {
+        let hold = holds.remove(i);
+        account.held -= hold.amount;
+        effects.close_hold(hold.id, HoldEnd::Released, None);
+    }
+    effects.void(id);
+    rec.status = OutcomeStatus::Denied.as_str().to_string();
+    rec.reason = Some(DEADLINE_EXCEEDED.to_string());
+    rec.hold_id = None;
+}
+
+/// Decides a command whose id is not recorded yet; records it and returns the record.
+fn decide_new(
+    env: &Envelope,
+    books: &mut Books,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Recorded {
+    let (account, holds) = books.enter(&env.account_id, now, effects);
+    // The API refuses a userId that differs from the recorded owner (422); two first uses
+    // racing in the queue are settled here: the later one is recorded, not applied.
+    let foreign_user =
+        matches!((&account.user_id, &env.user_id), (Some(owner), Some(user)) if owner != user);
+    if account.user_id.is_none() {
+        account.user_id.clone_from(&env.user_id);
+    }
+
+    let (status, reason, hold_id) = match env.kind {
+        Kind::WithdrawRequest if foreign_user => {
+            (OutcomeStatus::Denied, Some(OWNED_BY_ANOTHER_USER), None)
+        }
+        _ if foreign_user => (OutcomeStatus::Rejected, Some(OWNED_BY_ANOTHER_USER), None),
+        Kind::Deposit => {
+            account.balance += env.amount;
+            (OutcomeStatus::Applied, None, None)
+        }
+        Kind::Withdraw => withdraw(env, account, holds, effects, rules),
+        Kind::WithdrawRequest => request(env, account, holds, effects, now, rules),
+    };
+    account.version += 1;
+
+    effects.record(NewRecord {
+        id: env.id.clone(),
+        account_id: env.account_id.clone(),
+        kind: env.kind.as_str(),
+        amount: env.amount,
+        status: status.as_str(),
+        reason,
+        hold_id,
+        request_id: env.request_id.clone(),
+        fingerprint: env.fingerprint.clone(),
+        seq: account.version,
+        balance_after: account.balance,
+        occurred_at: env.occurred_at,
+        accepted_at: env.accepted_at,
+    });
+    Recorded {
+        account_id: env.account_id.clone(),
+        kind: env.kind.as_str().to_string(),
+        amount: env.amount,
+        status: status.as_str().to_string(),
+        reason: reason.map(str::to_string),
+        hold_id,
+        fingerprint: env.fingerprint.clone(),
+    }
+}
+
+type Decided = (OutcomeStatus, Option<&'static str>, Option<Uuid>);
+
+/// A withdraw captures the hold it names, else the oldest open hold of its amount. Under
+/// `reject_overdraft` it must fit in `available` plus that hold (money promised to this very
+/// request is its own); a rejected withdraw captures nothing.
+fn withdraw(
+    env: &Envelope,
+    account: &mut AccountState,
+    holds: &mut Vec<Hold>,
+    effects: &mut Effects,
+    rules: &Rules,
+) -> Decided {
+    let target = match &env.request_id {
+        Some(request) => holds.iter().position(|h| &h.request_id == request),
+        None => holds.iter().position(|h| h.amount == env.amount),
+    };
+    if rules.withdraw_policy == WithdrawPolicy::RejectOverdraft {
+        let promised = target.map_or(Decimal::ZERO, |i| holds[i].amount);
+        if account.balance - account.held + promised < env.amount {
+            return (OutcomeStatus::Rejected, Some(INSUFFICIENT_FUNDS), None);
+        }
+    }
+    let hold_id = target.map(|i| {
+        let hold = holds.remove(i);
+        account.held -= hold.amount;
+        effects.close_hold(hold.id, HoldEnd::Captured, Some(env.id.clone()));
+        hold.id
+    });
+    account.balance -= env.amount;
+    (OutcomeStatus::Applied, None, hold_id)
+}
+
+/// A withdraw_request is approved (and places a hold) if decided in time and covered by
+/// `available`.
+fn request(
+    env: &Envelope,
+    account: &mut AccountState,
+    holds: &mut Vec<Hold>,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Decided {
+    if env.void || env.decide_by.is_some_and(|d| now > d) {
+        return (OutcomeStatus::Denied, Some(DEADLINE_EXCEEDED), None);
+    }
+    if account.balance - account.held < env.amount {
+        return (OutcomeStatus::Denied, Some(INSUFFICIENT_FUNDS), None);
+    }
+    let hold = Hold {
+        id: Uuid::new_v4(),
+        account_id: env.account_id.clone(),
+        request_id: env.id.clone(),
+        amount: env.amount,
+        created_at: now,
+        expires_at: now + rules.hold_ttl,
+    };
+    account.held += env.amount;
+    effects.place_hold(hold.clone());
+    let id = hold.id;
+    holds.push(hold);
+    (OutcomeStatus::Approved, None, Some(id))
 }
 
 #[cfg(test)]
@@ -293,6 +368,28 @@ mod tests {
         d.outcomes.iter().map(|o| o.status).collect()
     }
 
+    /// How the holds the batch closed ended: those from before, then its own.
+    fn closed(d: &Decision) -> Vec<&'static str> {
+        let before = d.effects.closed_holds().iter().map(|c| c.closure.end);
+        let own = d
+            .effects
+            .new_holds()
+            .iter()
+            .filter_map(|h| h.closed.as_ref());
+        before
+            .chain(own.map(|c| c.end))
+            .map(HoldEnd::as_str)
+            .collect()
+    }
+
+    fn funded(balance: &str) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let mut acc = AccountState::new("a");
+        acc.balance = dec(balance);
+        snapshot.accounts.insert("a".into(), acc);
+        snapshot
+    }
+
     #[test]
     fn the_slash_example_in_one_batch() {
         use Kind::*;
@@ -313,12 +410,22 @@ mod tests {
             statuses(&d),
             [Applied, Approved, Denied, Applied, Applied, Applied]
         );
-        let a = &d.effects.accounts[0];
+        let a = &d.effects.accounts()[0];
         assert_eq!((a.balance, a.held, a.version), (dec("-100"), dec("0"), 6));
-        // w1 captured r1's hold.
-        assert_eq!(d.effects.closed_holds.len(), 1);
-        assert_eq!(d.outcomes[3].hold_id, d.outcomes[1].hold_id);
-        let after: Vec<Decimal> = d.effects.records.iter().map(|r| r.balance_after).collect();
+        // w1 captured r1's hold, placed by this batch: one row, inserted captured.
+        assert!(d.effects.closed_holds().is_empty());
+        assert_eq!(closed(&d), ["captured"]);
+        let hold = &d.effects.new_holds()[0];
+        assert_eq!(Some(hold.hold.id), d.outcomes[1].hold_id);
+        assert_eq!(d.effects.records()[3].hold_id, d.outcomes[1].hold_id);
+        // Only an approval answers with a hold.
+        assert_eq!(d.outcomes[3].hold_id, None);
+        let after: Vec<Decimal> = d
+            .effects
+            .records()
+            .iter()
+            .map(|r| r.balance_after)
+            .collect();
         assert_eq!(
             after,
             [
@@ -340,8 +447,8 @@ mod tests {
         let d = run(&[e.clone(), e, other], Snapshot::default(), &RULES);
         use OutcomeStatus::*;
         assert_eq!(statuses(&d), [Applied, Applied, IdReused]);
-        assert_eq!(d.effects.records.len(), 1);
-        assert_eq!(d.effects.accounts[0].balance, dec("10"));
+        assert_eq!(d.effects.records().len(), 1);
+        assert_eq!(d.effects.accounts()[0].balance, dec("10"));
     }
 
     #[test]
@@ -359,13 +466,12 @@ mod tests {
                 reason: None,
                 hold_id: Some(hold),
                 fingerprint: e.fingerprint.clone(),
-                accepted_at: e.accepted_at,
             },
         );
         let d = run(&[e], snapshot, &RULES);
         assert_eq!(d.outcomes[0].status, OutcomeStatus::Approved);
         assert_eq!(d.outcomes[0].hold_id, Some(hold));
-        assert!(d.effects.records.is_empty() && d.effects.accounts.is_empty());
+        assert!(d.effects.records().is_empty() && d.effects.accounts().is_empty());
     }
 
     #[test]
@@ -379,7 +485,7 @@ mod tests {
         let d = run(&[e], snapshot, &RULES);
         assert_eq!(d.outcomes[0].status, OutcomeStatus::Denied);
         assert_eq!(d.outcomes[0].reason.as_deref(), Some(DEADLINE_EXCEEDED));
-        assert!(d.effects.new_holds.is_empty());
+        assert!(d.effects.new_holds().is_empty());
     }
 
     #[test]
@@ -408,11 +514,10 @@ mod tests {
             &RULES,
         );
         assert_eq!(d.outcomes[0].status, OutcomeStatus::Approved);
-        let a = &d.effects.accounts[0];
+        let a = &d.effects.accounts()[0];
         // 100 − 60 (expired, gone) + 60 (new) − 40 (captured) = 60 held; balance 70.
         assert_eq!((a.balance, a.held), (dec("70"), dec("60")));
-        let closed: Vec<&str> = d.effects.closed_holds.iter().map(|c| c.status).collect();
-        assert_eq!(closed, ["expired", "captured"]);
+        assert_eq!(closed(&d), ["expired", "captured"]);
     }
 
     #[test]
@@ -426,34 +531,131 @@ mod tests {
         );
         use OutcomeStatus::*;
         assert_eq!(statuses(&d), [Applied, Approved, Denied, Denied]);
-        assert_eq!(d.effects.voided, ["r1"]);
-        assert_eq!(d.effects.accounts[0].held, dec("0"));
-        let closed: Vec<&str> = d.effects.closed_holds.iter().map(|c| c.status).collect();
-        assert_eq!(closed, ["released"]);
-
-        // A void of a later attempt leaves an earlier attempt's approval alone.
-        let mut retry = request.clone();
-        retry.accepted_at = request.accepted_at + Duration::seconds(5);
-        let d = run(
-            &[
-                env("d", Kind::Deposit, dec("100")),
-                request.clone(),
-                retry.clone(),
-                retry.void(),
-            ],
-            Snapshot::default(),
-            &RULES,
+        // Approved and voided in one batch: one record and one hold, in their final states.
+        assert!(d.effects.voided().is_empty() && d.effects.closed_holds().is_empty());
+        let record = &d.effects.records()[1];
+        assert_eq!(
+            (record.status, record.reason, record.hold_id),
+            ("denied", Some(DEADLINE_EXCEEDED), None)
         );
-        assert_eq!(statuses(&d), [Applied, Approved, Approved, Approved]);
-        assert!(d.effects.voided.is_empty() && d.effects.closed_holds.is_empty());
-        assert_eq!(d.effects.accounts[0].held, dec("60"));
+        assert_eq!(closed(&d), ["released"]);
+        assert_eq!(d.effects.accounts()[0].held, dec("0"));
+        assert!(d.outcomes[2..].iter().all(|o| o.hold_id.is_none()));
 
         // Void first: the request is recorded denied and its late copy is a duplicate.
         let other = env("r2", Kind::WithdrawRequest, dec("1"));
         let d = run(&[other.void(), other], Snapshot::default(), &RULES);
         assert_eq!(statuses(&d), [Denied, Denied]);
         assert_eq!(d.outcomes[1].reason.as_deref(), Some(DEADLINE_EXCEEDED));
-        assert!(d.effects.new_holds.is_empty());
+        assert!(d.effects.new_holds().is_empty());
+    }
+
+    /// A snapshot where request `r1` (60) was approved by an earlier batch, its hold open.
+    fn approved_before(request: &Envelope) -> (Snapshot, Uuid) {
+        let mut snapshot = funded("100");
+        let hold = Hold {
+            id: Uuid::new_v4(),
+            account_id: "a".into(),
+            request_id: request.id.clone(),
+            amount: request.amount,
+            created_at: Utc::now(),
+            expires_at: Utc::now() + Duration::minutes(5),
+        };
+        if let Some(a) = snapshot.accounts.get_mut("a") {
+            a.held = request.amount;
+        }
+        snapshot.recorded.insert(
+            request.id.clone(),
+            Recorded {
+                account_id: "a".into(),
+                kind: "withdraw_request".into(),
+                amount: request.amount,
+                status: "approved".into(),
+                reason: None,
+                hold_id: Some(hold.id),
+                fingerprint: request.fingerprint.clone(),
+            },
+        );
+        let id = hold.id;
+        snapshot.holds.push(hold);
+        (snapshot, id)
+    }
+
+    #[test]
+    fn a_void_denies_an_approval_whichever_attempt_decided_it() {
+        let request = env("r1", Kind::WithdrawRequest, dec("60"));
+        // A later attempt (accepted after the one that was approved) times out and voids.
+        let mut retry = request.clone();
+        retry.accepted_at = request.accepted_at + Duration::seconds(5);
+        let (snapshot, hold) = approved_before(&request);
+        let d = run(&[retry.void(), request.clone()], snapshot, &RULES);
+        use OutcomeStatus::*;
+        assert_eq!(statuses(&d), [Denied, Denied]);
+        assert!(d.outcomes.iter().all(|o| o.hold_id.is_none()));
+        assert_eq!(d.effects.voided(), ["r1"]);
+        assert_eq!(d.effects.closed_holds()[0].id, hold);
+        assert_eq!(closed(&d), ["released"]);
+        assert_eq!(d.effects.accounts()[0].held, dec("0"));
+    }
+
+    #[test]
+    fn a_void_after_the_capture_denies_the_record_and_leaves_the_hold_captured() {
+        let request = env("r1", Kind::WithdrawRequest, dec("60"));
+        let (snapshot, hold) = approved_before(&request);
+        let mut withdraw = env("w1", Kind::Withdraw, dec("60"));
+        withdraw.request_id = Some("r1".into());
+        let d = run(&[withdraw, request.void()], snapshot, &RULES);
+        use OutcomeStatus::*;
+        assert_eq!(statuses(&d), [Applied, Denied]);
+        // The hold stays captured by w1 (its own record); r1 says what its client was told.
+        assert_eq!(closed(&d), ["captured"]);
+        assert_eq!(d.effects.closed_holds()[0].id, hold);
+        assert_eq!(d.effects.voided(), ["r1"]);
+        let a = &d.effects.accounts()[0];
+        assert_eq!((a.balance, a.held), (dec("40"), dec("0")));
+    }
+
+    #[test]
+    fn a_void_leaves_a_denial_and_a_reused_id_alone() {
+        let request = env("r1", Kind::WithdrawRequest, dec("600"));
+        let d = run(&[request.clone(), request.void()], funded("100"), &RULES);
+        use OutcomeStatus::*;
+        assert_eq!(statuses(&d), [Denied, Denied]);
+        assert!(d
+            .outcomes
+            .iter()
+            .all(|o| o.reason.as_deref() == Some(INSUFFICIENT_FUNDS)));
+
+        let (snapshot, _) = approved_before(&env("r1", Kind::WithdrawRequest, dec("60")));
+        let other = env("r1", Kind::WithdrawRequest, dec("61"));
+        let d = run(&[other.void()], snapshot, &RULES);
+        assert_eq!(statuses(&d), [IdReused]);
+        assert!(d.effects.voided().is_empty() && d.effects.closed_holds().is_empty());
+    }
+
+    #[test]
+    fn a_reused_id_is_recorded_as_a_conflict_once_per_payload() {
+        let first = env("x", Kind::Deposit, dec("10"));
+        let mut other = env("x", Kind::Withdraw, dec("3"));
+        other.accepted_at = first.accepted_at + Duration::seconds(1);
+        let d = run(
+            &[first, other.clone(), other.clone()],
+            Snapshot::default(),
+            &RULES,
+        );
+        use OutcomeStatus::*;
+        assert_eq!(statuses(&d), [Applied, IdReused, IdReused]);
+        let conflicts = d.effects.conflicts();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(
+            (
+                conflicts[0].kind,
+                conflicts[0].amount,
+                conflicts[0].accepted_at
+            ),
+            ("withdraw", dec("3"), other.accepted_at)
+        );
+        assert_eq!(conflicts[0].fingerprint, other.fingerprint);
     }
 
     #[test]
@@ -473,12 +675,12 @@ mod tests {
         use OutcomeStatus::*;
         assert_eq!(statuses(&d), [Applied, Rejected, Denied, Applied]);
         assert_eq!(d.outcomes[1].reason.as_deref(), Some(OWNED_BY_ANOTHER_USER));
-        let a = &d.effects.accounts[0];
+        let a = &d.effects.accounts()[0];
         assert_eq!(
             (a.balance, a.user_id.as_deref()),
             (dec("11"), Some("alice"))
         );
-        assert!(d.effects.new_holds.is_empty());
+        assert!(d.effects.new_holds().is_empty());
     }
 
     #[test]
@@ -499,7 +701,46 @@ mod tests {
             statuses(&d),
             [OutcomeStatus::Applied, OutcomeStatus::Rejected]
         );
-        assert_eq!(d.effects.accounts[0].balance, dec("5"));
-        assert_eq!(d.effects.records.len(), 2);
+        assert_eq!(d.effects.accounts()[0].balance, dec("5"));
+        assert_eq!(d.effects.records().len(), 2);
+    }
+
+    #[test]
+    fn reject_overdraft_judges_against_available_plus_the_captured_hold() {
+        let rules = Rules {
+            withdraw_policy: WithdrawPolicy::RejectOverdraft,
+            ..RULES
+        };
+        // Balance 100, 80 promised to r1: only 20 is spendable by anybody else.
+        let request = env("r1", Kind::WithdrawRequest, dec("80"));
+        let mut named = env("w3", Kind::Withdraw, dec("90"));
+        named.request_id = Some("r1".into());
+        let d = run(
+            &[
+                request,
+                env("w1", Kind::Withdraw, dec("30")),
+                env("w2", Kind::Withdraw, dec("20")),
+                named,
+            ],
+            funded("100"),
+            &rules,
+        );
+        use OutcomeStatus::*;
+        // w1 (30 > 20 available) is rejected and captures nothing; w2 fits; w3 may spend its
+        // own 80 plus what is left (0): 90 is too much, so r1's hold stays open.
+        assert_eq!(statuses(&d), [Approved, Rejected, Applied, Rejected]);
+        assert!(closed(&d).is_empty());
+        let a = &d.effects.accounts()[0];
+        assert_eq!((a.balance, a.held), (dec("80"), dec("80")));
+
+        // The request's own withdraw of its full amount fits exactly.
+        let request = env("r1", Kind::WithdrawRequest, dec("80"));
+        let mut own = env("w4", Kind::Withdraw, dec("100"));
+        own.request_id = Some("r1".into());
+        let d = run(&[request, own], funded("100"), &rules);
+        assert_eq!(statuses(&d), [Approved, Applied]);
+        assert_eq!(closed(&d), ["captured"]);
+        let a = &d.effects.accounts()[0];
+        assert_eq!((a.balance, a.held), (dec("0"), dec("0")));
     }
 }

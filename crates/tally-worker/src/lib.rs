@@ -10,7 +10,9 @@
 //! - [`metrics`]: the worker's `GET /metrics` listener.
 //! - [`webhooks`]: the balance webhook sender (claims due deliveries, signs, retries).
 //! - [`Worker`]: connection, topology, shard leases (about K / live workers each, fenced by
-//!   epoch), one loop per owned shard, reconnection and shutdown.
+//!   epoch), one loop per owned shard, reconnection and shutdown. Its shard sessions and its
+//!   broker connection are bounded (`worker.session_bounds()`), so a stalled worker's shards
+//!   pass to another within about the lease TTL.
 
 pub mod apply;
 pub mod cli;
@@ -58,7 +60,12 @@ pub enum WorkerError {
 /// A configured worker, ready to run.
 pub struct Worker {
     settings: Settings,
+    /// For operator commands, metrics and the jobs' and webhooks' fallback: statements there
+    /// may run long (an audit of a big ledger) and take no shard's lock.
     pool: Pool,
+    /// For the shard loops and the leases: sessions bounded by `worker.session_bounds()`, so
+    /// a stalled worker gives its shards back (see `tally_store::connect_worker`).
+    shard_pool: Pool,
     topology: Topology,
     /// This worker's name in leases and in the broker's connection list.
     id: String,
@@ -78,12 +85,15 @@ impl Worker {
             ),
             None => None,
         };
-        let pool = tally_store::connect_service(&settings).await?;
+        let shard_pool = tally_store::connect_worker(&settings).await?;
+        // Lazy: opens connections only if a command or a fallback uses it.
+        let pool = tally_store::connect(&settings.database)?;
         let topology = Topology::from_settings(&settings);
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
             settings,
             pool,
+            shard_pool,
             topology,
             id: format!("tally-worker-{}-{}", std::process::id(), &nonce[..8]),
             metrics,
@@ -100,6 +110,11 @@ impl Worker {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The amount rules messages are checked against (the API's, from `ledger.*`).
+    pub fn amount_rules(&self) -> tally_core::AmountRules {
+        self.settings.ledger.amount_rules()
     }
 
     /// The port of the `/metrics` listener, if it is on.
@@ -163,6 +178,15 @@ impl Worker {
             self.settings.webhooks.clone(),
             shutdown.clone(),
         )));
+        // Decisions use PostgreSQL's clock (see `apply`); this host's offset to it is only
+        // watched: logged when large and exported as tally_clock_offset_seconds.
+        tally_store::clock::DbClock::start(
+            self.pool.clone(),
+            Duration::from_millis(self.settings.ledger.clock_check_ms),
+            Duration::from_millis(self.settings.ledger.max_clock_skew_ms),
+            shutdown.clone(),
+        )
+        .await;
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             match self.run_session(&shutdown).await {
@@ -193,17 +217,21 @@ impl Worker {
     /// batch in hand and the leases are released so other workers take over at once.
     async fn run_session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let b = &self.settings.broker;
-        let connection = tally_bus::connect(
+        // A short heartbeat: if this process stalls, the broker drops its consumers within
+        // about the lease TTL and the shards' next owners get their deliveries.
+        let connection = tally_bus::connect_with_heartbeat(
             b.url.expose(),
             &self.id,
             Duration::from_millis(b.connect_timeout_ms),
+            self.settings.worker.session_bounds().heartbeat,
         )
         .await?;
         let setup = connection.create_channel().await?;
         self.topology.declare(&setup).await?;
         let ctx = Arc::new(ShardContext {
-            pool: self.pool.clone(),
+            pool: self.shard_pool.clone(),
             rules: self.rules(),
+            amount_rules: self.settings.ledger.amount_rules(),
             batch_max: self.settings.worker.batch_max,
             replies: connection.create_channel().await?,
             sweep_every: Duration::from_secs(self.settings.worker.hold_sweep_secs.max(1)),
@@ -224,8 +252,11 @@ impl Worker {
             .await?;
         let archiver = {
             let (pool, stop) = (self.pool.clone(), session.clone());
+            let rules = self.settings.ledger.amount_rules();
             tokio::spawn(async move {
-                if let Err(e) = dead_letters::archive(pool, dead_consumer, stop.clone()).await {
+                if let Err(e) =
+                    dead_letters::archive(pool, dead_consumer, &rules, stop.clone()).await
+                {
                     tracing::warn!(error = %e, "dead-letter archiver stopped");
                     stop.cancel();
                 }
@@ -261,7 +292,7 @@ impl Worker {
         // Every wait below is bounded: after a broker restart the old connection may never
         // answer, and a hung teardown would keep the worker from reconnecting or exiting.
         session.cancel();
-        let pool = &self.pool;
+        let pool = &self.shard_pool;
         join_all(
             owned
                 .drain()
@@ -288,7 +319,7 @@ impl Worker {
         session: &CancellationToken,
     ) -> Result<(), WorkerError> {
         let ttl = Duration::from_millis(self.settings.worker.lease_ttl_ms);
-        let live = tally_store::leases::heartbeat(&self.pool, &self.id, ttl)
+        let live = tally_store::leases::heartbeat(&self.shard_pool, &self.id, ttl)
             .await?
             .max(1);
         let k = i64::from(self.topology.shard_count);
@@ -296,7 +327,7 @@ impl Worker {
 
         let running: Vec<u16> = owned.keys().copied().collect();
         let held: HashMap<u16, i64> =
-            tally_store::leases::renew(&self.pool, &self.id, &running, ttl)
+            tally_store::leases::renew(&self.shard_pool, &self.id, &running, ttl)
                 .await?
                 .into_iter()
                 .map(|l| (l.shard, l.epoch))
@@ -320,11 +351,11 @@ impl Worker {
         for shard in mine.into_iter().skip(keep) {
             if let Some(running) = owned.remove(&shard) {
                 tracing::info!(shard, fair, "handing a shard over");
-                stop_and_release(&self.pool, running).await;
+                stop_and_release(&self.shard_pool, running).await;
             }
         }
         let want = fair - i64::try_from(owned.len()).unwrap_or(i64::MAX);
-        for lease in tally_store::leases::acquire(&self.pool, &self.id, want, ttl).await? {
+        for lease in tally_store::leases::acquire(&self.shard_pool, &self.id, want, ttl).await? {
             let shard = lease.shard;
             match self
                 .start_shard(connection, ctx, lease.clone(), session)
@@ -335,7 +366,7 @@ impl Worker {
                     owned.insert(shard, running);
                 }
                 Err(e) => {
-                    let _ = tally_store::leases::release(&self.pool, &lease).await;
+                    let _ = tally_store::leases::release(&self.shard_pool, &lease).await;
                     return Err(e);
                 }
             }

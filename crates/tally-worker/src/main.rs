@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
                 worker.pool(),
                 &channel,
                 worker.topology(),
+                &worker.amount_rules(),
                 ids.as_deref(),
             )
             .await?;

@@ -17,7 +17,7 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Consumer};
 use std::sync::Arc;
 use std::time::Duration;
-use tally_core::{Envelope, Kind, Outcome};
+use tally_core::{AmountRules, Envelope, Kind, Outcome};
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
 use tally_telemetry::metrics;
@@ -33,6 +33,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ShardContext {
     pub pool: Pool,
     pub rules: Rules,
+    /// What an amount must respect: a message is checked against the API's rules again, so
+    /// one published by hand cannot bypass them.
+    pub amount_rules: AmountRules,
     /// Most deliveries per transaction.
     pub batch_max: usize,
     /// Channel for withdraw_request replies (best effort: a lost reply makes the API time
@@ -114,7 +117,7 @@ async fn process(
     let shard = lease.shard;
     let mut good: Vec<(Delivery, Envelope)> = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        match Envelope::decode(&delivery.data) {
+        match Envelope::decode(&delivery.data, &ctx.amount_rules) {
             Ok(env) => good.push((delivery, env)),
             Err(reason) => {
                 tracing::error!(shard, %reason, message_id = ?delivery.properties.message_id(),

@@ -7,20 +7,38 @@
 //! nothing is lost with a sender: a killed one leaves its leases to expire and another sender
 //! (or the restarted one) delivers — at least once; receivers dedupe on `X-Tally-Delivery`.
 //! On shutdown the sender stops claiming and gives its sends in flight a bounded grace.
+//!
+//! Isolation: every send runs on its own, in one of `concurrency` slots, and a slot is
+//! refilled as soon as its send ends (no batch waits for its slowest member), while a
+//! receiver holds at most `per_receiver` slots (see [`webhooks::claim`]): a slow or hanging
+//! receiver delays only its own deliveries, each bounded by `timeout_ms`.
+//!
+//! Targets: unless `allow_private_targets`, the sender connects only to public addresses
+//! ([`tally_core::target`]). Names are resolved here and refused if any address is not
+//! public, and the connection uses exactly the addresses checked (no second lookup an
+//! attacker's DNS could answer differently); proxies from the environment are ignored, since
+//! a proxy would resolve the name itself.
+//!
+//! What is recorded of a failure (`last_error`, shown by `GET /debug/webhooks`) is a short
+//! classification ([`Failure`]) and the HTTP status, never the receiver's answer; the details
+//! go to the worker's log.
 
 use chrono::{DateTime, Utc};
-use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sha2::Sha256;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tally_core::amount::money_json;
 use tally_core::settings::{DatabaseSettings, WebhookSettings};
+use tally_core::target::{self, NonPublic};
 use tally_store::webhooks::{self, Claimed, Outcome};
 use tally_store::Pool;
 use tally_telemetry::metrics::{self, WebhookOutcome};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Header carrying `sha256=<hex HMAC-SHA256 of the exact body bytes, keyed by the secret>`.
@@ -32,9 +50,6 @@ pub const DELIVERY_HEADER: &str = "X-Tally-Delivery";
 /// abandoned (their rows stay pending and are sent again once the leases expire).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Longest `last_error` kept: a receiver's error text is not ours to store in full.
-const MAX_ERROR_CHARS: usize = 500;
-
 /// The sender's own pool, so it never takes the connections the shard loops need: the claim
 /// and the outcome records (short single-row updates; a few connections serve many sends).
 /// Falls back to `shared` if it cannot be built.
@@ -45,6 +60,153 @@ pub fn own_pool(database: &DatabaseSettings, webhooks: &WebhookSettings, shared:
         tracing::warn!(error = %e, "webhook sender shares the worker's pool");
         shared.clone()
     })
+}
+
+/// How an attempt failed, as recorded in `last_error`: a closed set of short words, so that
+/// nothing a receiver says (error pages, addresses of its network) is stored or shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The receiver answered, not with a 2xx (the status is recorded beside it).
+    Status,
+    /// No answer within `timeout_ms`.
+    Timeout,
+    /// The receiver's name did not resolve.
+    Dns,
+    /// No connection (refused, unreachable, TLS handshake failed).
+    Connect,
+    /// Connected, but no valid HTTP answer (closed early, malformed).
+    Transport,
+    /// The target is not a public address and `allow_private_targets` is off. Final: no
+    /// retry makes it one.
+    NonPublic,
+    /// The webhook was deleted before the delivery was sent. Final.
+    Deleted,
+    /// The request could not be built (a bug): final.
+    Internal,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Status => "http_status",
+            Failure::Timeout => "timeout",
+            Failure::Dns => "dns_failed",
+            Failure::Connect => "connect_failed",
+            Failure::Transport => "transport_error",
+            Failure::NonPublic => "non_public_target",
+            Failure::Deleted => "webhook_deleted",
+            Failure::Internal => "internal_error",
+        }
+    }
+
+    /// Whether another attempt could go differently.
+    fn is_final(self) -> bool {
+        matches!(
+            self,
+            Failure::NonPublic | Failure::Deleted | Failure::Internal
+        )
+    }
+
+    /// The class of a failed request.
+    fn of(e: &reqwest::Error) -> Self {
+        match target_error(e) {
+            Some(TargetError::Dns { .. }) => Failure::Dns,
+            Some(TargetError::NonPublic { .. }) => Failure::NonPublic,
+            None if e.is_timeout() => Failure::Timeout,
+            None if e.is_connect() => Failure::Connect,
+            None => Failure::Transport,
+        }
+    }
+}
+
+/// Why the resolver gave the connector no address.
+#[derive(Debug, thiserror::Error)]
+enum TargetError {
+    #[error("resolving {host}: {error}")]
+    Dns { host: String, error: std::io::Error },
+    #[error("{host} is {addr}, a {} address (webhooks.allow_private_targets is off)", .class.as_str())]
+    NonPublic {
+        host: String,
+        addr: IpAddr,
+        class: NonPublic,
+    },
+}
+
+/// The [`TargetError`] somewhere in `e`'s chain of causes, if the failure was the resolver's.
+fn target_error(e: &reqwest::Error) -> Option<&TargetError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(found) = c.downcast_ref::<TargetError>() {
+            return Some(found);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// The sender's resolver: the system's (`getaddrinfo`, as reqwest's default), then, unless
+/// non-public targets are allowed, a refusal when any address of the name is not public — a
+/// name with one public and one private address must not get a connection to the private one.
+struct Resolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let looked_up = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map(Iterator::collect::<Vec<SocketAddr>>);
+            let addrs = match looked_up {
+                Ok(addrs) => addrs,
+                Err(error) => return Err(TargetError::Dns { host, error }.into()),
+            };
+            if !allow_private {
+                let refused = addrs
+                    .iter()
+                    .find_map(|a| target::classify(a.ip()).map(|class| (a.ip(), class)));
+                if let Some((addr, class)) = refused {
+                    return Err(TargetError::NonPublic { host, addr, class }.into());
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A URL whose host is a non-public address literal, unless those are allowed: the resolver
+/// never sees literals, so they are checked here. `None`: allowed, public, or a name (the
+/// resolver's business).
+fn literal_non_public(s: &WebhookSettings, url: &str) -> Option<(IpAddr, NonPublic)> {
+    if s.allow_private_targets {
+        return None;
+    }
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    target::classify(ip).map(|class| (ip, class))
+}
+
+/// The HTTP client every send of this sender uses.
+fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(settings.timeout_ms))
+        // A redirect is an answer, not a delivery: following it would send the signed body
+        // to an address nobody registered (and nobody checked).
+        .redirect(reqwest::redirect::Policy::none())
+        // The target check judges the addresses this process connects to; through a proxy
+        // from HTTP(S)_PROXY the proxy would resolve and connect instead.
+        .no_proxy()
+        .dns_resolver(Arc::new(Resolver {
+            allow_private: settings.allow_private_targets,
+        }))
+        .build()
 }
 
 /// The JSON body of a delivery.
@@ -83,53 +245,78 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 
 /// Sends due deliveries until `stop` is cancelled.
 pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(settings.timeout_ms))
-        // A redirect is an answer, not a delivery: following it would send the signed body
-        // to an address nobody registered.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match http_client(&settings) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "webhook sender cannot start: no HTTP client");
             return;
         }
     };
+    let settings = Arc::new(settings);
     let poll = Duration::from_millis(settings.poll_ms);
     let lease = Duration::from_millis(settings.lease_ms);
-    let limit = i64::try_from(settings.concurrency).unwrap_or(i64::MAX);
+    let per_receiver = i64::try_from(settings.per_receiver).unwrap_or(i64::MAX);
+    let mut sends = JoinSet::new();
     let mut pause = poll;
     while !stop.is_cancelled() {
-        match webhooks::claim(&pool, limit, lease).await {
-            Ok(claimed) => {
-                pause = poll;
-                let full = claimed.len() >= settings.concurrency;
-                let sends = join_all(
-                    claimed
-                        .into_iter()
-                        .map(|c| deliver(&pool, &client, &settings, c)),
-                );
-                tokio::select! {
-                    _ = sends => {}
-                    () = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-                        tracing::warn!("webhook sends abandoned at shutdown; they stay pending");
-                        break;
+        let free = settings.concurrency.saturating_sub(sends.len());
+        if free > 0 {
+            let limit = i64::try_from(free).unwrap_or(i64::MAX);
+            match webhooks::claim(&pool, limit, lease, per_receiver).await {
+                Ok(claimed) => {
+                    pause = poll;
+                    for c in claimed {
+                        let (pool, client, settings) =
+                            (pool.clone(), client.clone(), settings.clone());
+                        sends.spawn(async move { deliver(&pool, &client, &settings, c).await });
                     }
                 }
-                if full {
-                    continue;
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "webhook claim failed");
+                    pause = (pause * 2).min(Duration::from_secs(10));
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?pause, "webhook claim failed");
-                pause = (pause * 2).min(Duration::from_secs(10));
             }
         }
         tokio::select! {
             _ = stop.cancelled() => break,
+            // A slot is free again: claim at once (more may be due than the last claim took).
+            Some(ended) = sends.join_next(), if !sends.is_empty() => {
+                if let Err(e) = ended {
+                    tracing::error!(error = %e, "webhook send task failed");
+                }
+            }
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while sends.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        // Dropping the set aborts them; their leases expire and another sender delivers.
+        tracing::warn!(
+            sends = sends.len(),
+            "webhook sends abandoned at shutdown; they stay pending"
+        );
+    }
+}
+
+/// The outcome of a failed attempt number `attempt`: retried after a back-off unless the
+/// failure is final or the attempts are used up.
+fn failed(s: &WebhookSettings, attempt: i32, status: Option<i32>, failure: Failure) -> Outcome {
+    let error = failure.as_str();
+    let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+    if failure.is_final() || attempt >= s.max_attempts {
+        return Outcome::Failed { status, error };
+    }
+    Outcome::Retry {
+        status,
+        error,
+        retry_in: backoff(
+            attempt,
+            Duration::from_millis(s.backoff_base_ms),
+            Duration::from_millis(s.backoff_max_ms),
+        ),
     }
 }
 
@@ -137,36 +324,35 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
 async fn deliver(pool: &Pool, client: &reqwest::Client, s: &WebhookSettings, c: Claimed) {
     // Nothing is sent for a deleted webhook: no attempt is counted.
     let attempt = c.attempts + i32::from(c.target.is_some());
-    let outcome = match &c.target {
-        None => Outcome::Failed {
-            status: None,
-            error: "webhook deleted".into(),
-        },
-        Some((url, secret)) => {
-            let failure = |status: Option<i32>, error: String| {
-                if u32::try_from(attempt).unwrap_or(u32::MAX) >= s.max_attempts {
-                    Outcome::Failed { status, error }
-                } else {
-                    Outcome::Retry {
-                        status,
-                        error,
-                        retry_in: backoff(
-                            u32::try_from(attempt).unwrap_or(1),
-                            Duration::from_millis(s.backoff_base_ms),
-                            Duration::from_millis(s.backoff_max_ms),
-                        ),
-                    }
+    let (outcome, detail) = match &c.target {
+        None => (
+            failed(s, attempt, None, Failure::Deleted),
+            "webhook deleted".to_string(),
+        ),
+        Some((url, secret)) => match literal_non_public(s, url) {
+            Some((addr, class)) => (
+                failed(s, attempt, None, Failure::NonPublic),
+                format!("{addr} is a {} address", class.as_str()),
+            ),
+            None => match post(client, url, secret, &c).await {
+                Ok(status) if (200..300).contains(&status) => {
+                    (Outcome::Sent { status }, String::new())
                 }
-            };
-            match post(client, url, secret, &c).await {
-                Ok(status) if (200..300).contains(&status) => Outcome::Sent { status },
-                Ok(status) => failure(Some(status), format!("receiver answered {status}")),
-                Err(e) => failure(None, e),
-            }
-        }
+                Ok(status) => (
+                    failed(s, attempt, Some(status), Failure::Status),
+                    format!("receiver answered {status}"),
+                ),
+                Err((failure, detail)) => (failed(s, attempt, None, failure), detail),
+            },
+        },
     };
-    match webhooks::record(pool, &c, attempt, &outcome).await {
-        Ok(true) => match &outcome {
+    record(pool, &c, attempt, &outcome, &detail).await;
+}
+
+/// Records the outcome of an attempt; the log gets the detail the record leaves out.
+async fn record(pool: &Pool, c: &Claimed, attempt: i32, outcome: &Outcome, detail: &str) {
+    match webhooks::record(pool, c, attempt, outcome).await {
+        Ok(true) => match outcome {
             Outcome::Sent { .. } => {
                 metrics::webhook_delivery(WebhookOutcome::Sent);
                 tracing::debug!(delivery = c.id, account = %c.account_id, attempt, "webhook sent");
@@ -175,13 +361,13 @@ async fn deliver(pool: &Pool, client: &reqwest::Client, s: &WebhookSettings, c: 
                 error, retry_in, ..
             } => {
                 metrics::webhook_delivery(WebhookOutcome::Retry);
-                tracing::info!(delivery = c.id, account = %c.account_id, attempt,
-                    error = %error, retry_in = ?retry_in, "webhook attempt failed; will retry");
+                tracing::info!(delivery = c.id, account = %c.account_id, attempt, error,
+                    detail, retry_in = ?retry_in, "webhook attempt failed; will retry");
             }
             Outcome::Failed { error, .. } => {
                 metrics::webhook_delivery(WebhookOutcome::Failed);
-                tracing::warn!(delivery = c.id, account = %c.account_id, attempt,
-                    error = %error, "webhook delivery failed");
+                tracing::warn!(delivery = c.id, account = %c.account_id, attempt, error,
+                    detail, "webhook delivery failed");
             }
         },
         Ok(false) => tracing::warn!(
@@ -193,13 +379,14 @@ async fn deliver(pool: &Pool, client: &reqwest::Client, s: &WebhookSettings, c: 
     }
 }
 
-/// POSTs the signed body; the receiver's HTTP status, or why there is none.
+/// POSTs the signed body; the receiver's HTTP status, or the class of failure with its
+/// detail (for the log only).
 async fn post(
     client: &reqwest::Client,
     url: &str,
     secret: &str,
     c: &Claimed,
-) -> Result<i32, String> {
+) -> Result<i32, (Failure, String)> {
     let body = serde_json::to_vec(&Payload {
         account_id: &c.account_id,
         balance: c.balance,
@@ -207,8 +394,9 @@ async fn post(
         version: c.version,
         at: c.changed_at,
     })
-    .map_err(|e| format!("body: {e}"))?;
-    let signature = signature(secret.as_bytes(), &body).map_err(|e| format!("signature: {e}"))?;
+    .map_err(|e| (Failure::Internal, format!("body: {e}")))?;
+    let signature = signature(secret.as_bytes(), &body)
+        .map_err(|e| (Failure::Internal, format!("signature: {e}")))?;
     let response = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -217,11 +405,11 @@ async fn post(
         .body(body)
         .send()
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| (Failure::of(&e), error_chain(&e)))?;
     Ok(i32::from(response.status().as_u16()))
 }
 
-/// `e` with its sources (reqwest's own message is only "error sending request"), capped.
+/// `e` with its sources (reqwest's own message is only "error sending request"), for the log.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -229,7 +417,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         let _ = write!(text, ": {s}");
         source = s.source();
     }
-    text.chars().take(MAX_ERROR_CHARS).collect()
+    text
 }
 
 #[cfg(test)]

@@ -1,0 +1,182 @@
+//! One clock: a worker whose host clock is a day ahead (the real `tally-worker` binary under
+//! `faketime`) still decides and stamps by PostgreSQL's clock — `applied_at` is the
+//! database's time, a withdraw_request whose `decide_by` is still ahead by the database's
+//! clock is decided (not denied as late), and its hold expires a TTL after the database's now.
+//!
+//! Needs `faketime` (Debian package `faketime`, installed by `deploy/local/services.sh`).
+
+mod common;
+
+use chrono::{DateTime, Duration, Utc};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::BasicProperties;
+use std::process::{Child, Command, Stdio};
+use tally_bus::Topology;
+use tally_core::Kind;
+
+fn amqp_url() -> String {
+    std::env::var("TALLY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The worker process, killed when the test ends (even by a failed assertion).
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The test's queues and exchanges, deleted when the test ends.
+struct Queues(Topology);
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let topology = self.0.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(conn) = tally_bus::connect(
+                    &amqp_url(),
+                    "test-cleanup",
+                    std::time::Duration::from_secs(5),
+                )
+                .await
+                else {
+                    return;
+                };
+                if let Ok(ch) = conn.create_channel().await {
+                    for q in [topology.shard_queue(0), topology.dead_queue()] {
+                        let _ = ch
+                            .queue_delete(q.into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for x in [topology.exchange(), topology.dead_exchange()] {
+                        let _ = ch.exchange_delete(x.into(), Default::default()).await;
+                    }
+                }
+                let _ = conn.close(200, "done".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_with_a_clock_a_day_ahead_decides_and_stamps_by_the_database_clock() {
+    let db = common::fresh_database().await;
+    let pool = db.pool(2);
+    let prefix = format!("clock-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let topology = Topology {
+        prefix: prefix.clone(),
+        shard_count: 1,
+        delivery_limit: 20,
+    };
+    let queues = Queues(topology.clone());
+    let conn = tally_bus::connect(&amqp_url(), "test", std::time::Duration::from_secs(5))
+        .await
+        .expect("broker");
+    let channel = conn.create_channel().await.expect("channel");
+    queues.0.declare(&channel).await.expect("topology");
+
+    // libfaketime preloaded into the worker itself (the `faketime` command would fork, and
+    // killing it would leave the worker running).
+    let worker = Command::new(env!("CARGO_BIN_EXE_tally-worker"))
+        .arg("run")
+        .env("LD_PRELOAD", common::libfaketime())
+        .env("FAKETIME", "+1d")
+        // Timers and timeouts keep the real monotonic clock: only the wall clock is off.
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("TALLY_PROFILE", "local")
+        .env("TALLY_DATABASE__URL", &db.url)
+        .env("TALLY_BROKER__URL", amqp_url())
+        .env("TALLY_BROKER__PREFIX", &prefix)
+        .env("TALLY_BROKER__DELIVERY_LIMIT", "20")
+        .env("TALLY_LEDGER__SHARD_COUNT", "1")
+        .env("TALLY_WORKER__METRICS_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start tally-worker");
+    let _worker = Worker(worker);
+
+    // Commands as the API publishes them, with its (true) clock.
+    let now = Utc::now();
+    let deposit = common::envelope("clock-d", Kind::Deposit, "clock", common::dec("100"), now);
+    let mut request = common::envelope(
+        "clock-r",
+        Kind::WithdrawRequest,
+        "clock",
+        common::dec("40"),
+        now,
+    );
+    request.decide_by = Some(now + Duration::seconds(60));
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for envelope in [&deposit, &request] {
+        channel
+            .basic_publish(
+                topology.exchange().into(),
+                Topology::routing_key(0).into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &envelope.encode(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
+    let client = pool.get().await.expect("connection");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let rows = loop {
+        let rows = client
+            .query(
+                "SELECT t.id, t.status, t.applied_at, now(), h.expires_at FROM transactions t \
+                 LEFT JOIN holds h ON h.request_id = t.id ORDER BY t.seq",
+                &[],
+            )
+            .await
+            .expect("query");
+        if rows.len() == 2 {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not apply both commands within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ttl = Duration::seconds(900); // ledger.hold_ttl_secs of the local profile
+    for row in &rows {
+        let id: String = row.get(0);
+        let applied_at: DateTime<Utc> = row.get(2);
+        let database_now: DateTime<Utc> = row.get(3);
+        let skew = (database_now - applied_at).num_seconds().abs();
+        assert!(
+            skew < 60,
+            "{id}: applied_at {applied_at} is {skew} s off the database's {database_now}"
+        );
+    }
+    assert_eq!(
+        rows[1].get::<_, String>(1),
+        "approved",
+        "decided by the database's clock"
+    );
+    let expires_at: DateTime<Utc> = rows[1].get(4);
+    let applied_at: DateTime<Utc> = rows[1].get(2);
+    assert_eq!(expires_at - applied_at, ttl);
+    drop(queues);
+}
