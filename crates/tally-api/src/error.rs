@@ -28,8 +28,27 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     /// 422: the idempotency key is already used with another payload.
     IdReused,
-    /// 503: nothing was accepted; retry later with the same id.
+    /// 429: a bounded queue is full (e.g. settlement jobs); retry after `Retry-After`.
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u32,
+    },
+    /// 503 with its own code: a bounded resource (e.g. settlement downloads) is at capacity;
+    /// retry after `Retry-After`.
+    Busy {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u32,
+    },
+    /// 503 `unavailable`: surely nothing was accepted; retry later with the same id.
     Unavailable {
+        message: &'static str,
+        retry_after_secs: u32,
+    },
+    /// 503 `outcome_unknown`: the command may have been accepted (sent to the broker, not
+    /// confirmed); a retry with the same id, or `GET /transactions/{id}`, tells the truth.
+    OutcomeUnknown {
         message: &'static str,
         retry_after_secs: u32,
     },
@@ -77,7 +96,9 @@ impl fmt::Display for ApiError {
             ApiError::BadRequest { message, .. }
             | ApiError::NotFound { message, .. }
             | ApiError::Conflict { message, .. }
-            | ApiError::Unprocessable { message, .. } => f.write_str(message),
+            | ApiError::Unprocessable { message, .. }
+            | ApiError::TooManyRequests { message, .. }
+            | ApiError::Busy { message, .. } => f.write_str(message),
             ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "{method} is not allowed here; allowed: {allow}")
@@ -85,11 +106,16 @@ impl fmt::Display for ApiError {
             ApiError::IdReused => {
                 f.write_str("this id was already used for a transaction with another payload")
             }
-            ApiError::Unavailable { message, .. } => f.write_str(message),
+            ApiError::Unavailable { message, .. } | ApiError::OutcomeUnknown { message, .. } => {
+                f.write_str(message)
+            }
             ApiError::Internal(_) => f.write_str("internal error"),
         }
     }
 }
+
+/// Response header carrying the error's `code` on every error answer.
+pub const ERROR_HEADER: &str = "x-tally-error";
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
@@ -101,7 +127,10 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy { .. }
+            | ApiError::Unavailable { .. }
+            | ApiError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,11 +140,14 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::NotFound { code, .. }
             | ApiError::Conflict { code, .. }
-            | ApiError::Unprocessable { code, .. } => *code,
+            | ApiError::Unprocessable { code, .. }
+            | ApiError::TooManyRequests { code, .. }
+            | ApiError::Busy { code, .. } => *code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::IdReused => "id_reused",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 "internal"
@@ -129,7 +161,19 @@ impl ResponseError for ApiError {
             error["field"] = json!(field);
         }
         let mut response = HttpResponse::build(self.status_code());
+        // The code again as a header: nginx rebuilds a 503 of `POST /transaction` from it
+        // (nginx/*.conf, @transaction_503) without parsing the body.
+        response.insert_header((ERROR_HEADER, code));
         if let ApiError::Unavailable {
+            retry_after_secs, ..
+        }
+        | ApiError::OutcomeUnknown {
+            retry_after_secs, ..
+        }
+        | ApiError::TooManyRequests {
+            retry_after_secs, ..
+        }
+        | ApiError::Busy {
             retry_after_secs, ..
         } = self
         {

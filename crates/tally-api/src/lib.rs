@@ -7,6 +7,7 @@
 //! - [`observe`]: request ids and HTTP metrics around every request.
 //! - [`error`]: the one error type and its JSON shape `{"error":{"code","message","field"?}}`.
 //! - [`routes`]: the HTTP routes.
+//! - [`submit`]: the write protocol of `POST /transaction` and what each answer promises.
 
 pub mod admission;
 pub mod error;
@@ -14,5 +15,6 @@ pub mod observe;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod submit;
 
 pub use startup::Application;

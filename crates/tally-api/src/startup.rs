@@ -9,11 +9,13 @@ use std::time::Duration;
 use tally_bus::publisher::PublisherConfig;
 use tally_bus::{Publisher, Topology};
 use tally_core::settings::Settings;
+use tally_store::clock::DbClock;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::observe::observe;
 use crate::routes;
+use crate::routes::jobs::Downloads;
 use crate::state::AppState;
 
 /// Why the API could not start.
@@ -49,6 +51,9 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     state: AppState,
+    /// Stops the broker connection when dropped: only after the server has finished its
+    /// in-flight requests, which may still need to publish (a withdraw_request's void).
+    _bus: tokio_util::sync::DropGuard,
 }
 
 impl Application {
@@ -62,6 +67,7 @@ impl Application {
         tally_telemetry::metrics::init_api();
         let pool = tally_store::connect_service(&settings).await?;
         let topology = Topology::from_settings(&settings);
+        let bus = CancellationToken::new();
         let publisher = Publisher::start(
             PublisherConfig {
                 url: settings.broker.url.expose().to_string(),
@@ -70,11 +76,21 @@ impl Application {
                 connect_timeout: Duration::from_millis(settings.broker.connect_timeout_ms),
                 confirm_timeout: Duration::from_millis(settings.api.publish_timeout_ms),
             },
-            shutdown.clone(),
+            bus.clone(),
         );
+        let clock = DbClock::start(
+            pool.clone(),
+            Duration::from_millis(settings.ledger.clock_check_ms),
+            Duration::from_millis(settings.ledger.max_clock_skew_ms),
+            shutdown.clone(),
+        )
+        .await;
         let admission = Admission::start(publisher.clone(), settings.admission.clone(), shutdown);
+        let downloads = Downloads::new(&settings)?;
         let state = AppState {
+            clock,
             admission,
+            downloads,
             pool,
             publisher,
             amount_rules: settings.ledger.amount_rules(),
@@ -96,6 +112,11 @@ impl Application {
                 .configure(|cfg| routes::configure(cfg, &app_state))
         })
         .workers(threads)
+        // actix answers 408 when a request's head has not arrived within this time (5 s by
+        // default). Behind nginx the head comes from a local proxy, so a late head means our
+        // own host is starved (seen under chaos faults), not a slow client: give it room
+        // rather than answer a status the answer contract does not describe.
+        .client_request_timeout(std::time::Duration::from_secs(10))
         // Shutdown is driven by our CancellationToken (SIGTERM and tests alike).
         .disable_signals()
         .shutdown_timeout(30)
@@ -105,6 +126,7 @@ impl Application {
             port,
             server,
             state,
+            _bus: bus.drop_guard(),
         })
     }
 
@@ -117,7 +139,7 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
-    /// finish (graceful), then returns.
+    /// finish (graceful), then closes the broker connection and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle = self.server.handle();
         tokio::spawn(async move {

@@ -4,10 +4,12 @@ use std::sync::Arc;
 use tally_bus::Publisher;
 use tally_core::settings::Settings;
 use tally_core::AmountRules;
+use tally_store::clock::DbClock;
 use tally_store::Pool;
 
 use crate::admission::Admission;
 use crate::error::ApiError;
+use crate::routes::jobs::Downloads;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +18,11 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub amount_rules: AmountRules,
     pub admission: Arc<Admission>,
+    /// This replica's reading of PostgreSQL's clock (withdraw_request deadlines use it).
+    pub clock: DbClock,
+    /// Settlement CSV downloads: their own small pool, so they never hold `pool`'s
+    /// connections.
+    pub downloads: Downloads,
 }
 
 impl AppState {

@@ -3,8 +3,10 @@
 //! [`Publisher`] that survives broker restarts and routes withdraw_request replies.
 //!
 //! Invariant kept here: a publish is reported successful only when the broker confirmed the
-//! persistent message *and* routed it to a queue (`mandatory`); anything else is an error the
-//! API turns into a 503, so a 200 always means "RabbitMQ has it".
+//! persistent message *and* routed it to a queue (`mandatory`), so a 200 always means
+//! "RabbitMQ has it"; a failure says whether the message surely never reached a queue or may
+//! have (see [`PublishError::surely_not_accepted`]), and an unknown outcome can be settled by
+//! publishing the same message again ([`Publisher::publish_settled`]).
 
 pub mod publisher;
 pub mod topology;
@@ -22,6 +24,10 @@ pub enum BusError {
     Amqp(#[from] lapin::Error),
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("invalid broker url: {0}")]
+    Url(String),
 }
 
 /// Opens a connection, giving up after `timeout` (a stopped broker must not hang callers).
@@ -32,6 +38,32 @@ pub async fn connect(
 ) -> Result<lapin::Connection, BusError> {
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
     tokio::time::timeout(timeout, lapin::Connection::connect(url, props))
+        .await
+        .map_err(|_| BusError::Timeout(timeout))?
+        .map_err(BusError::from)
+}
+
+/// Like [`connect`], with an AMQP heartbeat of at most `heartbeat` (whole seconds, at least
+/// one; a lower value in the URL or from the broker wins). Both ends then close a connection
+/// that stays silent for about two heartbeats: RabbitMQ drops the consumers of a stalled
+/// process (SIGSTOP, a frozen VM) so that single active consumer hands its queues on, and
+/// lapin gives up on a broker that froze. Without it the broker's default (60 s) applies.
+pub async fn connect_with_heartbeat(
+    url: &str,
+    name: &str,
+    timeout: Duration,
+    heartbeat: Duration,
+) -> Result<lapin::Connection, BusError> {
+    let mut uri: lapin::uri::AMQPUri = url.parse().map_err(BusError::Url)?;
+    let ours = u16::try_from(heartbeat.as_secs().max(1)).unwrap_or(u16::MAX);
+    uri.query.heartbeat = Some(
+        uri.query
+            .heartbeat
+            .filter(|&h| h > 0)
+            .map_or(ours, |h| h.min(ours)),
+    );
+    let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(timeout, lapin::Connection::connect_uri(uri, props))
         .await
         .map_err(|_| BusError::Timeout(timeout))?
         .map_err(BusError::from)

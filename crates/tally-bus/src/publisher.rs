@@ -21,20 +21,57 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{connect, BusError, Topology};
 
-/// Why a publish did not become "RabbitMQ has it". Every variant means: nothing accepted,
-/// the client may retry with the same id.
+/// Why a publish did not become "RabbitMQ has it". Two families, told apart by
+/// [`PublishError::surely_not_accepted`]: the message surely never reached a queue (it was
+/// never sent, or the broker said so), or it was sent and nobody knows whether the broker
+/// kept it (no confirm in time, the channel or connection failed after the frames left).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No live connection: nothing was sent.
     #[error("broker unavailable")]
     Unavailable,
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("broker did not confirm in time")]
-    Timeout,
+    /// The channel refused the publish before sending a frame (closed, closing, reconnecting).
+    #[error("broker channel refused the publish: {0}")]
+    Refused(lapin::Error),
+    /// The broker refused the message.
     #[error("broker refused the message (nack)")]
     Nacked,
+    /// The broker returned the message: no queue is bound for its routing key.
     #[error("message was unroutable (no shard queue bound)")]
     Unroutable,
+    /// Sent; the confirm did not come in time.
+    #[error("broker did not confirm in time")]
+    Timeout,
+    /// Sent (or being sent); then the channel or connection failed.
+    #[error("broker error after sending: {0}")]
+    Broker(lapin::Error),
+}
+
+impl PublishError {
+    /// True when the message surely is in no queue: it was never sent, or the broker nacked
+    /// or returned it. Only then may a client be told "not accepted"; every other failure
+    /// leaves the outcome unknown (the broker may have it and a worker may apply it).
+    pub fn surely_not_accepted(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Unavailable
+                | PublishError::Refused(_)
+                | PublishError::Nacked
+                | PublishError::Unroutable
+        )
+    }
+
+    /// Classifies an error of `basic_publish` itself (before a confirm is awaited): a channel
+    /// or connection in the wrong state refuses up front, without sending anything; any other
+    /// error may come after some or all of the frames were written.
+    fn from_send(error: lapin::Error) -> Self {
+        match error.kind() {
+            lapin::ErrorKind::InvalidChannelState(..)
+            | lapin::ErrorKind::InvalidConnectionState(..)
+            | lapin::ErrorKind::InvalidChannel(..) => PublishError::Refused(error),
+            _ => PublishError::Broker(error),
+        }
+    }
 }
 
 /// Properties of a command message, whoever publishes it (the API, `tally import`):
@@ -137,8 +174,8 @@ impl Publisher {
 
     /// Ready messages per queue of the topology (see [`Topology::queue_depths`]). Uses a
     /// short-lived channel: a failed passive declare closes its channel, never the publisher's.
-    pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, PublishError> {
-        let session = self.current().ok_or(PublishError::Unavailable)?;
+    pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, BusError> {
+        let session = self.current().ok_or(BusError::NotConnected)?;
         let channel = session.connection.create_channel().await?;
         let depths = self.inner.config.topology.queue_depths(&channel).await;
         let _ = channel.close(200, "done".into()).await;
@@ -146,7 +183,8 @@ impl Publisher {
     }
 
     /// Publishes a persistent, mandatory message to the command exchange and waits for its
-    /// confirm. `Ok` means the broker stored it in a shard queue.
+    /// confirm, once. `Ok` means the broker stored it in a shard queue; see [`PublishError`]
+    /// for what a failure means.
     pub async fn publish(
         &self,
         routing_key: &str,
@@ -161,6 +199,62 @@ impl Publisher {
             .await
     }
 
+    /// Publishes like [`Publisher::publish`], and when the outcome is unknown (sent, no
+    /// confirm) settles it by publishing the same message again — on a fresh channel once the
+    /// broker answers — until one copy is confirmed or `settle_by` passes. Consumers dedupe by
+    /// message id, so an extra copy has no effect. The error is either "surely not accepted"
+    /// (the first publish never reached a queue) or, past `settle_by`, the last unknown one.
+    pub async fn publish_settled(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        settle_by: Instant,
+    ) -> Result<(), PublishError> {
+        self.settled(settle_by, || async {
+            self.publish(routing_key, body, properties.clone()).await
+        })
+        .await
+    }
+
+    /// The settle loop shared by [`Publisher::publish_settled`] and [`Publisher::request`]:
+    /// `attempt` publishes one copy. A first attempt that surely failed ends it (nothing was
+    /// accepted); after an unknown outcome, copies are sent until one is confirmed. A later
+    /// copy that surely failed proves nothing about the earlier ones: the outcome stays
+    /// unknown.
+    async fn settled<F, Fut>(&self, settle_by: Instant, mut attempt: F) -> Result<(), PublishError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), PublishError>>,
+    {
+        let mut unknown = match tokio::time::timeout_at(settle_by, attempt()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if e.surely_not_accepted() => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => PublishError::Timeout,
+        };
+        tracing::warn!(error = %unknown, "publish outcome unknown; publishing the same message again to settle it");
+        let mut backoff = Duration::from_millis(50);
+        while Instant::now() < settle_by {
+            // A confirm that never came usually means a broken or stalled connection: wait
+            // for the supervisor's next session rather than hammering the old one.
+            if self.wait_connected(settle_by - Instant::now()).await {
+                match tokio::time::timeout_at(settle_by, attempt()).await {
+                    Ok(Ok(())) => {
+                        metrics::publish_settled(true);
+                        return Ok(());
+                    }
+                    Ok(Err(e)) if !e.surely_not_accepted() => unknown = e,
+                    Ok(Err(_)) | Err(_) => {}
+                }
+            }
+            tokio::time::sleep_until(settle_by.min(Instant::now() + backoff)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+        metrics::publish_settled(false);
+        Err(unknown)
+    }
+
     async fn publish_on(
         &self,
         session: &Session,
@@ -170,7 +264,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let exchange = self.inner.config.topology.exchange();
         let confirmed = async {
-            session
+            let confirm = session
                 .channel
                 .basic_publish(
                     exchange.into(),
@@ -182,21 +276,23 @@ impl Publisher {
                     body,
                     properties.with_delivery_mode(2),
                 )
-                .await?
                 .await
+                .map_err(PublishError::from_send)?;
+            confirm.await.map_err(PublishError::Broker)
         };
         let result = match tokio::time::timeout(self.inner.config.confirm_timeout, confirmed).await
         {
             Err(_) => Err(PublishError::Timeout),
             Ok(Err(e)) => {
                 self.inner.broken.notify_one();
-                Err(PublishError::Broker(e))
+                Err(e)
             }
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            // The channel is always put in confirm mode; this would be a bug, treat as a loss.
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+            // The channel is always put in confirm mode, so this is a bug; nobody can say
+            // whether the broker kept the message.
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Timeout),
         };
         metrics::publish(match &result {
             Ok(()) => PublishOutcome::Confirmed,
@@ -204,42 +300,53 @@ impl Publisher {
             Err(PublishError::Unroutable) => PublishOutcome::Returned,
             Err(PublishError::Timeout) => PublishOutcome::Timeout,
             Err(PublishError::Broker(_)) => PublishOutcome::BrokerError,
-            Err(PublishError::Unavailable) => PublishOutcome::Unavailable,
+            Err(PublishError::Unavailable | PublishError::Refused(_)) => {
+                PublishOutcome::Unavailable
+            }
         });
         result
     }
 
-    /// Publishes a request whose reply comes back on this replica's reply queue, then waits
-    /// for the reply until `deadline`. `Ok(None)`: published and confirmed, but no reply in
-    /// time.
+    /// Publishes a request whose reply comes back on this replica's reply queue (settled like
+    /// [`Publisher::publish_settled`] until `settle_by`), then waits for the reply until
+    /// `reply_by`. `Ok(None)`: the request is in the queue, but no reply came here in time
+    /// (or the reply queue died with its connection): the caller must look elsewhere.
     pub async fn request(
         &self,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-        deadline: Instant,
+        settle_by: Instant,
+        reply_by: Instant,
     ) -> Result<Option<Vec<u8>>, PublishError> {
-        let Some(session) = self.current() else {
-            metrics::publish(PublishOutcome::Unavailable);
-            return Err(PublishError::Unavailable);
-        };
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = oneshot::channel();
-        // Registered before publishing: a fast worker may reply before the confirm arrives.
-        let _pending = PendingGuard::register(&self.inner, &correlation_id, tx);
-        let properties = properties
-            .with_correlation_id(correlation_id.as_str().into())
-            .with_reply_to(session.reply_queue.as_str().into());
-        let publish = self.publish_on(&session, routing_key, body, properties);
-        match tokio::time::timeout_at(deadline, publish).await {
-            // The publish was dropped before it counted itself.
-            Err(_) => {
-                metrics::publish(PublishOutcome::Timeout);
-                return Err(PublishError::Timeout);
+        let mut reply = None;
+        // Every copy asks for its reply on the session it is sent on; the slot is registered
+        // before publishing, as a fast worker may reply before the confirm arrives.
+        let mut slot = PendingGuard::new(&self.inner, &correlation_id);
+        self.settled(settle_by, || {
+            let (tx, rx) = oneshot::channel();
+            slot.register(tx);
+            reply = Some(rx);
+            let properties = properties.clone();
+            let correlation_id = correlation_id.as_str();
+            async move {
+                let Some(session) = self.current() else {
+                    metrics::publish(PublishOutcome::Unavailable);
+                    return Err(PublishError::Unavailable);
+                };
+                let properties = properties
+                    .with_correlation_id(correlation_id.into())
+                    .with_reply_to(session.reply_queue.as_str().into());
+                self.publish_on(&session, routing_key, body, properties)
+                    .await
             }
-            Ok(result) => result?,
-        }
-        match tokio::time::timeout_at(deadline, rx).await {
+        })
+        .await?;
+        let Some(rx) = reply else {
+            return Ok(None);
+        };
+        match tokio::time::timeout_at(reply_by, rx).await {
             Ok(Ok(reply)) => Ok(Some(reply)),
             // Sender dropped (session replaced) or deadline passed: no reply will come here.
             Ok(Err(_)) | Err(_) => Ok(None),
@@ -254,13 +361,17 @@ struct PendingGuard<'a> {
 }
 
 impl<'a> PendingGuard<'a> {
-    fn register(inner: &'a Inner, correlation_id: &str, tx: oneshot::Sender<Vec<u8>>) -> Self {
-        if let Ok(mut pending) = inner.pending.lock() {
-            pending.insert(correlation_id.to_string(), tx);
-        }
+    fn new(inner: &'a Inner, correlation_id: &str) -> Self {
         Self {
             inner,
             correlation_id: correlation_id.to_string(),
+        }
+    }
+
+    /// Where the reply to the next copy goes (replaces the slot of an earlier copy).
+    fn register(&mut self, tx: oneshot::Sender<Vec<u8>>) {
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            pending.insert(self.correlation_id.clone(), tx);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Reads: an account's balance and one transaction's recorded outcome.
 
 use actix_web::{get, web, HttpResponse};
+use serde::Serialize;
+use tally_store::reads::{IdConflict, TransactionRecord};
 
 use crate::error::ApiError;
 use crate::routes::path_id;
@@ -21,6 +23,15 @@ pub async fn get_account(
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// The body of `GET /transactions/{id}`: the record, and every command that reused its id with
+/// another payload (answered 200 while the first was queued, never applied).
+#[derive(Serialize)]
+struct RecordedTransaction {
+    #[serde(flatten)]
+    record: TransactionRecord,
+    conflicts: Vec<IdConflict>,
+}
+
 /// `GET /transactions/{id}` → the recorded transaction once the worker decided it; 404 before.
 #[get("/transactions/{id}")]
 pub async fn get_transaction(
@@ -29,11 +40,13 @@ pub async fn get_transaction(
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     path_id(&id, "id")?;
-    match tally_store::reads::transaction(&state.pool, &id)
+    match tally_store::reads::transaction_with_conflicts(&state.pool, &id)
         .await
         .map_err(|e| store_error(&state, &e))?
     {
-        Some(record) => Ok(HttpResponse::Ok().json(record)),
+        Some((record, conflicts)) => {
+            Ok(HttpResponse::Ok().json(RecordedTransaction { record, conflicts }))
+        }
         None => Err(ApiError::NotFound {
             code: "transaction_not_found",
             message: format!("no applied transaction with id {id:?} (yet)"),

@@ -26,12 +26,24 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /status` → `{"api","db","rabbitmq"}`, 503 when one is down.
+/// `GET /status` → `{"api","db","rabbitmq","clock"}`, 503 when PostgreSQL or RabbitMQ is down.
+/// `clock` is this replica's last reading of PostgreSQL's clock: `offsetMs` (database minus
+/// this host), `uncertaintyMs`, and `status` — `ok`, `skewed` (withdraw_requests are refused
+/// past `ledger.max_clock_skew_ms`) or `unknown` (no recent reading).
 #[get("/status")]
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let (db, broker) = components(&state).await;
     let word = |up: bool| if up { "ok" } else { "down" };
-    let body = json!({ "api": "ok", "db": word(db), "rabbitmq": word(broker) });
+    let max = std::time::Duration::from_millis(state.settings.ledger.max_clock_skew_ms);
+    let clock = match state.clock.reading() {
+        Some(r) => json!({
+            "status": if r.worst_skew() <= max { "ok" } else { "skewed" },
+            "offsetMs": r.offset.num_milliseconds(),
+            "uncertaintyMs": u64::try_from(r.uncertainty.as_millis()).unwrap_or(u64::MAX),
+        }),
+        None => json!({ "status": "unknown" }),
+    };
+    let body = json!({ "api": "ok", "db": word(db), "rabbitmq": word(broker), "clock": clock });
     if db && broker {
         HttpResponse::Ok().json(body)
     } else {

@@ -1,6 +1,6 @@
 //! An account's history (`GET /account/{id}/transactions`, keyset-paged on the account's
 //! `seq`, newest first) and its largest expense in a period; plus the query-parameter parsing
-//! the user routes share (time ranges).
+//! the user routes share (time ranges, page sizes).
 //!
 //! Pages never repeat or skip a row while new transactions arrive: the cursor is the last
 //! `seq` shown, and new transactions only get higher numbers.
@@ -55,6 +55,24 @@ fn positive(value: &str, code: &'static str, field: &'static str) -> Result<i64,
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| bad(code, field, format!("`{field}` must be a positive integer")))
+}
+
+/// The `limit` of a paged list: an integer from 1 to [`MAX_LIMIT`]; `None` when absent.
+pub fn page_limit(value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "invalid_limit",
+                        "limit",
+                        format!("`limit` must be an integer between 1 and {MAX_LIMIT}"),
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// Parses an RFC 3339 date-time from the query string. A `+` sent unencoded in a query
@@ -146,21 +164,7 @@ pub async fn account_transactions(
     path_id(&account_id, "accountId")?;
     let q = query.into_inner();
 
-    let limit = match &q.limit {
-        None => None,
-        Some(v) => Some(
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    bad(
-                        "invalid_limit",
-                        "limit",
-                        format!("`limit` must be an integer between 1 and {MAX_LIMIT}"),
-                    )
-                })?,
-        ),
-    };
+    let limit = page_limit(q.limit.as_deref())?;
     let (start, limit) = match (&q.page, &q.cursor) {
         (Some(_), Some(_)) => {
             return Err(bad(

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::Kind;
 
-use crate::helpers::{eventually, Options, TcpProxy, TestApp};
+use crate::helpers::{database_address, eventually, Options, TcpProxy, TestApp};
 
 fn tx(id: &str, kind: &str, amount: Value, account: &str) -> Value {
     json!({"id": id, "type": kind, "amount": amount, "accountId": account})
@@ -64,6 +64,96 @@ async fn a_poison_message_is_dead_lettered_once_and_the_shard_keeps_flowing() {
 }
 
 #[tokio::test]
+async fn a_hand_published_envelope_the_api_would_refuse_is_dead_lettered_once_without_effect() {
+    let app = TestApp::spawn().await;
+    let connection = app.broker().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let valid = |id: &str, kind: Kind| -> Value {
+        serde_json::from_slice(&app.envelope(id, kind, "strict", "5").encode()).unwrap()
+    };
+    // Each breaks one rule of POST /transaction (or of the envelope); the worker must refuse
+    // it as the API would have, not apply it.
+    let broken: Vec<(&str, Value)> = vec![
+        ("amount", json!({"amount": "10.001"})),
+        ("amount", json!({"amount": "10000000000000000"})),
+        (
+            "amount",
+            json!({"amount": "10.00999999999999999999999999999999"}),
+        ),
+        ("id", json!({"id": "has space"})),
+        ("accountId", json!({"accountId": "strict/other"})),
+        ("userId", json!({"userId": "not ok"})),
+        ("requestId", json!({"requestId": "r-1"})),
+        ("void", json!({"void": true})),
+        ("decideBy", json!({"decideBy": "2030-01-01T00:00:00Z"})),
+    ];
+    for (n, (_, change)) in broken.iter().enumerate() {
+        let mut envelope = valid(&format!("bad-{n}"), Kind::Deposit);
+        for (key, value) in change.as_object().unwrap() {
+            envelope[key] = value.clone();
+        }
+        app.publish_raw(&channel, envelope.to_string().as_bytes(), "strict")
+            .await;
+    }
+    // A valid command behind them on the same shard: once it is applied, they were handled.
+    app.publish_raw(
+        &channel,
+        valid("good", Kind::Deposit).to_string().as_bytes(),
+        "strict",
+    )
+    .await;
+    app.wait_balance("strict", "5").await;
+
+    let letters = eventually(Duration::from_secs(10), || async {
+        let (_, letters) = app.get("/debug/dead-letters").await;
+        (letters.as_array().map_or(0, Vec::len) >= broken.len()).then_some(letters)
+    })
+    .await;
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), broken.len(), "{letters:?}");
+    for (field, _) in &broken {
+        let naming = letters
+            .iter()
+            .filter(|l| {
+                l["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("`{field}`"))
+            })
+            .count();
+        assert!(naming >= 1, "no dead letter names `{field}`: {letters:?}");
+    }
+    for letter in letters {
+        assert_eq!(letter["reason"], "rejected", "{letter}");
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM transactions").await,
+        1,
+        "only the valid command is recorded"
+    );
+
+    // Exactly once: a marker dead-lettered after them arrives with no copy of them before it.
+    let mut marker = valid("marker", Kind::Withdraw);
+    marker["amount"] = json!("0");
+    app.publish_raw(&channel, marker.to_string().as_bytes(), "strict")
+        .await;
+    let total = eventually(Duration::from_secs(10), || async {
+        let (_, letters) = app.get("/debug/dead-letters").await;
+        let letters = letters.as_array().cloned().unwrap_or_default();
+        letters
+            .iter()
+            .any(|l| l["body"].as_str().is_some_and(|b| b.contains("marker")))
+            .then_some(letters.len())
+    })
+    .await;
+    assert_eq!(total, broken.len() + 1);
+    assert_eq!(app.balance("strict").await, "5");
+    let report = conservation(&app).await;
+    assert_eq!(report["pass"], json!(true), "{report}");
+}
+
+#[tokio::test]
 async fn a_dead_letter_can_be_republished_after_a_fix() {
     let app = TestApp::spawn().await;
     let connection = app.broker().await;
@@ -98,6 +188,7 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
         worker.pool(),
         &channel,
         worker.topology(),
+        &worker.amount_rules(),
         Some(std::slice::from_ref(&id)),
     )
     .await
@@ -107,10 +198,15 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
     let (_, letters) = app.get("/debug/dead-letters").await;
     assert!(letters[0]["republishedAt"].is_string());
     // Re-publishing again does nothing: it is no longer pending.
-    let again =
-        tally_worker::dead_letters::republish(worker.pool(), &channel, worker.topology(), None)
-            .await
-            .unwrap();
+    let again = tally_worker::dead_letters::republish(
+        worker.pool(),
+        &channel,
+        worker.topology(),
+        &worker.amount_rules(),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(again.is_empty());
 }
 
@@ -183,7 +279,7 @@ async fn the_auditor_passes_on_a_healthy_ledger_and_names_tampered_rows() {
 
 #[tokio::test]
 async fn a_database_outage_answers_reads_503_keeps_accepting_writes_and_recovers() {
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(database_address()).await;
     let app = TestApp::spawn_with(Options {
         database_proxy: Some(proxy.clone()),
         ..Options::default()

@@ -32,6 +32,26 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// `host:port` of a service URL, for a [`TcpProxy`] in front of it.
+fn address_of(url: &str) -> String {
+    let url = url::Url::parse(url).expect("service url");
+    format!(
+        "{}:{}",
+        url.host_str().expect("host"),
+        url.port().expect("explicit port")
+    )
+}
+
+/// The broker the tests use (`TALLY_TEST_AMQP_URL`), as `host:port`.
+pub fn broker_address() -> String {
+    address_of(&amqp_url())
+}
+
+/// The PostgreSQL server the tests use (`TALLY_TEST_DATABASE_URL`), as `host:port`.
+pub fn database_address() -> String {
+    address_of(&admin_database_url())
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes (never sleep-and-hope).
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
 where
@@ -204,8 +224,9 @@ impl TestApp {
         // the proxy when there is one.
         let direct_database = settings.database.clone();
         if let Some(proxy) = &options.database_proxy {
-            settings.database.url =
-                Secret::new(url.replace(":5432/", &format!(":{}/", proxy.port)));
+            let mut proxied = url::Url::parse(&url).expect("database url");
+            proxied.set_port(Some(proxy.port)).expect("port");
+            settings.database.url = Secret::new(proxied.as_str());
         }
         let mut api_settings = settings.clone();
         if let Some(proxy) = &options.broker_proxy {
@@ -471,36 +492,49 @@ impl Drop for TestApp {
 }
 
 /// A TCP proxy in front of RabbitMQ that a test can cut and restore, to take the broker away
-/// from one API without stopping the broker every other test uses.
+/// from one API without stopping the broker every other test uses. It can also hold back
+/// everything the server sends ([`TcpProxy::stall`]): publishes still reach the broker, but
+/// their confirms (and replies) do not come back — a confirm lost in flight.
 pub struct TcpProxy {
     pub port: u16,
     up: AtomicBool,
     /// Cancelled to drop every live connection; replaced on restore.
     cut: std::sync::Mutex<CancellationToken>,
+    /// True while server-to-client bytes are held back.
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl TcpProxy {
-    pub async fn start(upstream: &'static str) -> Arc<Self> {
+    /// A proxy to `upstream` (`host:port`, e.g. [`broker_address`]).
+    pub async fn start(upstream: String) -> Arc<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy = Arc::new(Self {
             port: listener.local_addr().expect("addr").port(),
             up: AtomicBool::new(true),
             cut: std::sync::Mutex::new(CancellationToken::new()),
+            stalled: tokio::sync::watch::channel(false).0,
         });
         let p = proxy.clone();
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !p.up.load(Ordering::SeqCst) {
                     continue; // refused: dropped at once
                 }
                 let cut = p.cut.lock().expect("lock").clone();
+                let stalled = p.stalled.subscribe();
+                let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                    let Ok(outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = copy_unless_stalled(&mut server_read, &mut client_write, stalled);
                     tokio::select! {
                         _ = cut.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = up => {}
+                        _ = down => {}
                     }
                 });
             }
@@ -518,6 +552,39 @@ impl TcpProxy {
     pub fn restore(&self) {
         *self.cut.lock().expect("lock") = CancellationToken::new();
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds back what the server sends (confirms, replies, heartbeats) until [`resume`].
+    ///
+    /// [`resume`]: TcpProxy::resume
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to`, pausing (with the bytes read so far held) while `stalled` is true.
+async fn copy_unless_stalled(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -537,6 +604,34 @@ impl Nginx {
 
     /// With the given per-client rate limit (`RATE_LIMIT`/`RATE_BURST` of stack.sh).
     pub async fn start_limited(api_ports: &[u16], rate: &str, burst: u32) -> Self {
+        let nginx = Self::spawn(api_ports, rate, burst);
+        let client = reqwest::Client::new();
+        let url = format!("{}/health/live", nginx.address);
+        eventually(Duration::from_secs(10), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        nginx
+    }
+
+    /// In front of upstreams that do not serve `/health/live` (stand-ins a test scripts):
+    /// waits only until nginx accepts connections.
+    pub async fn start_unchecked(api_ports: &[u16]) -> Self {
+        let nginx = Self::spawn(api_ports, nginx::DEFAULT_RATE, nginx::DEFAULT_BURST);
+        let address = nginx.address.trim_start_matches("http://").to_string();
+        eventually(Duration::from_secs(10), || async {
+            TcpStream::connect(&address).await.ok()
+        })
+        .await;
+        nginx
+    }
+
+    fn spawn(api_ports: &[u16], rate: &str, burst: u32) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -558,23 +653,11 @@ impl Nginx {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start nginx (installed by deploy/local/services.sh)");
-        let nginx = Self {
+        Self {
             address: format!("http://127.0.0.1:{port}"),
             child,
             dir,
-        };
-        let client = reqwest::Client::new();
-        let url = format!("{}/health/live", nginx.address);
-        eventually(Duration::from_secs(10), || async {
-            client
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        })
-        .await;
-        nginx
+        }
     }
 }
 

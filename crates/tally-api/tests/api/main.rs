@@ -4,10 +4,12 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is its failure message
 
 mod admission;
+mod answers;
 mod deploy;
 mod faults;
 mod helpers;
 mod history;
+mod id_conflicts;
 mod jobs;
 mod leases;
 mod metrics;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tally_core::Kind;
 
-use crate::helpers::{eventually, Options, TcpProxy, TestApp};
+use crate::helpers::{broker_address, eventually, Options, TcpProxy, TestApp};
 
 fn tx(id: &str, kind: &str, amount: Value, account: &str) -> Value {
     json!({"id": id, "type": kind, "amount": amount, "accountId": account})
@@ -133,7 +133,8 @@ async fn a_worker_killed_after_commit_before_ack_does_not_apply_twice() {
         .await
         .unwrap();
     let delivery = consumer.next().await.unwrap().unwrap();
-    let decoded = tally_core::Envelope::decode(&delivery.data).unwrap();
+    let decoded =
+        tally_core::Envelope::decode(&delivery.data, &app.settings.ledger.amount_rules()).unwrap();
     let rules = tally_worker::ledger::Rules {
         withdraw_policy: app.settings.ledger.withdraw_policy,
         hold_ttl: chrono::Duration::minutes(15),
@@ -219,6 +220,12 @@ async fn invalid_requests_get_400_naming_the_field_and_publish_nothing() {
             r#"{"id":"t1","type":"deposit","amount":0.001,"accountId":"a1"}"#.into(),
             "amount",
         ),
+        // Exponent notation is held to the same scale rule: refused, never rounded to 10.01.
+        (
+            r#"{"id":"t1","type":"deposit","amount":10.00999999999999999999999999999999e0,"accountId":"a1"}"#.into(),
+            "amount",
+        ),
+        (with("amount", json!("1.000999999999999999999999999999999e1")), "amount"),
         (with("id", json!("x".repeat(129))), "id"),
         (with("id", json!("has space")), "id"),
         (with("accountId", json!("has space")), "accountId"),
@@ -257,7 +264,7 @@ async fn invalid_requests_get_400_naming_the_field_and_publish_nothing() {
 
 #[tokio::test]
 async fn broker_outage_gives_fast_503_and_api_and_worker_recover_by_themselves() {
-    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let proxy = TcpProxy::start(broker_address()).await;
     let app = TestApp::spawn_with(Options {
         broker_proxy: Some(proxy.clone()),
         ..Options::default()
@@ -300,10 +307,13 @@ async fn broker_outage_gives_fast_503_and_api_and_worker_recover_by_themselves()
 #[tokio::test]
 async fn status_and_health_report_up() {
     let app = TestApp::spawn().await;
+    let (status, body) = app.get("/status").await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
-        app.get("/status").await,
-        (200, json!({"api":"ok","db":"ok","rabbitmq":"ok"}))
+        (&body["api"], &body["db"], &body["rabbitmq"]),
+        (&json!("ok"), &json!("ok"), &json!("ok"))
     );
+    assert_eq!(body["clock"]["status"], "ok", "{body}");
     assert_eq!(app.get("/health/live").await.0, 200);
     assert_eq!(app.get("/health/ready").await.0, 200);
 }
