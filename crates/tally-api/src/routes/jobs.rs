@@ -3,6 +3,12 @@
 //! The API only records requests (`settlement_jobs`); worker processes run the jobs (see
 //! `tally_worker::jobs`), so a job survives API restarts. `status` is always the true one:
 //! QUEUED, RUNNING, COMPLETED, FAILED (with `error`) or CANCELLED.
+//!
+//! Bounded, so that nobody can make the jobs or their files crowd out the ledger: a range is
+//! at most `jobs.max_range_days` (400 beyond), at most `jobs.max_queued` jobs wait (429
+//! beyond), and at most `jobs.download_connections` files stream at once per replica, each on
+//! a connection of [`Downloads`]' own pool (503 beyond), never one of the pool the ledger's
+//! requests use.
 
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
@@ -10,7 +16,11 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
+use tally_core::settings::Settings;
 use tally_store::settlement::{self, Job, JobStatus};
+use tally_store::Pool;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -20,6 +30,28 @@ use crate::state::AppState;
 
 /// A job request is two dates; anything bigger is not one.
 const MAX_BODY_BYTES: usize = 4096;
+
+/// The CSV downloads of one replica: a pool of their own (a slow reader holds its connection
+/// for as long as it reads) and as many permits as the pool has connections, so a download
+/// beyond the bound is refused at once instead of waiting for a connection.
+#[derive(Clone)]
+pub struct Downloads {
+    pool: Pool,
+    permits: Arc<Semaphore>,
+}
+
+impl Downloads {
+    /// Built lazily like every pool: no connection is opened before the first download.
+    pub fn new(settings: &Settings) -> Result<Self, tally_store::StoreError> {
+        let size = settings.jobs.download_connections;
+        let mut database = settings.database.clone();
+        database.pool_size = size;
+        Ok(Self {
+            pool: tally_store::connect(&database)?,
+            permits: Arc::new(Semaphore::new(size)),
+        })
+    }
+}
 
 /// What `GET /jobs/{id}` shows.
 #[derive(Debug, Serialize)]
@@ -117,7 +149,8 @@ fn day(body: &serde_json::Map<String, Value>, field: &'static str) -> Result<Nai
 
 /// `POST /jobs/settlements {"from":"YYYY-MM-DD","to":"YYYY-MM-DD"}` → 202
 /// `{"jobId","status":"QUEUED"}` with `Location: /jobs/{jobId}`. Days are UTC days of the
-/// ledger's `appliedAt`, both ends included.
+/// ledger's `appliedAt`, both ends included, at most `jobs.max_range_days` of them (else 400
+/// `range_too_long`); 429 `too_many_jobs` when `jobs.max_queued` jobs are already waiting.
 #[post("/jobs/settlements")]
 pub async fn create_settlement(
     state: web::Data<AppState>,
@@ -133,9 +166,28 @@ pub async fn create_settlement(
             "`from` must not be after `to`",
         ));
     }
-    let job = settlement::create(&state.pool, from, to)
+    let bounds = &state.settings.jobs;
+    if (to - from).num_days() >= i64::from(bounds.max_range_days) {
+        return Err(bad(
+            "range_too_long",
+            "to",
+            format!(
+                "a job covers at most {} days (`from` and `to` included); split the range",
+                bounds.max_range_days
+            ),
+        ));
+    }
+    let job = settlement::create_bounded(&state.pool, from, to, bounds.max_queued)
         .await
-        .map_err(|e| store_error(&state, &e))?;
+        .map_err(|e| store_error(&state, &e))?
+        .ok_or_else(|| ApiError::TooManyRequests {
+            code: "too_many_jobs",
+            message: format!(
+                "{} settlement jobs are already waiting to run; retry after the Retry-After delay",
+                bounds.max_queued
+            ),
+            retry_after_secs: state.settings.api.retry_after_secs,
+        })?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/jobs/{}", job.id)))
         .json(json!({"jobId": job.id, "status": job.status})))
@@ -198,7 +250,8 @@ pub async fn cancel_job(
 
 /// `GET /jobs/{id}/download` → `text/csv`, streamed: `account_id,day,deposits,withdraws,net,
 /// count`, one line per account per day of the job's range, ordered by day then account. 409
-/// `job_not_completed` unless the job is COMPLETED.
+/// `job_not_completed` unless the job is COMPLETED; 503 `downloads_busy` when
+/// `jobs.download_connections` downloads are already streaming from this replica.
 #[get("/jobs/{id}/download")]
 pub async fn download(
     state: web::Data<AppState>,
@@ -215,16 +268,31 @@ pub async fn download(
             ),
         });
     }
-    let (client, rows) = settlement::csv(&state.pool, &job)
+    let permit = state
+        .downloads
+        .permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy {
+            code: "downloads_busy",
+            message: format!(
+                "{} settlement downloads are in progress on this server; retry after the \
+                 Retry-After delay",
+                state.settings.jobs.download_connections
+            ),
+            retry_after_secs: state.settings.api.retry_after_secs,
+        })?;
+    let (client, rows) = settlement::csv(&state.downloads.pool, &job)
         .await
         .map_err(|e| store_error(&state, &e))?;
-    // The pooled connection travels with the stream and returns to the pool when the stream
-    // ends (or the client goes away). PostgreSQL's bytes are forwarded as they come: the
-    // response never holds more than a chunk, however large the range.
+    // The connection (of the downloads' own pool) and the permit travel with the stream and
+    // are given back when it ends (or the client goes away). PostgreSQL's bytes are forwarded
+    // as they come: the response never holds more than a chunk, however large the range.
+    let held = (permit, client);
     let body =
-        futures_util::stream::unfold((client, Box::pin(rows)), |(client, mut rows)| async move {
+        futures_util::stream::unfold((held, Box::pin(rows)), |(held, mut rows)| async move {
             let chunk = rows.next().await?;
-            Some((chunk, (client, rows)))
+            Some((chunk, (held, rows)))
         });
     let filename = format!("settlements-{}-{}.csv", job.from, job.to);
     Ok(HttpResponse::Ok()

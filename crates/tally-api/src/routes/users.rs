@@ -1,5 +1,5 @@
-//! Users: linking accounts to a user, a user's accounts and total, and a user's largest
-//! expense; plus [`check_owner`], the rule `POST /transaction` applies to a `userId`.
+//! Users: linking accounts to a user, a user's accounts (paged) and total, and a user's
+//! largest expense; plus [`check_owner`], the rule `POST /transaction` applies to a `userId`.
 //!
 //! Invariant: an account has at most one owner and keeps it. The owner is the explicit link
 //! if there is one, else the `userId` of the account's first transaction; linking an account
@@ -9,12 +9,12 @@
 
 use actix_web::{get, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tally_store::users::Link;
 
 use crate::error::ApiError;
 use crate::routes::account::store_error;
-use crate::routes::history::{no_expense, RangeQuery};
+use crate::routes::history::{no_expense, page_limit, RangeQuery, DEFAULT_LIMIT};
 use crate::routes::path_id;
 use crate::state::AppState;
 
@@ -68,17 +68,39 @@ pub async fn link_account(
     }))
 }
 
-/// `GET /users/{userId}` → `{"userId","total","accounts":[{"accountId","balance",
-/// "available"}]}`, accounts ordered by id, `total` the sum of their balances; 404
-/// `user_not_found` for a user who owns no account.
+/// Query of `GET /users/{userId}`. Strings, so that every bad value gets a 400 naming its
+/// parameter.
+#[derive(Debug, Deserialize)]
+pub struct UserQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /users/{userId}?limit=&cursor=` → `{"userId","total","accounts":[{"accountId",
+/// "balance","available"}],"nextCursor"}`: one page of the user's accounts ordered by id
+/// (`limit` 1..=1000, default 50; `cursor` is the previous page's `nextCursor`, the last
+/// account id shown), `total` the sum of the balances of all of them. 404 `user_not_found`
+/// for a user who owns no account.
 #[get("/users/{user_id}")]
 pub async fn get_user(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<UserQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path.into_inner();
     path_id(&user_id, "userId")?;
-    tally_store::users::user(&state.pool, &user_id)
+    let limit = page_limit(query.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);
+    let cursor = query.cursor.as_deref();
+    if let Some(cursor) = cursor {
+        tally_core::validate_id(cursor).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor",
+                format!("`cursor` must be a previous page's `nextCursor` (an account id): {e}"),
+            )
+        })?;
+    }
+    tally_store::users::user(&state.pool, &user_id, cursor, limit)
         .await
         .map_err(|e| store_error(&state, &e))?
         .map(|view| HttpResponse::Ok().json(view))

@@ -2,9 +2,16 @@
 //! records the registration (`webhooks`); the workers schedule a delivery with every balance
 //! change of the account and send it (see `tally_worker::webhooks`). The secret is write-only:
 //! no answer ever shows it.
+//!
+//! Unless `webhooks.allow_private_targets` is on, a URL whose host is a non-public address
+//! (loopback, private, link-local, … see [`tally_core::target`]) or a `localhost` name is
+//! refused here with `non_public_target`; names are resolved, and checked again, by the
+//! sender at every attempt.
 
 use actix_web::{delete, put, web, HttpResponse};
 use serde_json::{Map, Value};
+use std::net::IpAddr;
+use tally_core::target;
 
 use crate::error::ApiError;
 use crate::routes::account::store_error;
@@ -40,8 +47,9 @@ fn string<'a>(body: &'a Map<String, Value>, field: &'static str) -> Result<&'a s
 }
 
 /// An absolute `http` or `https` URL with a host and no credentials (the secret signs; a
-/// password in the URL would be shown back by every answer).
-fn url(body: &Map<String, Value>) -> Result<&str, ApiError> {
+/// password in the URL would be shown back by every answer); unless `allow_private`, a host
+/// that is a public address or a name other than `localhost`.
+fn url(body: &Map<String, Value>, allow_private: bool) -> Result<&str, ApiError> {
     let text = string(body, "url")?;
     let invalid = |why: &str| bad("invalid_url", "url", format!("`url` {why}"));
     if text.chars().count() > MAX_URL_CHARS {
@@ -56,7 +64,35 @@ fn url(body: &Map<String, Value>) -> Result<&str, ApiError> {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid("must not carry credentials"));
     }
+    if !allow_private {
+        public_host(&parsed)?;
+    }
     Ok(text)
+}
+
+/// Refuses a host that is a non-public address — as the URL parser normalized it, so
+/// `http://2130706433/` or `http://127.1/` are 127.0.0.1 — or a `localhost` name.
+fn public_host(parsed: &url::Url) -> Result<(), ApiError> {
+    let class = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => target::classify(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => target::classify(IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) if target::is_local_name(name) => {
+            Some(target::NonPublic::Loopback)
+        }
+        Some(url::Host::Domain(_)) | None => None,
+    };
+    match class {
+        None => Ok(()),
+        Some(class) => Err(bad(
+            "non_public_target",
+            "url",
+            format!(
+                "`url` points at a {} address; webhooks may only target public addresses \
+                 (webhooks.allow_private_targets is off)",
+                class.as_str()
+            ),
+        )),
+    }
 }
 
 fn secret(body: &Map<String, Value>) -> Result<&str, ApiError> {
@@ -94,6 +130,7 @@ fn delay_ms(body: &Map<String, Value>) -> Result<i32, ApiError> {
 
 /// `PUT /account/{accountId}/webhook {"url","secret","delayMs"?}` → 200 with the stored
 /// registration (without the secret). Replaces an existing one. The account need not exist.
+/// 400 `non_public_target` for a non-public target unless configuration allows them.
 #[put("/account/{account_id}/webhook")]
 pub async fn put_webhook(
     state: web::Data<AppState>,
@@ -103,7 +140,12 @@ pub async fn put_webhook(
     let account_id = path.into_inner();
     path_id(&account_id, "accountId")?;
     let fields = json_object(payload, MAX_BODY_BYTES).await?;
-    let (url, secret, delay_ms) = (url(&fields)?, secret(&fields)?, delay_ms(&fields)?);
+    let allow_private = state.settings.webhooks.allow_private_targets;
+    let (url, secret, delay_ms) = (
+        url(&fields, allow_private)?,
+        secret(&fields)?,
+        delay_ms(&fields)?,
+    );
     let stored = tally_store::webhooks::put(&state.pool, &account_id, url, secret, delay_ms)
         .await
         .map_err(|e| store_error(&state, &e))?;

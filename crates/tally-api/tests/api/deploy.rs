@@ -332,3 +332,75 @@ fn nginx_configs_pass_nginx_t() {
     assert!(!out.status.success(), "nginx -t accepted a broken config");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each proxied `location` of an nginx config with the `proxy_next_upstream` policy it runs
+/// under: its own directive, else the server block's (nginx's inheritance).
+fn retry_policies(config: &str) -> Vec<(String, String)> {
+    let mut server_default = None;
+    let mut locations: Vec<(String, Option<String>)> = Vec::new();
+    let mut depth = 0usize;
+    let mut location_depth = None;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("location ") {
+            let name = rest.trim_end_matches('{').trim().to_string();
+            location_depth = Some(depth);
+            locations.push((name, None));
+        }
+        if let Some(policy) = line.strip_prefix("proxy_next_upstream ") {
+            let policy = policy.trim_end_matches(';').trim().to_string();
+            match location_depth {
+                Some(_) => locations.last_mut().expect("in a location").1 = Some(policy),
+                None => server_default = Some(policy),
+            }
+        }
+        depth += line.matches('{').count();
+        depth -= line.matches('}').count();
+        if location_depth.is_some_and(|d| depth <= d) {
+            location_depth = None;
+        }
+    }
+    locations
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with('@'))
+        .map(|(name, own)| {
+            let policy = own
+                .or_else(|| server_default.clone())
+                .unwrap_or_else(|| "error timeout (nginx default)".into());
+            (name, policy)
+        })
+        .collect()
+}
+
+/// nginx may replay a request on another replica only where a repeat is harmless: `POST
+/// /transaction` is idempotent by its id (`non_idempotent`); settlement jobs (a POST) are not
+/// replayed once sent; webhook registrations (`PUT`/`DELETE`, which nginx would replay as
+/// "idempotent" methods) are never replayed. Both configs agree. The behaviour itself is
+/// tested through nginx in `through_nginx.rs`.
+#[test]
+fn nginx_replays_only_requests_that_are_idempotent_by_id() {
+    let rendered = nginx::local_config(18080, &[18001], nginx::DEFAULT_RATE, nginx::DEFAULT_BURST);
+    let local = retry_policies(&rendered);
+    let compose = retry_policies(&read("nginx/compose.conf"));
+    assert_eq!(local, compose, "the two configs retry differently");
+
+    let policy = |name: &str| {
+        local
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| panic!("no location {name}: {local:?}"))
+    };
+    assert!(policy("= /transaction").contains("non_idempotent"));
+    // A replica's own 503 is the truth of the request only if no other replica had it.
+    assert!(!policy("= /transaction").contains("http_503"));
+    for (name, p) in &local {
+        if name != "= /transaction" {
+            assert!(!p.contains("non_idempotent"), "{name} replays POSTs: {p}");
+        }
+    }
+    assert_eq!(policy("~ ^/account/[^/]+/webhook$"), "off");
+    assert!(policy("/").contains("error"), "reads still fail over");
+}

@@ -553,3 +553,183 @@ async fn overlapping_jobs_on_two_workers_write_the_same_rows_once() {
         - 1;
     assert_eq!(app.count("SELECT count(*) FROM settlements").await, lines);
 }
+
+#[tokio::test]
+async fn a_job_range_longer_than_the_maximum_is_refused() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    // The default maximum, 366 days, covers a leap year and nothing more.
+    queue(&app, "2024-01-01", "2024-12-31").await;
+    let (status, body) = post(
+        &app,
+        "/jobs/settlements",
+        r#"{"from":"2024-01-01","to":"2025-01-01"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "range_too_long");
+    assert_eq!(body["error"]["field"], "to");
+    let (status, body) = post(
+        &app,
+        "/jobs/settlements",
+        r#"{"from":"0001-01-01","to":"9999-12-31"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "range_too_long");
+    assert_eq!(app.count("SELECT count(*) FROM settlement_jobs").await, 1);
+}
+
+#[tokio::test]
+async fn queued_jobs_are_bounded_and_one_more_gets_429_with_retry_after() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        tweak: |s| s.jobs.max_queued = 3,
+        ..Options::default()
+    })
+    .await;
+    // Requests racing for the last places: exactly the bound gets in.
+    let answers = futures_util::future::join_all((0..10).map(|i| {
+        let body = json!({"from": "2024-01-01", "to": format!("2024-01-{:02}", i + 1)});
+        app.client
+            .post(format!("{}/jobs/settlements", app.address))
+            .json(&body)
+            .send()
+    }))
+    .await;
+    let mut accepted = Vec::new();
+    for answer in answers {
+        let response = answer.expect("POST /jobs/settlements");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            202 => accepted.push(body["jobId"].as_str().unwrap().to_string()),
+            429 => {
+                assert_eq!(body["error"]["code"], "too_many_jobs", "{body}");
+                assert!(retry_after.is_some(), "429 without Retry-After");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(accepted.len(), 3, "{accepted:?}");
+    assert_eq!(app.count("SELECT count(*) FROM settlement_jobs").await, 3);
+
+    // A place frees up when a job leaves the queue (here: cancelled).
+    let (status, _) = post(&app, &format!("/jobs/{}/cancel", accepted[0]), "").await;
+    assert_eq!(status, 200);
+    queue(&app, "2024-02-01", "2024-02-02").await;
+    let (status, body) = post(
+        &app,
+        "/jobs/settlements",
+        r#"{"from":"2024-02-01","to":"2024-02-02"}"#,
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+}
+
+/// A client that starts a download and then stops reading (a tiny receive buffer, nothing
+/// read past the status line): the server's stream, and whatever connection feeds it, stays
+/// busy until this is dropped. Returns the connection and the answer's status line.
+async fn stalled_download(app: &TestApp, job: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = app.api_ports[0];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    stream
+        .write_all(format!("GET /jobs/{job}/download HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while !head[..read].contains(&b'\n') {
+        let n = stream.read(&mut head[read..]).await.unwrap();
+        assert!(n > 0, "connection closed before the status line");
+        read += n;
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    (stream, line.lines().next().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn downloads_beyond_their_bound_get_503_and_never_take_the_main_pools_connections() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        tweak: |s| {
+            s.database.pool_size = 2;
+            s.jobs.download_connections = 2;
+        },
+        ..Options::default()
+    })
+    .await;
+    // A completed job whose file (300,000 lines, ~14 MB) is far bigger than the socket
+    // buffers: a client that stops reading keeps its download open.
+    let job = uuid::Uuid::new_v4();
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO settlement_jobs (id, status, from_day, to_day, processed, total) \
+             VALUES ($1, 'COMPLETED', '2024-01-01', '2024-01-30', 30, 30)",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO settlements (day, account_id, deposits, withdraws, net, count, job_id, \
+                 computed_at) \
+             SELECT DATE '2024-01-01' + d, 'account-' || lpad(a::text, 6, '0'), 100.25, 30.5, \
+                    69.75, 3, $1, now() \
+             FROM generate_series(0, 29) d, generate_series(1, 10000) a",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let job = job.to_string();
+
+    // As many stalled downloads as the main pool has connections, and one more.
+    let mut stalled = Vec::new();
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let (stream, line) = stalled_download(&app, &job).await;
+        stalled.push(stream);
+        lines.push(line);
+    }
+    assert!(lines[0].starts_with("HTTP/1.1 200"), "{lines:?}");
+    assert!(lines[1].starts_with("HTTP/1.1 200"), "{lines:?}");
+    assert!(lines[2].starts_with("HTTP/1.1 503"), "{lines:?}");
+
+    // The one beyond the bound is told so, in the JSON error shape, with Retry-After.
+    let response = app
+        .client
+        .get(format!("{}/jobs/{job}/download", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "downloads_busy", "{body}");
+
+    // The main pool is untouched: reads that need it are served.
+    for _ in 0..5 {
+        let (status, body) = app.get("/account/acc-1").await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = app.get(&format!("/jobs/{job}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Clients gone: their places are free again.
+    drop(stalled);
+    let csv = eventually(Duration::from_secs(10), || async {
+        let (status, _, csv) = download(&app, &job).await;
+        (status == 200).then_some(csv)
+    })
+    .await;
+    assert_eq!(csv.lines().count(), 300_001);
+}

@@ -1,6 +1,6 @@
 //! Users: ownership by first use (`userId` on a transaction) and by explicit link, a user's
 //! accounts and total, the 422 for a transaction naming another user, and the largest expense
-//! over a user's accounts.
+//! over a user's accounts; the user's accounts are paged like every other list.
 
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -57,7 +57,8 @@ async fn a_user_owns_the_accounts_first_used_with_their_id_and_sees_the_total() 
             "accounts": [
                 {"accountId": "alice-a", "balance": 20.25, "available": 20.25},
                 {"accountId": "alice-b", "balance": 100, "available": 70}
-            ]
+            ],
+            "nextCursor": null
         })
     );
 }
@@ -99,7 +100,8 @@ async fn linking_is_idempotent_and_refuses_an_account_owned_by_another_user() {
     assert_eq!(
         user,
         json!({"userId": "bob", "total": 0,
-               "accounts": [{"accountId": "bob-1", "balance": 0, "available": 0}]})
+               "accounts": [{"accountId": "bob-1", "balance": 0, "available": 0}],
+               "nextCursor": null})
     );
 
     // Linked to bob: carol can neither link it nor post for it with her id.
@@ -210,4 +212,100 @@ async fn user_largest_expense_spans_the_users_accounts_only() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["field"], "from");
+}
+
+/// Gives `user` the accounts `{user}-000` … by explicit link and funds each with `balance`
+/// (rows written directly: this is about reading many accounts, not about the write path).
+async fn owns_funded_accounts(app: &TestApp, user: &str, count: i32, balance: &str) {
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO account_owners (account_id, user_id) \
+             SELECT $1::text || '-' || lpad(i::text, 3, '0'), $1 FROM generate_series(0, $2::int4 - 1) i",
+            &[&user, &count],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO accounts (id, balance) \
+             SELECT account_id, $2::text::numeric FROM account_owners WHERE user_id = $1",
+            &[&user, &balance],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_users_accounts_are_paged_by_id_and_the_total_covers_every_page() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    owns_funded_accounts(&app, "gina", 120, "1.25").await;
+
+    // Without `limit`, a bounded first page (50), not all 120 accounts.
+    let (status, first) = app.get("/users/gina").await;
+    assert_eq!(status, 200, "{first}");
+    let accounts = first["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 50, "{first}");
+    assert_eq!(accounts[0]["accountId"], "gina-000");
+    assert_eq!(accounts[49]["accountId"], "gina-049");
+    assert_eq!(
+        first["total"],
+        json!(150),
+        "the total is over all 120 accounts"
+    );
+    assert_eq!(first["nextCursor"], "gina-049");
+
+    // Following `nextCursor` with `limit` visits every account once, in id order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/users/gina?limit=7".to_string(),
+            Some(c) => format!("/users/gina?limit=7&cursor={c}"),
+        };
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["total"], json!(150));
+        let items = page["accounts"].as_array().unwrap();
+        assert!(items.len() <= 7, "{page}");
+        seen.extend(
+            items
+                .iter()
+                .map(|a| a["accountId"].as_str().unwrap().to_string()),
+        );
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..120).map(|i| format!("gina-{i:03}")).collect();
+    assert_eq!(seen, expected);
+
+    // The largest page is 1000; bad values are 400s naming the parameter.
+    for (query, code, field) in [
+        ("limit=0", "invalid_limit", "limit"),
+        ("limit=1001", "invalid_limit", "limit"),
+        ("limit=ten", "invalid_limit", "limit"),
+        ("cursor=bad%20id", "invalid_cursor", "cursor"),
+    ] {
+        let (status, body) = app.get(&format!("/users/gina?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+    let (status, page) = app.get("/users/gina?limit=1000").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["accounts"].as_array().unwrap().len(), 120);
+    assert_eq!(page["nextCursor"], Value::Null);
+    // Past the last account: an empty page of a user who exists; a user without accounts
+    // is still a 404.
+    let (status, page) = app.get("/users/gina?cursor=gina-119").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["accounts"], json!([]));
+    assert_eq!(page["total"], json!(150));
+    assert_eq!(app.get("/users/nobody?limit=5").await.0, 404);
 }
