@@ -68,7 +68,7 @@ migrate: ## apply the database migrations (release binary)
 	$(BIN_DIR)/tally-worker migrate
 
 # ---------------------------------------------------------------- quality
-test: ## services, drop leftover test databases, the workspace's tests, the API fuzzer, then chaos SEEDS=5
+test: ## services, drop leftover test databases, the workspace's tests, the API fuzzer, then chaos SEEDS=9 (every fault kind once)
 	$(SERVICES)
 	$(MAKE) test-db-clean
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -80,7 +80,7 @@ test: ## services, drop leftover test databases, the workspace's tests, the API 
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(MAKE) fuzz
-	$(MAKE) chaos SEEDS=5
+	$(MAKE) chaos SEEDS=9
 
 # Benchmarks (crates/tally-bench; results and how to read them: BENCHMARKS.md). Baselines,
 # worker drain, then HTTP load against `make up` stacks of its own: nginx on BENCH_PORT,
@@ -107,11 +107,14 @@ bench-settlement: ## settlement over 1M seeded transactions: wall time + worker 
 	$(BIN_DIR)/tally-bench settlement --bin-dir $(BIN_DIR) --out target/bench/settlement.json $(SETTLEMENT_FLAGS)
 
 # Fault suite (crates/tally-chaos): per seed a fresh database and queue prefix, 2 API
-# replicas + 2 workers (debug builds) behind nginx, a modelled workload, and the seed's
-# faults (kill -9 worker/API, RabbitMQ stop_app/start_app, PostgreSQL restart, poison
-# message); then the ledger is checked against the answers. It restarts the SHARED
-# RabbitMQ and PostgreSQL: never run it beside `cargo nextest` (`test` runs it after).
-# Logs and a report per seed under target/chaos/<seed>/.
+# replicas + 2 workers (debug builds) behind nginx, a modelled workload (clients that retry
+# with the same id, give up, or retry with a new id), and the seed's faults (kill -9
+# worker/API, all workers restarted, a worker paused past its lease or run with a skewed
+# clock, RabbitMQ stop_app/start_app or paused past the confirm timeout, PostgreSQL
+# restart, poison message); then every answer is scored against the ledger. It restarts
+# and pauses the SHARED RabbitMQ and PostgreSQL: never run it beside `cargo nextest`
+# (`test` runs it after). Logs and a report per seed under target/chaos/<seed>/; a table of
+# faults per kind and the wall time at the end. CHAOS_FLAGS="--kinds K,K" narrows the kinds.
 SEEDS ?= 5
 SEED_START ?= 0
 DEBUG_BIN_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug

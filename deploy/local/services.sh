@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local backing services for tally: PostgreSQL + RabbitMQ (+ the nginx binary).
+# Local backing services for tally: PostgreSQL + RabbitMQ (+ the nginx binary, and
+# faketime: the fault suite runs a worker with a shifted clock through libfaketime).
 #
 #   deploy/local/services.sh          install if missing, start, wait until ready, create role/db
 #   deploy/local/services.sh status   report; exit 0 only when both services answer
@@ -57,7 +58,7 @@ ensure_packages() {
   if ! command -v pg_ctlcluster >/dev/null || ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
     want+=(postgresql)
   fi
-  for p in rabbitmq-server nginx; do installed "$p" || want+=("$p"); done
+  for p in rabbitmq-server nginx faketime; do installed "$p" || want+=("$p"); done
   if [[ ${WITH_BENCH_TOOLS:-0} == 1 ]]; then installed wrk || want+=(wrk); fi
   ((${#want[@]})) || return 0
   say "installing ${want[*]} (apt)"

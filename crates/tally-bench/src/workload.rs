@@ -205,7 +205,7 @@ mod tests {
             assert_eq!(parsed.amount, tx.amount());
             assert_eq!(parsed.account_id, tx.account);
             let env = tx.envelope(Utc::now());
-            assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+            assert_eq!(Envelope::decode(&env.encode(), &rules).unwrap(), env);
             if tx.kind == Kind::WithdrawRequest {
                 let w = g.follow_up(&tx);
                 let v: serde_json::Value = serde_json::from_slice(&w.json()).unwrap();

@@ -1,14 +1,14 @@
 //! After the storm: waits until the system has settled (every process up, every shard queue
-//! drained and consumed, every answered id recorded), then checks the ledger against what the
-//! clients were told.
+//! drained and consumed, every decided id recorded), then checks the ledger against what the
+//! clients were told:
 //!
-//! The model's promises, checked here:
-//! - every id answered 200 is recorded once as `applied`; 201 as `approved` with the same
-//!   hold; 402 as `denied` with no open or captured hold; no id has a definitive answer
-//!   missing, and no recorded id was never sent;
-//! - a repeat of an answered id (later or concurrent) got the same outcome;
-//! - per account: balance = Σ accepted deposits − Σ accepted withdraws; held = Σ approved
-//!   requests not captured by an accepted withdraw naming them; the API's `/account` agrees;
+//! - every answer against the final records, by what it promises (`scoring`);
+//! - the records and holds against each other and the ledger's rules, in the order the
+//!   ledger applied them (`replay`);
+//! - per account: balance = what the allowed records add up to, held = the holds still open;
+//!   the accounts table and the API's `/account` agree;
+//! - no record applied before it was accepted, no deadline denial before a deadline could
+//!   pass (one clock for decisions);
 //! - the server's own auditor (`/debug/conservation`) passes;
 //! - each poison message is archived exactly once as a dead letter.
 //!
@@ -18,17 +18,25 @@
 use anyhow::Result;
 use rust_decimal::Decimal;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::cluster::{pg_connect, Cluster, RunConfig};
-use crate::model::{money, Answer, Http, Kind, Op, Repeat};
+use crate::cluster::{pg_connect, Cluster, RunConfig, DECISION_MARGIN, REQUEST_DEADLINE};
+use crate::model::{Http, Kind, Op};
+use crate::replay;
+use crate::scoring::{self, HoldRow, Ledger, Record};
+
+/// No withdraw_request can be denied for its deadline sooner than this after it was sent:
+/// the worker must decide while `deadline − margin` is left, counted from nginx's arrival
+/// (`cluster` sets both). Half a second of slack for the clients' own scheduling.
+const EARLIEST_DEADLINE: Duration = REQUEST_DEADLINE
+    .saturating_sub(DECISION_MARGIN)
+    .saturating_sub(Duration::from_millis(500));
 
 /// Everything the clients and the fault injector did.
 pub struct Model {
     pub ops: Vec<Op>,
-    pub repeats: Vec<Repeat>,
     pub poisons: Vec<String>,
 }
 
@@ -47,10 +55,6 @@ impl Verdict {
 
 fn dec(text: &str) -> Decimal {
     text.parse().unwrap_or(Decimal::MIN)
-}
-
-fn cents(c: i64) -> Decimal {
-    dec(&money(c))
 }
 
 /// A JSON number or string as a decimal (the API prints exact decimal text).
@@ -96,8 +100,10 @@ pub async fn settle(
     let expected: Vec<String> = model
         .ops
         .iter()
-        .filter(|op| op.answer.definitive())
+        .filter(|op| op.answer().decided())
         .map(|op| op.cmd.id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     loop {
         let last = match settled(cluster, cfg, &expected, &model.poisons).await {
@@ -202,21 +208,6 @@ async fn settled(
     Ok((!pending.is_empty()).then(|| pending.join("; ")))
 }
 
-struct TxRow {
-    account: String,
-    kind: String,
-    amount: Decimal,
-    status: String,
-    hold_id: Option<String>,
-    request_id: Option<String>,
-}
-
-struct HoldRow {
-    id: String,
-    status: String,
-    captured_by: Option<String>,
-}
-
 /// Lists at most a few offenders in the message, all in the report file.
 fn listed(what: &str, items: &[String]) -> String {
     const SHOWN: usize = 5;
@@ -232,7 +223,56 @@ fn listed(what: &str, items: &[String]) -> String {
     s
 }
 
-/// Compares the ledger with the model.
+/// Reads the final records: every transaction and every hold.
+async fn load_ledger(db: &tokio_postgres::Client) -> Result<Ledger> {
+    let mut ledger = Ledger::default();
+    for r in db
+        .query(
+            "SELECT id, account_id, kind, amount::text, status, reason, hold_id::text, \
+                    request_id, seq, balance_after::text FROM transactions",
+            &[],
+        )
+        .await?
+    {
+        let (amount, after): (String, String) = (r.get(3), r.get(9));
+        let rec = Record {
+            id: r.get(0),
+            account: r.get(1),
+            kind: r.get(2),
+            amount: dec(&amount),
+            status: r.get(4),
+            reason: r.get(5),
+            hold_id: r.get(6),
+            request_id: r.get(7),
+            seq: r.get(8),
+            balance_after: dec(&after),
+        };
+        ledger.records.insert(rec.id.clone(), rec);
+    }
+    for r in db
+        .query(
+            "SELECT id::text, request_id, account_id, amount::text, status, captured_by, \
+                    (extract(epoch FROM created_at) * 1000000)::int8 FROM holds",
+            &[],
+        )
+        .await?
+    {
+        let amount: String = r.get(3);
+        ledger.holds.push(HoldRow {
+            id: r.get(0),
+            request_id: r.get(1),
+            account: r.get(2),
+            amount: dec(&amount),
+            status: r.get(4),
+            captured_by: r.get(5),
+            created: r.get(6),
+        });
+    }
+    Ok(ledger)
+}
+
+/// Compares the ledger with the answers (see `scoring` and `replay`), then the read routes
+/// with the ledger.
 pub async fn verify(
     cluster: &Cluster,
     http: &Http,
@@ -248,76 +288,63 @@ pub async fn verify(
         }
     };
 
-    // Answers that are findings by themselves.
-    let undetermined: Vec<String> = model
-        .ops
-        .iter()
-        .filter(|op| !op.answer.definitive())
-        .map(|op| {
-            format!(
-                "{} {} {} sent at +{:.1}s: {} after {} attempts",
-                op.cmd.id,
-                op.cmd.kind.as_str(),
-                money(op.cmd.cents),
-                op.sent.as_secs_f64(),
-                op.answer.short(),
-                op.attempts
-            )
-        })
-        .collect();
-    report(v, "commands without a definitive answer", undetermined);
-    let changed: Vec<String> = model
-        .repeats
-        .iter()
-        .filter(|r| r.first.definitive() && !r.first.same_outcome(&r.again))
-        .map(|r| {
-            format!(
-                "{}{}: first {} [{}], again {} [{}]",
-                r.id,
-                if r.concurrent { " (concurrent)" } else { "" },
-                r.first.short(),
-                r.trails.0,
-                r.again.short(),
-                r.trails.1
-            )
-        })
-        .collect();
-    report(v, "same id and payload, different outcome", changed);
-
     let db = pg_connect(&cluster.db_url).await?;
-    let mut txs: HashMap<String, TxRow> = HashMap::new();
-    for r in db
-        .query("SELECT id, account_id, kind, amount::text, status, hold_id::text, request_id FROM transactions", &[])
-        .await?
-    {
-        let amount: String = r.get(3);
-        txs.insert(r.get(0), TxRow {
-            account: r.get(1),
-            kind: r.get(2),
-            amount: dec(&amount),
-            status: r.get(4),
-            hold_id: r.get(5),
-            request_id: r.get(6),
-        });
+    // One snapshot for records, holds and accounts: they are compared with each other.
+    db.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let ledger = load_ledger(&db).await?;
+    let accounts = load_accounts(&db).await?;
+    let early = applied_before_accepted(&db).await?;
+    db.batch_execute("COMMIT").await?;
+
+    for (what, items) in scoring::score(&model.ops, &ledger) {
+        report(v, what, items);
     }
-    let mut holds: HashMap<String, HoldRow> = HashMap::new();
-    for r in db
-        .query(
-            "SELECT request_id, id::text, status, captured_by FROM holds",
-            &[],
-        )
-        .await?
-    {
-        holds.insert(
-            r.get(0),
-            HoldRow {
-                id: r.get(1),
-                status: r.get(2),
-                captured_by: r.get(3),
-            },
-        );
+    report(
+        v,
+        "withdraw_requests denied for the deadline before it could pass",
+        scoring::early_deadline_denials(&model.ops, EARLIEST_DEADLINE),
+    );
+    report(
+        v,
+        "records applied before they were accepted (clock skew)",
+        early,
+    );
+    let allowed = scoring::allowed(&model.ops, &ledger);
+    let (findings, held) = replay::replay(&ledger, &allowed);
+    for (what, items) in findings {
+        report(v, what, items);
     }
-    let mut accounts: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
+    let mut expected: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
+    for (account, balance) in scoring::expected_balances(&ledger, &allowed) {
+        expected.entry(account).or_default().0 = balance;
+    }
+    for (account, held) in held {
+        expected.entry(account).or_default().1 = held;
+    }
+    for op in &model.ops {
+        expected.entry(op.cmd.account.clone()).or_default();
+    }
+    report(
+        v,
+        "balances or holds differ from the records",
+        balances_differ(http, &expected, &accounts).await,
+    );
+    report(
+        v,
+        "GET /transactions/{id} disagrees with the table",
+        transaction_reads_differ(http, model, &ledger).await,
+    );
+    auditor(http, &db, v).await?;
+    dead_letters(http, &db, model, v).await?;
+    Ok(())
+}
+
+/// `(balance, held)` of every account in the table.
+async fn load_accounts(
+    db: &tokio_postgres::Client,
+) -> Result<BTreeMap<String, (Decimal, Decimal)>> {
+    let mut accounts = BTreeMap::new();
     for r in db
         .query("SELECT id, balance::text, held::text FROM accounts", &[])
         .await?
@@ -325,142 +352,38 @@ pub async fn verify(
         let (b, h): (String, String) = (r.get(1), r.get(2));
         accounts.insert(r.get(0), (dec(&b), dec(&h)));
     }
+    Ok(accounts)
+}
 
-    // The model's expectations, per account.
-    let mut balance: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut held: BTreeMap<String, Decimal> = BTreeMap::new();
-    let captured: HashMap<&str, &str> = model
-        .ops
+/// One clock for decisions: a record applied before the API accepted it was stamped by a
+/// clock that runs behind.
+async fn applied_before_accepted(db: &tokio_postgres::Client) -> Result<Vec<String>> {
+    Ok(db
+        .query(
+            "SELECT id, accepted_at::text, applied_at::text FROM transactions \
+             WHERE applied_at < accepted_at ORDER BY id",
+            &[],
+        )
+        .await?
         .iter()
-        .filter(|op| op.answer == Answer::Accepted)
-        .filter_map(|op| {
-            op.cmd
-                .request_id
-                .as_deref()
-                .map(|r| (r, op.cmd.id.as_str()))
+        .map(|r| {
+            let (id, accepted, applied): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            format!("{id}: accepted {accepted}, applied {applied}")
         })
-        .collect();
-    let mut wrong = Vec::new();
-    let mut sent: HashSet<&str> = HashSet::new();
-    for op in &model.ops {
-        let cmd = &op.cmd;
-        sent.insert(&cmd.id);
-        balance.entry(cmd.account.clone()).or_default();
-        held.entry(cmd.account.clone()).or_default();
-        let rec = txs.get(&cmd.id);
-        let mut bad = |why: String| {
-            wrong.push(format!(
-                "{} ({} {} on {}; answered {} [{}]): {why}",
-                cmd.id,
-                cmd.kind.as_str(),
-                money(cmd.cents),
-                cmd.account,
-                op.answer.short(),
-                op.trail
-            ))
-        };
-        if let Some(rec) = rec {
-            if rec.account != cmd.account
-                || rec.kind != cmd.kind.as_str()
-                || rec.amount != cents(cmd.cents)
-                || rec.request_id != cmd.request_id
-            {
-                bad(format!(
-                    "recorded as {} {} on {} (request {:?})",
-                    rec.kind, rec.amount, rec.account, rec.request_id
-                ));
-            }
-        }
-        match (&op.answer, rec) {
-            (Answer::Accepted, None)
-            | (Answer::Approved { .. }, None)
-            | (Answer::Denied { .. }, None) => bad("not recorded".into()),
-            (Answer::Accepted, Some(rec)) => {
-                if rec.status != "applied" {
-                    bad(format!("recorded {}", rec.status));
-                }
-                let amount = cents(cmd.cents);
-                match cmd.kind {
-                    Kind::Deposit => *balance.entry(cmd.account.clone()).or_default() += amount,
-                    _ => *balance.entry(cmd.account.clone()).or_default() -= amount,
-                }
-                if let Some(request) = &cmd.request_id {
-                    match holds.get(request) {
-                        Some(h)
-                            if h.status == "captured"
-                                && h.captured_by.as_deref() == Some(cmd.id.as_str()) =>
-                        {
-                            if rec.hold_id.as_deref() != Some(h.id.as_str()) {
-                                bad(format!(
-                                    "captured hold {} but records hold {:?}",
-                                    h.id, rec.hold_id
-                                ));
-                            }
-                        }
-                        Some(h) => bad(format!(
-                            "hold of {request} is {} (captured by {:?})",
-                            h.status, h.captured_by
-                        )),
-                        None => bad(format!("no hold for {request}")),
-                    }
-                }
-            }
-            (Answer::Approved { hold_id }, Some(rec)) => {
-                if rec.status != "approved" || rec.hold_id.as_deref() != Some(hold_id.as_str()) {
-                    bad(format!(
-                        "recorded {} with hold {:?}",
-                        rec.status, rec.hold_id
-                    ));
-                }
-                let want = if captured.contains_key(cmd.id.as_str()) {
-                    "captured"
-                } else {
-                    "open"
-                };
-                match holds.get(&cmd.id) {
-                    Some(h) if h.id == *hold_id && h.status == want => {}
-                    Some(h) => bad(format!(
-                        "hold {} is {}, expected {hold_id} {want}",
-                        h.id, h.status
-                    )),
-                    None => bad("no hold row".into()),
-                }
-                if want == "open" {
-                    *held.entry(cmd.account.clone()).or_default() += cents(cmd.cents);
-                }
-            }
-            (Answer::Denied { .. }, Some(rec)) => {
-                if rec.status != "denied" {
-                    bad(format!(
-                        "recorded {} with hold {:?}",
-                        rec.status, rec.hold_id
-                    ));
-                }
-                if let Some(h) = holds.get(&cmd.id) {
-                    if h.status == "open" || h.status == "captured" {
-                        bad(format!("has a hold {} that is {}", h.id, h.status));
-                    }
-                }
-            }
-            (_, Some(rec)) => bad(format!("no definitive answer but recorded {}", rec.status)),
-            (_, None) => {}
-        }
-    }
-    report(v, "ledger disagrees with the answers", wrong);
-    let unknown: Vec<String> = txs
-        .keys()
-        .filter(|id| !sent.contains(id.as_str()))
-        .cloned()
-        .collect();
-    report(v, "recorded ids nobody sent", unknown);
+        .collect())
+}
 
-    // Balances and holds: the table and the API's read route, against the model.
+/// The accounts table and the API's `/account` against the expected `(balance, held)`.
+async fn balances_differ(
+    http: &Http,
+    expected: &BTreeMap<String, (Decimal, Decimal)>,
+    table: &BTreeMap<String, (Decimal, Decimal)>,
+) -> Vec<String> {
     let mut off = Vec::new();
-    for (account, want_balance) in &balance {
-        let want_held = held.get(account).copied().unwrap_or_default();
-        let (got_balance, got_held) = accounts.get(account).copied().unwrap_or_default();
-        if got_balance != *want_balance || got_held != want_held {
-            off.push(format!("{account}: table balance {got_balance} held {got_held}, model balance {want_balance} held {want_held}"));
+    for (account, &(want_balance, want_held)) in expected {
+        let (got_balance, got_held) = table.get(account).copied().unwrap_or_default();
+        if got_balance != want_balance || got_held != want_held {
+            off.push(format!("{account}: table balance {got_balance} held {got_held}, records say balance {want_balance} held {want_held}"));
         }
         match http.get_json(&format!("/account/{account}")).await {
             Ok((200, body)) => {
@@ -469,11 +392,11 @@ pub async fn verify(
                     json_dec(&body["held"]),
                     json_dec(&body["available"]),
                 );
-                if b != Some(*want_balance)
+                if b != Some(want_balance)
                     || h != Some(want_held)
-                    || a != Some(*want_balance - want_held)
+                    || a != Some(want_balance - want_held)
                 {
-                    off.push(format!("{account}: GET /account says {body}, model balance {want_balance} held {want_held}"));
+                    off.push(format!("{account}: GET /account says {body}, records say balance {want_balance} held {want_held}"));
                 }
             }
             Ok((status, body)) => {
@@ -482,18 +405,25 @@ pub async fn verify(
             Err(e) => off.push(format!("{account}: GET /account failed: {e}")),
         }
     }
-    report(v, "balances or holds differ from the model", off);
+    off
+}
 
-    // The read route of single transactions, for every decided request and a sample of others.
+/// The read route of single transactions against the table, for every withdraw_request and
+/// a sample of the others.
+async fn transaction_reads_differ(http: &Http, model: &Model, ledger: &Ledger) -> Vec<String> {
     let mut reads = Vec::new();
+    let mut asked = HashSet::new();
     for op in model
         .ops
         .iter()
         .filter(|op| op.cmd.kind == Kind::WithdrawRequest || op.cmd.id.ends_with('0'))
     {
-        let Some(rec) = txs.get(&op.cmd.id) else {
+        let Some(rec) = ledger.records.get(&op.cmd.id) else {
             continue;
         };
+        if !asked.insert(op.cmd.id.as_str()) {
+            continue;
+        }
         match http.get_json(&format!("/transactions/{}", op.cmd.id)).await {
             Ok((200, body)) => {
                 let hold = body
@@ -514,11 +444,7 @@ pub async fn verify(
             Err(e) => reads.push(format!("{}: GET /transactions failed: {e}", op.cmd.id)),
         }
     }
-    report(v, "GET /transactions/{id} disagrees with the table", reads);
-
-    auditor(http, &db, v).await?;
-    dead_letters(http, &db, model, v).await?;
-    Ok(())
+    reads
 }
 
 /// The server's own conservation auditor must pass; SQL stand-in while the route is missing.

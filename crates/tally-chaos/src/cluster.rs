@@ -19,6 +19,19 @@ use tally_bus::Topology;
 use tally_tools::nginx;
 use tokio::time::Instant;
 
+/// Lease TTL of the workers (`worker.lease_ttl_ms`, set explicitly so the faults that depend
+/// on it do not drift from a changed default): a dead or paused worker's shards are taken
+/// over once its leases expire.
+pub const LEASE_TTL: Duration = Duration::from_millis(5000);
+/// How long the API waits for RabbitMQ's publisher confirm (`api.publish_timeout_ms`).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(2000);
+/// How long the API republishes a message whose confirm was lost (`api.settle_timeout_ms`).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_millis(3000);
+/// A withdraw_request's deadline and the part of it the worker leaves for commit and reply
+/// (`ledger.request_deadline_ms`, `ledger.decision_margin_ms`).
+pub const REQUEST_DEADLINE: Duration = Duration::from_millis(3000);
+pub const DECISION_MARGIN: Duration = Duration::from_millis(500);
+
 /// Settings of a whole run (every seed).
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -105,6 +118,12 @@ impl Proc {
 
     /// Writes a line of the suite's own into the process log, so a reader sees where a kill
     /// or restart happened between the process's lines.
+    /// Sets (or replaces) an environment variable for the next [`Proc::spawn`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     pub fn mark(&self, what: &str) {
         if let Ok(mut f) = self.log_file() {
             let _ = writeln!(f, "==== tally-chaos: {what} ====");
@@ -341,6 +360,26 @@ impl Cluster {
                 cfg.shard_count.to_string(),
             ),
             ("NO_COLOR".to_string(), "1".to_string()),
+            (
+                "TALLY_WORKER__LEASE_TTL_MS".to_string(),
+                LEASE_TTL.as_millis().to_string(),
+            ),
+            (
+                "TALLY_API__PUBLISH_TIMEOUT_MS".to_string(),
+                PUBLISH_TIMEOUT.as_millis().to_string(),
+            ),
+            (
+                "TALLY_API__SETTLE_TIMEOUT_MS".to_string(),
+                SETTLE_TIMEOUT.as_millis().to_string(),
+            ),
+            (
+                "TALLY_LEDGER__REQUEST_DEADLINE_MS".to_string(),
+                REQUEST_DEADLINE.as_millis().to_string(),
+            ),
+            (
+                "TALLY_LEDGER__DECISION_MARGIN_MS".to_string(),
+                DECISION_MARGIN.as_millis().to_string(),
+            ),
             // Several workers per host: each its own free metrics port.
             (
                 "TALLY_WORKER__METRICS_ADDR".to_string(),
@@ -714,6 +753,13 @@ pub async fn ensure_services(cfg: &RunConfig) -> Result<()> {
     };
     if pg && amqp {
         return Ok(());
+    }
+    // A run interrupted inside `pause-rabbitmq` leaves the broker stopped (SIGSTOP): resume it
+    // rather than have services.sh wait for a node that cannot answer.
+    if !amqp {
+        for pid in crate::host::resume_stopped_brokers() {
+            eprintln!("chaos: RabbitMQ (pid {pid}) was left stopped by SIGSTOP: sent SIGCONT");
+        }
     }
     eprintln!("chaos: services not all up (postgresql {pg}, rabbitmq {amqp}): running deploy/local/services.sh");
     let script = cfg.root.join("deploy/local/services.sh");

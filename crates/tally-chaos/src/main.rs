@@ -4,27 +4,31 @@
 //! what the clients were told. A seed decides the workload and the faults, so a failing seed
 //! is replayed with `make chaos SEED=<n>`.
 //!
-//! It restarts the machine's shared RabbitMQ and PostgreSQL: never run it next to the test
-//! suite (`make test` runs a short chaos run after the tests, not beside them).
+//! It restarts (and pauses) the machine's shared RabbitMQ and PostgreSQL: never run it next to
+//! the test suite (`make test` runs a short chaos run after the tests, not beside them).
 
 mod checks;
 mod cluster;
 mod faults;
+mod host;
 mod model;
+mod replay;
+mod scoring;
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 use checks::{Model, Verdict};
 use cluster::{Cluster, RunConfig};
-use faults::{FaultKind, Services};
-use model::{Answer, Client, Http, Stats};
+use faults::{Ctx, FaultKind};
+use host::Services;
+use model::{Answer, Client, Http, Origin, Stats, Traffic};
 use tally_tools::rng::Rng;
 
 const USAGE: &str =
@@ -35,9 +39,10 @@ const USAGE: &str =
   --seed N       run only seed N (repeatable): the replay of a failing seed
   --fail-fast    stop at the first failing seed (default: run all, then exit non-zero)
   --no-faults    the same workload and checks without faults (tells harness from system)
-  --kinds K,K    inject only these kinds (kill-worker, kill-api, rabbitmq-restart,
-                 postgres-restart, poison-message); the local ones leave the shared
-                 services alone
+  --kinds K,K    inject only these kinds: kill-worker, kill-api, poison-message,
+                 pause-worker, restart-workers, skew-worker touch only the seed's own
+                 processes; rabbitmq-restart, postgres-restart, pause-rabbitmq stop or
+                 pause the shared services
   --bin-dir DIR  where tally-api and tally-worker are (default: next to this binary)
   --no-wait      start seeds even while `cargo nextest`/`cargo test` runs (by default each
                  seed waits up to 30 min for them: it restarts the services they use)
@@ -53,7 +58,8 @@ struct Options {
     seeds: Vec<u64>,
     fail_fast: bool,
     no_faults: bool,
-    kinds: Option<Vec<FaultKind>>,
+    /// The kinds to draw from (all unless `--kinds`).
+    kinds: Vec<FaultKind>,
     no_wait: bool,
     clients: u64,
     accounts: usize,
@@ -65,7 +71,7 @@ fn parse_args() -> Result<Options> {
         seeds: Vec::new(),
         fail_fast: false,
         no_faults: false,
-        kinds: None,
+        kinds: faults::ALL.to_vec(),
         no_wait: false,
         clients: 8,
         accounts: 20,
@@ -102,7 +108,7 @@ fn parse_args() -> Result<Options> {
                             .with_context(|| format!("unknown fault kind {n:?}\n{USAGE}"))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                o.kinds = Some(kinds);
+                o.kinds = kinds;
             }
             "--clients" => o.clients = value()?.parse()?,
             "--accounts" => o.accounts = value()?.parse()?,
@@ -126,7 +132,11 @@ fn parse_args() -> Result<Options> {
 /// One seed's result.
 struct SeedResult {
     seed: u64,
-    kinds: Vec<FaultKind>,
+    /// Faults injected.
+    injected: Vec<FaultKind>,
+    /// Those of them that failed: not done, not recovered from, or their own check failed
+    /// (a paused worker's shards not taken over).
+    broken: Vec<FaultKind>,
     failures: Vec<String>,
 }
 
@@ -165,6 +175,10 @@ async fn main() -> Result<()> {
         shard_count: 4,
     };
     let services = Services::detect()?;
+    if !opts.no_faults && opts.kinds.contains(&FaultKind::SkewWorker) && services.faketime.is_none()
+    {
+        bail!("{}", faults::FAKETIME_MISSING);
+    }
     cluster::ensure_services(&cfg).await?;
     let leftovers = cluster::clean_leftovers(&cfg).await?;
     if leftovers > 0 {
@@ -214,7 +228,7 @@ async fn run_seed(cfg: &RunConfig, services: &Services, opts: &Options, seed: u6
     let t = Instant::now();
     let mut lines = Vec::new();
     let mut verdict = Verdict::default();
-    let mut kinds = Vec::new();
+    let mut injected = Vec::new();
     let mut summary_line = String::new();
     match Cluster::new(cfg, seed) {
         Ok(mut cluster) => {
@@ -228,7 +242,7 @@ async fn run_seed(cfg: &RunConfig, services: &Services, opts: &Options, seed: u6
                     opts,
                     &mut verdict,
                     &mut lines,
-                    &mut kinds,
+                    &mut injected,
                 )
                 .await
                 {
@@ -271,12 +285,18 @@ async fn run_seed(cfg: &RunConfig, services: &Services, opts: &Options, seed: u6
     let _ = std::io::stdout().flush();
     SeedResult {
         seed,
-        kinds,
+        broken: injected
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(k, _)| *k)
+            .collect(),
+        injected: injected.into_iter().map(|(k, _)| k).collect(),
         failures: verdict.failures,
     }
 }
 
-/// Start, load with faults, settle, verify. Returns the one-line description of the seed.
+/// Start, load with faults, settle, verify. Returns the one-line description of the seed;
+/// `injected` gets each fault's kind and whether it was done and recovered from.
 async fn drive(
     cluster: &mut Cluster,
     cfg: &RunConfig,
@@ -284,7 +304,7 @@ async fn drive(
     opts: &Options,
     verdict: &mut Verdict,
     lines: &mut Vec<String>,
-    kinds: &mut Vec<FaultKind>,
+    injected: &mut Vec<(FaultKind, bool)>,
 ) -> Result<String> {
     cluster
         .start(cfg)
@@ -292,14 +312,15 @@ async fn drive(
         .context("starting the installation")?;
     let seed = cluster.seed;
     let load = Rng::stream(seed, 0).millis(10_000, 15_000);
-    let mut plan = faults::plan(seed, load, cfg.api_replicas, cfg.workers, cfg.shard_count);
-    if opts.no_faults {
-        plan.clear();
-    }
-    if let Some(kinds) = &opts.kinds {
-        plan.retain(|f| kinds.contains(&f.kind));
-    }
-    kinds.extend(plan.iter().map(|f| f.kind));
+    let kinds: &[FaultKind] = if opts.no_faults { &[] } else { &opts.kinds };
+    let plan = faults::plan(
+        seed,
+        load,
+        kinds,
+        cfg.api_replicas,
+        cfg.workers,
+        cfg.shard_count,
+    );
     lines.push(format!("load {:.1}s, plan: {plan:?}", load.as_secs_f64()));
 
     // From here on every time in logs and reports is an offset into the load phase.
@@ -312,7 +333,7 @@ async fn drive(
     )?);
     let accounts: Arc<Vec<String>> =
         Arc::new((0..opts.accounts).map(|i| format!("acct-{i}")).collect());
-    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = Arc::new(Traffic::default());
     let clients: Vec<_> = (0..opts.clients)
         .map(|number| {
             tokio::spawn(
@@ -320,34 +341,40 @@ async fn drive(
                     http: http.clone(),
                     seed,
                     number,
+                    clients: opts.clients,
                     accounts: accounts.clone(),
-                    stop: stop.clone(),
+                    traffic: traffic.clone(),
                 }
                 .run(),
             )
         })
         .collect();
-    let injected = faults::inject(cluster, cfg, services, &plan, load_start, &http).await;
+    let ctx = Ctx {
+        cfg,
+        services,
+        http: &http,
+        traffic: &traffic,
+    };
+    let outcome = faults::inject(cluster, &ctx, &plan, load_start).await;
     // Load goes on for the planned time and at least a little after the last fault recovered,
     // so every fault happens under load and recovery is seen by fresh traffic.
     tokio::time::sleep_until((load_start + load).max(Instant::now() + AFTER_LAST_FAULT)).await;
-    stop.store(true, Ordering::Relaxed);
+    traffic.stop.store(true, Ordering::Relaxed);
     let mut model = Model {
-        ops: injected.canaries,
-        repeats: Vec::new(),
-        poisons: injected.poisons,
+        ops: outcome.canaries,
+        poisons: outcome.poisons,
     };
     let mut stats = Stats::default();
-    stats.absorb(injected.stats);
+    stats.absorb(outcome.stats);
     for client in clients {
         let log = client.await.context("a client task panicked")?;
         model.ops.extend(log.ops);
-        model.repeats.extend(log.repeats);
         stats.absorb(log.stats);
     }
     let load_took = load_start.elapsed();
-    verdict.failures.extend(injected.problems);
-    for i in &injected.injected {
+    verdict.failures.extend(outcome.problems);
+    for i in &outcome.injected {
+        injected.push((i.fault.kind, !i.note.starts_with("FAILED")));
         lines.push(format!(
             "+{:>5.1}s {:<17} {:.1}s  {}",
             i.began.as_secs_f64(),
@@ -378,28 +405,42 @@ async fn drive(
         lines.extend(stats.slow.iter().map(|s| format!("  {s}")));
     }
 
-    let count = |f: fn(&Answer) -> bool| model.ops.iter().filter(|op| f(&op.answer)).count();
-    let faults: Vec<String> = injected
+    let faults: Vec<String> = outcome
         .injected
         .iter()
         .map(|i| format!("{}@{:.1}s", i.fault.kind.name(), i.began.as_secs_f64()))
         .collect();
     Ok(format!(
-        "load {:.1}s (+{:.1}s to settle)  faults: {}  ops {} (200 {}, 201 {}, 402 {} of which deadline {}), repeats {}, attempts {} (50x {}, conn errors {}, slowest {:.1}s)",
+        "load {:.1}s (+{:.1}s to settle)  faults: {}  {}",
         load_took.as_secs_f64(),
         (settled - load_took).as_secs_f64(),
         faults.join(" "),
+        describe_answers(&model, &stats)
+    ))
+}
+
+/// What the clients were told, in one line.
+fn describe_answers(model: &Model, stats: &Stats) -> String {
+    let finals = |f: fn(&Answer) -> bool| model.ops.iter().filter(|op| f(op.answer())).count();
+    let origin = |f: fn(&Origin) -> bool| model.ops.iter().filter(|op| f(&op.origin)).count();
+    format!(
+        "ops {} (200 {}, 201 {}, 402 {} of which deadline {}, 422 {}, undecided {}), \
+         repeats {}, new-id retries {}, attempts {} (not accepted {}, unknown {}, conn errors {}, slowest {:.1}s)",
         model.ops.len(),
-        count(|a| *a == Answer::Accepted),
-        count(|a| matches!(a, Answer::Approved { .. })),
-        count(|a| matches!(a, Answer::Denied { .. })),
-        count(|a| matches!(a, Answer::Denied { reason } if reason == "deadline_exceeded")),
-        model.repeats.len(),
+        finals(|a| *a == Answer::Accepted),
+        finals(|a| matches!(a, Answer::Approved { .. })),
+        finals(|a| matches!(a, Answer::Denied { .. })),
+        finals(|a| matches!(a, Answer::Denied { reason } if reason == "deadline_exceeded")),
+        finals(|a| *a == Answer::IdReused),
+        finals(|a| matches!(a, Answer::NotAccepted { .. } | Answer::Unknown { .. })),
+        origin(|o| matches!(o, Origin::Repeat | Origin::Concurrent | Origin::Conflict)),
+        origin(|o| matches!(o, Origin::NewIdFor(_))),
         stats.attempts,
-        stats.unavailable,
+        stats.not_accepted,
+        stats.unknown,
         stats.connection_errors,
         stats.slowest.as_secs_f64(),
-    ))
+    )
 }
 
 fn write_report(dir: &std::path::Path, seed: u64, verdict: &Verdict, lines: &[String]) {
@@ -418,12 +459,6 @@ fn write_report(dir: &std::path::Path, seed: u64, verdict: &Verdict, lines: &[St
 }
 
 fn summary(opts: &Options, results: &[SeedResult], wall: Duration) {
-    let mut per_kind: BTreeMap<FaultKind, usize> = faults::ALL.iter().map(|k| (*k, 0)).collect();
-    for r in results {
-        for k in &r.kinds {
-            *per_kind.entry(*k).or_default() += 1;
-        }
-    }
     let failed: Vec<u64> = results
         .iter()
         .filter(|r| !r.failures.is_empty())
@@ -438,15 +473,78 @@ fn summary(opts: &Options, results: &[SeedResult], wall: Duration) {
         wall.as_secs() / 60,
         wall.as_secs() % 60
     );
-    let kinds: Vec<String> = per_kind
-        .iter()
-        .map(|(k, n)| format!("{} {n}", k.name()))
-        .collect();
-    println!("chaos: faults injected: {}", kinds.join(", "));
+    println!("{}", kind_table(results));
     if !failed.is_empty() {
         println!("chaos: FAILED seeds: {failed:?}");
         for s in failed {
             println!("  replay: make chaos SEED={s}");
         }
+    }
+}
+
+/// Per fault kind: how often it was injected, how often the fault itself failed (see
+/// [`SeedResult::broken`]), and in how many failing seeds it was.
+fn kind_table(results: &[SeedResult]) -> String {
+    let mut rows: BTreeMap<FaultKind, (usize, usize, usize)> =
+        faults::ALL.iter().map(|k| (*k, (0, 0, 0))).collect();
+    for r in results {
+        for k in &r.injected {
+            rows.entry(*k).or_default().0 += 1;
+        }
+        for k in &r.broken {
+            rows.entry(*k).or_default().1 += 1;
+        }
+        if !r.failures.is_empty() {
+            let mut kinds = r.injected.clone();
+            kinds.sort();
+            kinds.dedup();
+            for k in kinds {
+                rows.entry(k).or_default().2 += 1;
+            }
+        }
+    }
+    let mut table = format!(
+        "chaos: faults per kind\n  {:<18} {:>8} {:>14} {:>14}",
+        "kind", "injected", "fault failed", "failing seeds"
+    );
+    for (kind, (ok, broken, failing)) in rows {
+        table.push_str(&format!(
+            "\n  {:<18} {ok:>8} {broken:>14} {failing:>14}",
+            kind.name()
+        ));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_table_counts_injections_failures_and_failing_seeds() {
+        let results = [
+            SeedResult {
+                seed: 0,
+                injected: vec![FaultKind::PauseWorker, FaultKind::PauseWorker],
+                broken: vec![],
+                failures: vec![],
+            },
+            SeedResult {
+                seed: 1,
+                injected: vec![FaultKind::PauseWorker, FaultKind::SkewWorker],
+                broken: vec![FaultKind::SkewWorker],
+                failures: vec!["x".into()],
+            },
+        ];
+        let table = kind_table(&results);
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(row("pause-worker").as_deref(), Some("3 0 1"));
+        assert_eq!(row("skew-worker").as_deref(), Some("1 1 1"));
+        assert_eq!(row("kill-api").as_deref(), Some("0 0 0"));
     }
 }
