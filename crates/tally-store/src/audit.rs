@@ -1,5 +1,5 @@
 //! The conservation auditor: checks, from the tables alone, the invariants of
-//! `ARCHITECTURE.md` §6 that the server can see, and names the offending rows.
+//! `docs/ARCHITECTURE.md` §5 that the server can see, and names the offending rows.
 //!
 //! - `balances_match_history`: every account's balance is the sum of its applied deposits
 //!   minus its applied withdraws (invariant 1, per account, hence also in total).
