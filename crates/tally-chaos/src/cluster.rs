@@ -686,10 +686,11 @@ pub async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
     }
 }
 
-/// A test run on this machine (`cargo nextest`, `cargo test`), if one is running: our
-/// restarts of the shared RabbitMQ and PostgreSQL would fail its tests, and its load would
-/// skew our timings.
-fn running_test_suite() -> Option<String> {
+/// A test run on this machine (`cargo nextest`, `cargo test`) that uses our PostgreSQL or
+/// RabbitMQ, if one is running: our restarts of them would fail its tests. A run pointed at
+/// other servers (`TALLY_TEST_DATABASE_URL` and `TALLY_TEST_AMQP_URL` both elsewhere) is left
+/// alone: waiting for it protects nothing.
+fn running_test_suite(cfg: &RunConfig) -> Option<String> {
     let me = std::process::id();
     let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.flatten() {
@@ -714,18 +715,48 @@ fn running_test_suite() -> Option<String> {
             Some("cargo") => args.iter().skip(1).any(|a| a == "nextest" || a == "test"),
             _ => false,
         };
-        if is_test {
+        if is_test && uses_our_services(&entry.path(), cfg) {
             return Some(format!("pid {pid}: {}", args.join(" ")));
         }
     }
     None
 }
 
-/// Waits (up to `limit`) while a test suite runs on this machine; see [`running_test_suite`].
-pub async fn wait_for_quiet(limit: Duration) {
+/// Whether the process at `/proc/<pid>` may reach our servers: the tests default to them
+/// unless both test URLs name another `host:port`.
+fn uses_our_services(proc_dir: &std::path::Path, cfg: &RunConfig) -> bool {
+    let Ok(raw) = std::fs::read(proc_dir.join("environ")) else {
+        return true;
+    };
+    let var = |name: &str| {
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
+    };
+    let elsewhere = |test_url: Option<String>, ours: &str| {
+        test_url.is_some_and(|t| host_port(&t).is_some() && host_port(&t) != host_port(ours))
+    };
+    !(elsewhere(var("TALLY_TEST_DATABASE_URL"), &cfg.admin_url)
+        && elsewhere(var("TALLY_TEST_AMQP_URL"), &cfg.amqp_url))
+}
+
+/// `host:port` of a service URL (default ports filled in).
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let url = url::Url::parse(url).ok()?;
+    let port = url.port_or_known_default().or(match url.scheme() {
+        "postgres" | "postgresql" => Some(5432),
+        "amqp" => Some(5672),
+        _ => None,
+    })?;
+    Some((url.host_str()?.to_string(), port))
+}
+
+/// Waits (up to `limit`) while a test suite that uses our servers runs on this machine; see
+/// [`running_test_suite`].
+pub async fn wait_for_quiet(cfg: &RunConfig, limit: Duration) {
     let deadline = Instant::now() + limit;
     let mut told = false;
-    while let Some(what) = running_test_suite() {
+    while let Some(what) = running_test_suite(cfg) {
         if Instant::now() >= deadline {
             eprintln!("chaos: a test suite still runs after {limit:?} ({what}); going ahead");
             return;

@@ -44,8 +44,10 @@ const USAGE: &str =
                  processes; rabbitmq-restart, postgres-restart, pause-rabbitmq stop or
                  pause the shared services
   --bin-dir DIR  where tally-api and tally-worker are (default: next to this binary)
-  --no-wait      start seeds even while `cargo nextest`/`cargo test` runs (by default each
-                 seed waits up to 30 min for them: it restarts the services they use)
+  --no-wait      start seeds even while `cargo nextest`/`cargo test` runs against our
+                 servers (by default each seed waits up to 30 min for such a run: it
+                 restarts the services it uses; runs whose TALLY_TEST_DATABASE_URL and
+                 TALLY_TEST_AMQP_URL both name other servers are not waited for)
 
 Env: TALLY_CHAOS_ADMIN_URL (default postgres://tally:tally@127.0.0.1:5432/tally),
      TALLY_CHAOS_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
@@ -223,7 +225,7 @@ fn describe_seeds(seeds: &[u64]) -> String {
 
 async fn run_seed(cfg: &RunConfig, services: &Services, opts: &Options, seed: u64) -> SeedResult {
     if !opts.no_wait {
-        cluster::wait_for_quiet(Duration::from_secs(30 * 60)).await;
+        cluster::wait_for_quiet(cfg, Duration::from_secs(30 * 60)).await;
     }
     let t = Instant::now();
     let mut lines = Vec::new();
