@@ -14,7 +14,8 @@ use tally_telemetry::metrics;
 use tracing::Instrument;
 use uuid::Uuid;
 
-const HEADER: &str = "x-request-id";
+/// The same name as the AMQP header the id travels in.
+const HEADER: &str = tally_bus::headers::REQUEST_ID;
 
 /// The id of the request being served (a request extension, set by [`observe`]).
 #[derive(Debug, Clone)]

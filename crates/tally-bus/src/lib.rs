@@ -1,6 +1,12 @@
-//! RabbitMQ for tally: connecting with a bound, declaring the topology (command exchange, K
-//! quorum shard queues with single active consumer, dead letters), and the API's confirmed
-//! [`Publisher`] that survives broker restarts and routes withdraw_request replies.
+//! RabbitMQ for tally — the whole AMQP adapter; no other service crate drives lapin:
+//! - [`topology`]: the names and declaration of the command exchange, the K quorum shard
+//!   queues (single active consumer, delivery limit) and the dead letters.
+//! - [`headers`]: what a command message carries besides its body, each name defined once.
+//! - [`publisher`]: the API's confirmed [`Publisher`], which survives broker restarts.
+//! - [`connection`]: a worker's or an operator command's [`Connection`]: declare, consume,
+//!   reply, re-publish, queue depths.
+//! - [`consumer`]: deliveries as plain values, settled by tag (ack, ack-through, dead-letter).
+//! - [`reply`]: withdraw_request reply routing, the worker's end and the API's side by side.
 //!
 //! Invariant kept here: a publish is reported successful only when the broker confirmed the
 //! persistent message *and* routed it to a queue (`mandatory`), so a 200 always means
@@ -8,20 +14,31 @@
 //! have (see [`PublishError::surely_not_accepted`]), and an unknown outcome can be settled by
 //! publishing the same message again ([`Publisher::publish_settled`]).
 
+pub mod connection;
+pub mod consumer;
+pub mod headers;
 pub mod publisher;
+pub mod reply;
 pub mod topology;
 
+pub use connection::{ConfirmedChannel, Connection};
+pub use consumer::{Consumer, Death, Delivery, Tag};
+pub use headers::command_properties;
 pub use lapin;
-pub use publisher::{command_properties, PublishError, Publisher};
+pub use publisher::{PublishError, Publisher};
+pub use reply::{Replier, ReplyTo};
 pub use topology::Topology;
 
 use std::time::Duration;
 
-/// Errors opening a broker connection.
+/// Errors talking to the broker (other than publishing: see [`PublishError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+    /// A consumer's channel or connection closed.
+    #[error("consumer ended (channel or connection closed)")]
+    ConsumerEnded,
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
     #[error("not connected to the broker")]

@@ -6,19 +6,16 @@
 //! shared channel, so one slow confirm does not serialize the others.
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tally_telemetry::metrics::{self, PublishOutcome};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::reply::{self, ReplyTo, Waiting};
 use crate::{connect, BusError, Topology};
 
 /// Why a publish did not become "RabbitMQ has it". Two families, told apart by
@@ -74,20 +71,6 @@ impl PublishError {
     }
 }
 
-/// Properties of a command message, whoever publishes it (the API, `tally import`):
-/// `message_id` is the transaction id, and `x-request-id` traces it across processes.
-pub fn command_properties(id: &str, request_id: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-request-id".into(),
-        AMQPValue::LongString(request_id.into()),
-    );
-    BasicProperties::default()
-        .with_message_id(id.into())
-        .with_content_type("application/json".into())
-        .with_headers(headers)
-}
-
 /// Connection settings of a [`Publisher`].
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -111,8 +94,8 @@ struct Session {
 struct Inner {
     config: PublisherConfig,
     session: RwLock<Option<Arc<Session>>>,
-    /// Callers waiting for a reply, by correlation id.
-    pending: Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>,
+    /// Callers waiting for a reply.
+    waiting: Waiting,
     /// Wakes the supervisor when a caller saw the session fail.
     broken: Notify,
     /// Wakes callers of `wait_connected` when a session comes up.
@@ -132,7 +115,7 @@ impl Publisher {
         let inner = Arc::new(Inner {
             config,
             session: RwLock::new(None),
-            pending: Mutex::new(HashMap::new()),
+            waiting: Waiting::default(),
             broken: Notify::new(),
             connected: Notify::new(),
         });
@@ -176,10 +159,7 @@ impl Publisher {
     /// short-lived channel: a failed passive declare closes its channel, never the publisher's.
     pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, BusError> {
         let session = self.current().ok_or(BusError::NotConnected)?;
-        let channel = session.connection.create_channel().await?;
-        let depths = self.inner.config.topology.queue_depths(&channel).await;
-        let _ = channel.close(200, "done".into()).await;
-        Ok(depths?)
+        crate::connection::queue_depths(&session.connection, &self.inner.config.topology).await
     }
 
     /// Publishes a persistent, mandatory message to the command exchange and waits for its
@@ -323,22 +303,21 @@ impl Publisher {
         let mut reply = None;
         // Every copy asks for its reply on the session it is sent on; the slot is registered
         // before publishing, as a fast worker may reply before the confirm arrives.
-        let mut slot = PendingGuard::new(&self.inner, &correlation_id);
+        let mut slot = self.inner.waiting.slot(&correlation_id);
         self.settled(settle_by, || {
-            let (tx, rx) = oneshot::channel();
-            slot.register(tx);
-            reply = Some(rx);
+            reply = Some(slot.register());
             let properties = properties.clone();
-            let correlation_id = correlation_id.as_str();
+            let correlation_id = correlation_id.clone();
             async move {
                 let Some(session) = self.current() else {
                     metrics::publish(PublishOutcome::Unavailable);
                     return Err(PublishError::Unavailable);
                 };
-                let properties = properties
-                    .with_correlation_id(correlation_id.into())
-                    .with_reply_to(session.reply_queue.as_str().into());
-                self.publish_on(&session, routing_key, body, properties)
+                let reply_to = ReplyTo {
+                    queue: session.reply_queue.clone(),
+                    correlation_id,
+                };
+                self.publish_on(&session, routing_key, body, reply_to.ask(properties))
                     .await
             }
         })
@@ -354,36 +333,6 @@ impl Publisher {
     }
 }
 
-/// Removes a pending reply slot however the waiting call ends (reply, timeout, cancel).
-struct PendingGuard<'a> {
-    inner: &'a Inner,
-    correlation_id: String,
-}
-
-impl<'a> PendingGuard<'a> {
-    fn new(inner: &'a Inner, correlation_id: &str) -> Self {
-        Self {
-            inner,
-            correlation_id: correlation_id.to_string(),
-        }
-    }
-
-    /// Where the reply to the next copy goes (replaces the slot of an earlier copy).
-    fn register(&mut self, tx: oneshot::Sender<Vec<u8>>) {
-        if let Ok(mut pending) = self.inner.pending.lock() {
-            pending.insert(self.correlation_id.clone(), tx);
-        }
-    }
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut pending) = self.inner.pending.lock() {
-            pending.remove(&self.correlation_id);
-        }
-    }
-}
-
 async fn open_session(config: &PublisherConfig) -> Result<(Session, Consumer), BusError> {
     let connection = connect(&config.url, &config.name, config.connect_timeout).await?;
     let channel = connection.create_channel().await?;
@@ -391,38 +340,14 @@ async fn open_session(config: &PublisherConfig) -> Result<(Session, Consumer), B
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    // Replies get their own channel so a slow reply reader never blocks confirms.
-    let reply_channel = connection.create_channel().await?;
-    let reply_queue = reply_channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let consumer = reply_channel
-        .basic_consume(
-            reply_queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                exclusive: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (reply_queue, replies) = reply::listen(&connection).await?;
     Ok((
         Session {
             connection,
             channel,
-            reply_queue: reply_queue.name().as_str().to_string(),
+            reply_queue,
         },
-        consumer,
+        replies,
     ))
 }
 
@@ -461,7 +386,7 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
                 _ = inner.broken.notified() => {}
                 _ = health.tick() => {}
                 delivery = replies.next() => match delivery {
-                    Some(Ok(delivery)) => route_reply(&inner, delivery),
+                    Some(Ok(delivery)) => inner.waiting.route(delivery),
                     // The consumer ends or errors when its channel or connection dies.
                     Some(Err(_)) | None => break,
                 },
@@ -474,9 +399,7 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
             *slot = None;
         }
         // Waiting callers will not get their reply on this queue any more.
-        if let Ok(mut pending) = inner.pending.lock() {
-            pending.clear();
-        }
+        inner.waiting.clear();
         // Bounded: after a broker restart the old connection may never answer the close.
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -486,19 +409,5 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
         if !shutdown.is_cancelled() {
             tracing::warn!("broker connection lost; reconnecting");
         }
-    }
-}
-
-fn route_reply(inner: &Inner, delivery: lapin::message::Delivery) {
-    let Some(correlation_id) = delivery.properties.correlation_id().as_ref() else {
-        return;
-    };
-    let waiter = inner
-        .pending
-        .lock()
-        .ok()
-        .and_then(|mut pending| pending.remove(correlation_id.as_str()));
-    if let Some(tx) = waiter {
-        let _ = tx.send(delivery.data);
     }
 }

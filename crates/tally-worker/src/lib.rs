@@ -24,12 +24,10 @@ pub mod shard;
 pub mod webhooks;
 
 use futures_util::future::join_all;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tally_bus::Topology;
+use tally_bus::{Connection, Topology};
 use tally_core::settings::Settings;
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
@@ -46,8 +44,6 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] tally_bus::BusError),
-    #[error("broker: {0}")]
-    Amqp(#[from] lapin::Error),
     #[error(transparent)]
     Settings(#[from] tally_core::settings::SettingsError),
     #[error("binding the metrics listener on {addr}: {source}")]
@@ -126,9 +122,9 @@ impl Worker {
     }
 
     /// Opens a short-lived broker connection for the operator commands.
-    pub async fn broker(&self) -> Result<lapin::Connection, WorkerError> {
+    pub async fn broker(&self) -> Result<Connection, WorkerError> {
         let b = &self.settings.broker;
-        Ok(tally_bus::connect(
+        Ok(Connection::open(
             b.url.expose(),
             "tally-worker-cli",
             Duration::from_millis(b.connect_timeout_ms),
@@ -219,75 +215,28 @@ impl Worker {
         let b = &self.settings.broker;
         // A short heartbeat: if this process stalls, the broker drops its consumers within
         // about the lease TTL and the shards' next owners get their deliveries.
-        let connection = tally_bus::connect_with_heartbeat(
+        let connection = Connection::open_with_heartbeat(
             b.url.expose(),
             &self.id,
             Duration::from_millis(b.connect_timeout_ms),
             self.settings.worker.session_bounds().heartbeat,
         )
         .await?;
-        let setup = connection.create_channel().await?;
-        self.topology.declare(&setup).await?;
+        connection.declare(&self.topology).await?;
         let ctx = Arc::new(ShardContext {
             pool: self.shard_pool.clone(),
             rules: self.rules(),
             amount_rules: self.settings.ledger.amount_rules(),
             batch_max: self.settings.worker.batch_max,
-            replies: connection.create_channel().await?,
+            replies: connection.replier().await?,
             sweep_every: Duration::from_secs(self.settings.worker.hold_sweep_secs.max(1)),
         });
         let session = shutdown.child_token();
-
-        // Every worker archives dead letters: the archive is idempotent, so competing
-        // archivers are harmless and any live worker keeps the dead-letter queue empty.
-        let dead = connection.create_channel().await?;
-        dead.basic_qos(100, BasicQosOptions::default()).await?;
-        let dead_consumer = dead
-            .basic_consume(
-                self.topology.dead_queue().into(),
-                format!("{}-dead-letters", self.id).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let archiver = {
-            let (pool, stop) = (self.pool.clone(), session.clone());
-            let rules = self.settings.ledger.amount_rules();
-            tokio::spawn(async move {
-                if let Err(e) =
-                    dead_letters::archive(pool, dead_consumer, &rules, stop.clone()).await
-                {
-                    tracing::warn!(error = %e, "dead-letter archiver stopped");
-                    stop.cancel();
-                }
-            })
-        };
-
-        let mut owned: HashMap<u16, Running> = HashMap::new();
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(self.settings.worker.lease_tick_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let archiver = self.archive_dead_letters(&connection, &session).await?;
         tracing::info!(worker = %self.id, "worker connected");
-        loop {
-            tokio::select! {
-                _ = session.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if !connection.status().connected() {
-                break;
-            }
-            if reap(&mut owned).await {
-                break;
-            }
-            // A database outage only pauses rebalancing: current loops keep their leases
-            // until they expire, and the fence stops them if the shard moved meanwhile.
-            if let Err(e) = self
-                .rebalance(&connection, &ctx, &mut owned, &session)
-                .await
-            {
-                tracing::warn!(error = %e, "lease rebalance failed");
-            }
-        }
+        let mut owned = HashMap::new();
+        self.hold_leases(&connection, &ctx, &mut owned, &session)
+            .await;
 
         // Every wait below is bounded: after a broker restart the old connection may never
         // answer, and a hung teardown would keep the worker from reconnecting or exiting.
@@ -302,18 +251,67 @@ impl Worker {
         let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, tally_store::leases::leave(pool, &self.id))
             .await;
         finish(archiver).await;
-        let _ = tokio::time::timeout(
-            TEARDOWN_TIMEOUT,
-            connection.close(200, "worker stopping".into()),
-        )
-        .await;
+        connection.close("worker stopping", TEARDOWN_TIMEOUT).await;
         Ok(())
+    }
+
+    /// Every worker archives dead letters: the archive is idempotent, so competing archivers
+    /// are harmless and any live worker keeps the dead-letter queue empty. A failing archiver
+    /// cancels `session` (the connection is likely gone).
+    async fn archive_dead_letters(
+        &self,
+        connection: &Connection,
+        session: &CancellationToken,
+    ) -> Result<JoinHandle<()>, WorkerError> {
+        let consumer = connection
+            .consume(
+                &self.topology.dead_queue(),
+                &format!("{}-dead-letters", self.id),
+                DEAD_LETTER_PREFETCH,
+            )
+            .await?;
+        let (pool, stop) = (self.pool.clone(), session.clone());
+        let rules = self.settings.ledger.amount_rules();
+        Ok(tokio::spawn(async move {
+            if let Err(e) = dead_letters::archive(pool, consumer, &rules, stop.clone()).await {
+                tracing::warn!(error = %e, "dead-letter archiver stopped");
+                stop.cancel();
+            }
+        }))
+    }
+
+    /// The lease ticks of a session, until it is cancelled, the connection drops or a shard
+    /// loop ends for a broker reason.
+    async fn hold_leases(
+        &self,
+        connection: &Connection,
+        ctx: &Arc<ShardContext>,
+        owned: &mut HashMap<u16, Running>,
+        session: &CancellationToken,
+    ) {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.settings.worker.lease_tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = session.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !connection.is_connected() || reap(owned).await {
+                return;
+            }
+            // A database outage only pauses rebalancing: current loops keep their leases
+            // until they expire, and the fence stops them if the shard moved meanwhile.
+            if let Err(e) = self.rebalance(connection, ctx, owned, session).await {
+                tracing::warn!(error = %e, "lease rebalance failed");
+            }
+        }
     }
 
     /// One lease tick: heartbeat, renew, shed extras, take up to the fair share.
     async fn rebalance(
         &self,
-        connection: &lapin::Connection,
+        connection: &Connection,
         ctx: &Arc<ShardContext>,
         owned: &mut HashMap<u16, Running>,
         session: &CancellationToken,
@@ -376,30 +374,24 @@ impl Worker {
 
     async fn start_shard(
         &self,
-        connection: &lapin::Connection,
+        connection: &Connection,
         ctx: &Arc<ShardContext>,
         lease: Lease,
         session: &CancellationToken,
     ) -> Result<Running, WorkerError> {
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(self.settings.worker.prefetch, BasicQosOptions::default())
-            .await?;
         // Single active consumer: if the previous owner's consumer is still attached, this one
         // waits, and takes over — with the unacked messages, in order — when it goes away.
-        let consumer = channel
-            .basic_consume(
-                self.topology.shard_queue(lease.shard).into(),
-                format!("{}-shard-{}", self.id, lease.shard).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        let consumer = connection
+            .consume(
+                &self.topology.shard_queue(lease.shard),
+                &format!("{}-shard-{}", self.id, lease.shard),
+                self.settings.worker.prefetch,
             )
             .await?;
         let stop = session.child_token();
         let task = tokio::spawn(shard::run(
             ctx.clone(),
             lease.clone(),
-            channel,
             consumer,
             stop.clone(),
         ));
@@ -445,6 +437,9 @@ async fn reap(owned: &mut HashMap<u16, Running>) -> bool {
     }
     broken
 }
+
+/// Unsettled dead letters the archiver holds at a time.
+const DEAD_LETTER_PREFETCH: u16 = 100;
 
 /// Longest wait for one step of a teardown: a shard loop finishing its batch in hand, a close
 /// the broker may never answer. Past it the step is abandoned (a loop is aborted: its batch is

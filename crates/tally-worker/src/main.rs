@@ -33,10 +33,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Audit => {
             let worker = build(settings).await?;
             let queues = match worker.broker().await {
-                Ok(connection) => {
-                    let channel = connection.create_channel().await?;
-                    worker.topology().queue_depths(&channel).await.ok()
-                }
+                Ok(connection) => connection.queue_depths(worker.topology()).await.ok(),
                 Err(e) => {
                     tracing::warn!(error = %e, "broker unreachable: queue depths omitted");
                     None
@@ -56,10 +53,9 @@ async fn main() -> anyhow::Result<()> {
         Command::DeadLettersRepublish(ids) => {
             let worker = build(settings).await?;
             let connection = worker.broker().await?;
-            let channel = connection.create_channel().await?;
             let done = tally_worker::dead_letters::republish(
                 worker.pool(),
-                &channel,
+                &connection,
                 worker.topology(),
                 &worker.amount_rules(),
                 ids.as_deref(),

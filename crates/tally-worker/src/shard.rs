@@ -8,15 +8,11 @@
 //! still fails — like an envelope that does not decode — is rejected to the dead-letter queue.
 //!
 //! Every committed batch feeds the batch metrics; each command's debug log line carries the
-//! API's request id (AMQP header `x-request-id`).
+//! API's request id (see `tally_bus::headers::REQUEST_ID`).
 
-use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel, Consumer};
 use std::sync::Arc;
 use std::time::Duration;
+use tally_bus::{BusError, Consumer, Delivery, Replier};
 use tally_core::{AmountRules, Envelope, Kind, Outcome};
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
@@ -25,9 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{apply_batch, sweep_holds};
 use crate::ledger::Rules;
-
-/// Longest wait for the broker to answer a channel close.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every shard loop of a worker shares.
 pub struct ShardContext {
@@ -38,51 +31,48 @@ pub struct ShardContext {
     pub amount_rules: AmountRules,
     /// Most deliveries per transaction.
     pub batch_max: usize,
-    /// Channel for withdraw_request replies (best effort: a lost reply makes the API time
-    /// out and deny, which the void command then makes true in the ledger).
-    pub replies: Channel,
+    /// Sends withdraw_request replies (best effort: a lost reply makes the API time out and
+    /// deny, which the void command then makes true in the ledger).
+    pub replies: Replier,
     pub sweep_every: Duration,
 }
 
 /// Why a shard loop stopped before shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    #[error("consumer ended (channel or connection closed)")]
-    ConsumerEnded,
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
+    /// The consumer or its channel failed (`BusError::ConsumerEnded` when it closed).
+    #[error(transparent)]
+    Bus(#[from] BusError),
     /// Another worker owns the shard now; the batch in hand was not committed.
     #[error("lease lost: {0}")]
     Fenced(StoreError),
 }
 
 /// Runs until `stop` is cancelled (returns Ok after finishing the batch in hand), the lease is
-/// lost, or the consumer fails. Closes its channel on the way out, which hands unacked
+/// lost, or the consumer fails. Closes its consumer on the way out, which hands unacked
 /// deliveries back to the queue — in order — for the shard's next owner.
 pub async fn run(
     ctx: Arc<ShardContext>,
     lease: Lease,
-    channel: Channel,
-    consumer: Consumer,
+    mut consumer: Consumer,
     stop: CancellationToken,
 ) -> Result<(), ShardError> {
-    let result = consume(&ctx, &lease, consumer, &stop).await;
-    // Bounded: on a connection the broker already dropped, a close may never be answered.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shard released".into())).await;
+    let result = consume(&ctx, &lease, &mut consumer, &stop).await;
+    consumer.close("shard released").await;
     result
 }
 
 async fn consume(
     ctx: &ShardContext,
     lease: &Lease,
-    mut consumer: Consumer,
+    consumer: &mut Consumer,
     stop: &CancellationToken,
 ) -> Result<(), ShardError> {
     let shard = lease.shard;
     let mut sweep = tokio::time::interval(ctx.sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let first = tokio::select! {
+        let batch = tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
             _ = sweep.tick() => {
@@ -93,89 +83,109 @@ async fn consume(
                 }
                 continue;
             }
-            next = consumer.next() => next,
+            batch = consumer.next_batch(ctx.batch_max) => batch?,
         };
-        let mut deliveries = vec![first.ok_or(ShardError::ConsumerEnded)??];
-        while deliveries.len() < ctx.batch_max {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => deliveries.push(d),
-                Some(Some(Err(e))) => return Err(e.into()),
-                Some(None) => return Err(ShardError::ConsumerEnded),
-                None => break,
-            }
-        }
-        process(ctx, lease, deliveries, stop).await?;
+        process(ctx, lease, consumer, batch, stop).await?;
     }
 }
 
+/// Applies one batch: undecodable deliveries are dead-lettered at once, the rest applied in
+/// one transaction (acked through the last), or one by one if the batch fails permanently.
 async fn process(
     ctx: &ShardContext,
     lease: &Lease,
+    consumer: &Consumer,
     deliveries: Vec<Delivery>,
     stop: &CancellationToken,
 ) -> Result<(), ShardError> {
-    let shard = lease.shard;
-    let mut good: Vec<(Delivery, Envelope)> = Vec::with_capacity(deliveries.len());
-    for delivery in deliveries {
-        match Envelope::decode(&delivery.data, &ctx.amount_rules) {
-            Ok(env) => good.push((delivery, env)),
-            Err(reason) => {
-                tracing::error!(shard, %reason, message_id = ?delivery.properties.message_id(),
-                    request_id = request_id(&delivery),
-                    "dead-lettering a message that can never be applied");
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
-            }
-        }
-    }
-    if good.is_empty() {
+    let good = decode_or_dead_letter(ctx, lease.shard, consumer, deliveries).await?;
+    // The last good delivery acks everything before it (rejected ones are settled).
+    let Some((last, _)) = good.last() else {
         return Ok(());
-    }
+    };
     let envelopes: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
     let started = std::time::Instant::now();
     match apply_retrying(ctx, lease, &envelopes, stop).await {
         Applied::Done(outcomes) => {
-            // The last good delivery acks everything before it (rejected ones are settled).
-            if let Some((last, _)) = good.last() {
-                last.acker.ack(BasicAckOptions { multiple: true }).await?;
-            }
+            consumer.ack_through(&last.tag).await?;
             metrics::batch(good.len(), started.elapsed());
-            tracing::debug!(shard, size = good.len(), elapsed = ?started.elapsed(), "batch applied");
-            log_outcomes(shard, &good, &outcomes);
-            reply_all(ctx, &good, &outcomes).await;
+            tracing::debug!(shard = lease.shard, size = good.len(), elapsed = ?started.elapsed(),
+                "batch applied");
+            committed(ctx, lease.shard, &good, &outcomes).await;
+            Ok(())
         }
-        Applied::Stopped => {}
-        Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
+        Applied::Stopped => Ok(()),
+        Applied::Fenced(e) => Err(ShardError::Fenced(e)),
         Applied::Permanent(error) => {
-            tracing::warn!(shard, %error, size = good.len(),
+            tracing::warn!(shard = lease.shard, %error, size = good.len(),
                 "batch failed permanently; applying its commands one by one");
-            for (delivery, env) in good {
-                let started = std::time::Instant::now();
-                match apply_retrying(ctx, lease, std::slice::from_ref(&env), stop).await {
-                    Applied::Done(outcomes) => {
-                        delivery.acker.ack(BasicAckOptions::default()).await?;
-                        metrics::batch(1, started.elapsed());
-                        let one = [(delivery, env)];
-                        log_outcomes(shard, &one, &outcomes);
-                        reply_all(ctx, &one, &outcomes).await;
-                    }
-                    Applied::Stopped => return Ok(()),
-                    Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
-                    Applied::Permanent(error) => {
-                        tracing::error!(shard, id = %env.id, request_id = request_id(&delivery),
-                            %error, "dead-lettering a command the ledger cannot apply");
-                        delivery
-                            .acker
-                            .reject(BasicRejectOptions { requeue: false })
-                            .await?;
-                    }
-                }
+            one_by_one(ctx, lease, consumer, good, stop).await
+        }
+    }
+}
+
+/// Decodes each delivery; one that can never be applied is dead-lettered (in place: the
+/// deliveries before it stay unacked, to be acked through a later one).
+async fn decode_or_dead_letter(
+    ctx: &ShardContext,
+    shard: u16,
+    consumer: &Consumer,
+    deliveries: Vec<Delivery>,
+) -> Result<Vec<(Delivery, Envelope)>, ShardError> {
+    let mut good = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match Envelope::decode(&delivery.body, &ctx.amount_rules) {
+            Ok(env) => good.push((delivery, env)),
+            Err(reason) => {
+                tracing::error!(shard, %reason, message_id = ?delivery.message_id,
+                    request_id = delivery.request_id_or_dash(),
+                    "dead-lettering a message that can never be applied");
+                consumer.dead_letter(&delivery.tag).await?;
+            }
+        }
+    }
+    Ok(good)
+}
+
+/// The commands of a batch that failed permanently, each in its own transaction: the one
+/// that still fails is dead-lettered, the others are applied and acked one by one.
+async fn one_by_one(
+    ctx: &ShardContext,
+    lease: &Lease,
+    consumer: &Consumer,
+    batch: Vec<(Delivery, Envelope)>,
+    stop: &CancellationToken,
+) -> Result<(), ShardError> {
+    for (delivery, env) in batch {
+        let started = std::time::Instant::now();
+        match apply_retrying(ctx, lease, std::slice::from_ref(&env), stop).await {
+            Applied::Done(outcomes) => {
+                consumer.ack(&delivery.tag).await?;
+                metrics::batch(1, started.elapsed());
+                committed(ctx, lease.shard, &[(delivery, env)], &outcomes).await;
+            }
+            Applied::Stopped => return Ok(()),
+            Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
+            Applied::Permanent(error) => {
+                tracing::error!(shard = lease.shard, id = %env.id,
+                    request_id = delivery.request_id_or_dash(),
+                    %error, "dead-lettering a command the ledger cannot apply");
+                consumer.dead_letter(&delivery.tag).await?;
             }
         }
     }
     Ok(())
+}
+
+/// After a commit (and its ack): the log lines and the withdraw_request replies.
+async fn committed(
+    ctx: &ShardContext,
+    shard: u16,
+    batch: &[(Delivery, Envelope)],
+    outcomes: &[Outcome],
+) {
+    log_outcomes(shard, batch, outcomes);
+    reply_all(ctx, batch, outcomes).await;
 }
 
 enum Applied {
@@ -212,21 +222,6 @@ async fn apply_retrying(
     }
 }
 
-/// The API's request id of a delivery (the `x-request-id` header), for its log lines.
-fn request_id(delivery: &Delivery) -> &str {
-    let header = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(REQUEST_ID_HEADER));
-    match header {
-        Some(AMQPValue::LongString(id)) => std::str::from_utf8(id.as_bytes()).unwrap_or("-"),
-        _ => "-",
-    }
-}
-
-const REQUEST_ID_HEADER: &str = "x-request-id";
-
 /// One debug line per committed command, carrying its request id. Skipped as a whole when
 /// debug is off: nothing per message on the hot path.
 fn log_outcomes(shard: u16, batch: &[(Delivery, Envelope)], outcomes: &[Outcome]) {
@@ -236,7 +231,7 @@ fn log_outcomes(shard: u16, batch: &[(Delivery, Envelope)], outcomes: &[Outcome]
     for ((delivery, env), outcome) in batch.iter().zip(outcomes) {
         tracing::debug!(
             shard,
-            request_id = request_id(delivery),
+            request_id = delivery.request_id_or_dash(),
             id = %env.id,
             kind = env.kind.as_str(),
             status = outcome.status.as_str(),
@@ -251,9 +246,7 @@ async fn reply_all(ctx: &ShardContext, batch: &[(Delivery, Envelope)], outcomes:
         if env.kind != Kind::WithdrawRequest {
             continue;
         }
-        let props = &delivery.properties;
-        let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id())
-        else {
+        let Some(reply_to) = &delivery.reply_to else {
             continue;
         };
         let body = match serde_json::to_vec(outcome) {
@@ -263,20 +256,8 @@ async fn reply_all(ctx: &ShardContext, batch: &[(Delivery, Envelope)], outcomes:
                 continue;
             }
         };
-        let sent = ctx
-            .replies
-            .basic_publish(
-                "".into(),
-                reply_to.clone(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default()
-                    .with_correlation_id(correlation_id.clone())
-                    .with_content_type("application/json".into()),
-            )
-            .await;
-        if let Err(e) = sent {
-            tracing::warn!(id = %env.id, request_id = request_id(delivery), error = %e,
+        if let Err(e) = ctx.replies.send(reply_to, &body).await {
+            tracing::warn!(id = %env.id, request_id = delivery.request_id_or_dash(), error = %e,
                 "reply not sent");
         }
     }

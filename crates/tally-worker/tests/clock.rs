@@ -8,9 +8,9 @@
 mod common;
 
 use chrono::{DateTime, Duration, Utc};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
-use lapin::BasicProperties;
 use std::process::{Child, Command, Stdio};
+use tally_bus::lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use tally_bus::lapin::BasicProperties;
 use tally_bus::Topology;
 use tally_core::Kind;
 

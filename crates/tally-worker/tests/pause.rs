@@ -7,13 +7,13 @@
 //! Real processes: the `tally-worker` binary of this build, configured through `TALLY_*`
 //! variables, on a database and a queue prefix of this test only.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
-use lapin::{BasicProperties, Confirmation};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tally_bus::lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use tally_bus::lapin::{BasicProperties, Confirmation};
 use tally_bus::Topology;
 use tally_core::command::NewTransaction;
 use tally_core::{Envelope, Kind};
@@ -93,7 +93,7 @@ impl Fixture {
         fixture
     }
 
-    async fn broker(&self) -> lapin::Connection {
+    async fn broker(&self) -> tally_bus::lapin::Connection {
         tally_bus::connect(&amqp_url(), "pause-test", Duration::from_secs(5))
             .await
             .expect("broker")
@@ -209,14 +209,19 @@ impl Drop for Fixture {
 }
 
 /// Publishes a deposit of 1 straight onto its shard queue, confirmed.
-async fn deposit(channel: &lapin::Channel, topology: &Topology, id: &str, account: &str) {
+async fn deposit(
+    channel: &tally_bus::lapin::Channel,
+    topology: &Topology,
+    id: &str,
+    account: &str,
+) {
     try_deposit(channel, topology, id, account)
         .await
         .expect("a confirmed deposit");
 }
 
 async fn try_deposit(
-    channel: &lapin::Channel,
+    channel: &tally_bus::lapin::Channel,
     topology: &Topology,
     id: &str,
     account: &str,

@@ -184,9 +184,10 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
     let worker = tally_worker::Worker::build(app.settings.clone())
         .await
         .unwrap();
+    let broker = worker.broker().await.unwrap();
     let done = tally_worker::dead_letters::republish(
         worker.pool(),
-        &channel,
+        &broker,
         worker.topology(),
         &worker.amount_rules(),
         Some(std::slice::from_ref(&id)),
@@ -200,7 +201,7 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
     // Re-publishing again does nothing: it is no longer pending.
     let again = tally_worker::dead_letters::republish(
         worker.pool(),
-        &channel,
+        &broker,
         worker.topology(),
         &worker.amount_rules(),
         None,
