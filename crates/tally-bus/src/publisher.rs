@@ -5,6 +5,7 @@
 //! Publishes are pipelined: each awaits its own confirm, never `wait_for_confirms` on the
 //! shared channel, so one slow confirm does not serialize the others.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
@@ -101,6 +102,23 @@ struct Inner {
     /// Wakes callers of `wait_connected` when a session comes up.
     connected: Notify,
 }
+
+/// Longest pause between two copies of a message whose outcome is unknown.
+const SETTLE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Pauses between copies: from 50 ms, doubling (each cut short by the settle deadline).
+const SETTLE_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(SETTLE_RETRY_MAX)
+    .without_max_times();
+
+/// Longest pause between two connection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Pauses between failed connection attempts: from 100 ms, doubling; back to the first once
+/// a session came up.
+const RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(RECONNECT_MAX)
+    .without_max_times();
 
 /// Cheap to clone; all clones share one connection.
 #[derive(Clone)]
@@ -214,7 +232,7 @@ impl Publisher {
             Err(_) => PublishError::Timeout,
         };
         tracing::warn!(error = %unknown, "publish outcome unknown; publishing the same message again to settle it");
-        let mut backoff = Duration::from_millis(50);
+        let mut delays = SETTLE_RETRY.build();
         while Instant::now() < settle_by {
             // A confirm that never came usually means a broken or stalled connection: wait
             // for the supervisor's next session rather than hammering the old one.
@@ -228,8 +246,8 @@ impl Publisher {
                     Ok(Err(_)) | Err(_) => {}
                 }
             }
-            tokio::time::sleep_until(settle_by.min(Instant::now() + backoff)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            let delay = delays.next().unwrap_or(SETTLE_RETRY_MAX);
+            tokio::time::sleep_until(settle_by.min(Instant::now() + delay)).await;
         }
         metrics::publish_settled(false);
         Err(unknown)
@@ -353,7 +371,7 @@ async fn open_session(config: &PublisherConfig) -> Result<(Session, Consumer), B
 
 /// Keeps one session alive: open, serve replies until it fails, drop it, back off, repeat.
 async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = RECONNECT.build();
     while !shutdown.is_cancelled() {
         let opened = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -362,16 +380,16 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
         let (session, mut replies) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "broker connection failed");
+                let retry_in = delays.next().unwrap_or(RECONNECT_MAX);
+                tracing::warn!(error = %e, ?retry_in, "broker connection failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(retry_in) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        delays = RECONNECT.build();
         let session = Arc::new(session);
         if let Ok(mut slot) = inner.session.write() {
             *slot = Some(session.clone());

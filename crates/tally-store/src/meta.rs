@@ -1,6 +1,7 @@
 //! Facts recorded once per ledger: the shard count K. The first process to start records its
 //! K; every later process must agree or refuse to start.
 
+use backon::{ExponentialBuilder, Retryable};
 use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -16,17 +17,17 @@ pub async fn ensure_shard_count_patiently(
     patience: Duration,
 ) -> Result<(), StoreError> {
     let deadline = tokio::time::Instant::now() + patience;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match ensure_shard_count(pool, configured).await {
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "database not reachable yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
+    let schedule = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    (|| ensure_shard_count(pool, configured))
+        .retry(schedule)
+        .when(StoreError::is_retryable)
+        // Give up rather than wait past the deadline.
+        .adjust(|_, delay| delay.filter(|d| tokio::time::Instant::now() + *d < deadline))
+        .notify(|e, retry_in| tracing::warn!(error = %e, ?retry_in, "database not reachable yet"))
+        .await
 }
 
 /// Records `configured` as K if none is recorded yet, else checks it matches.

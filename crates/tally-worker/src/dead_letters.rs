@@ -12,6 +12,7 @@ use tally_store::dead_letters::{self, DeadLetter};
 use tally_store::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::retry::{self, Delays};
 use crate::shard::ShardError;
 
 /// What the archive stores for one delivery of the dead-letter queue; `rules` are the ones the
@@ -62,25 +63,22 @@ pub async fn archive(
             next = consumer.next() => next?,
         };
         let letter = letter_of(&delivery, rules);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match dead_letters::archive(&pool, &letter).await {
-                Ok(new) => {
-                    if new {
-                        tracing::warn!(id = %letter.id, queue = %letter.queue, reason = %letter.reason,
-                            detail = %letter.detail, "dead letter archived");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot archive a dead letter yet");
-                    tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        // Every error is retried: the letter must reach the archive before it is acked.
+        let archived = retry::until_stopped(
+            Delays::doubling(Duration::from_millis(100), Duration::from_secs(5)),
+            &stop,
+            || dead_letters::archive(&pool, &letter),
+            |_| true,
+            |e, retry_in| tracing::warn!(error = %e, ?retry_in, "cannot archive a dead letter yet"),
+        )
+        .await;
+        // `None`: stopped while the database was failing; the letter stays in the queue.
+        let Some(Ok(new)) = archived else {
+            return Ok(());
+        };
+        if new {
+            tracing::warn!(id = %letter.id, queue = %letter.queue, reason = %letter.reason,
+                detail = %letter.detail, "dead letter archived");
         }
         consumer.ack(&delivery.tag).await?;
     }

@@ -19,6 +19,8 @@ use tally_store::{Pool, StoreError};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::retry::{self, Delays};
+
 /// How a runner paces itself. The defaults suit production; tests shrink them.
 #[derive(Debug, Clone)]
 pub struct JobsConfig {
@@ -81,29 +83,36 @@ pub fn own_pool(database: &DatabaseSettings, config: &JobsConfig, shared: &Pool)
 /// Runs jobs until `stop` is cancelled. A job in hand is handed back (QUEUED) at the next
 /// chunk boundary.
 pub async fn run(pool: Pool, config: JobsConfig, stop: CancellationToken) {
-    let mut backoff = config.poll_every;
+    // After a failed poll the next waits twice the poll interval, doubling up to the cap.
+    let mut failing = Delays::doubling((config.poll_every * 2).min(POLL_MAX), POLL_MAX);
     while !stop.is_cancelled() {
-        match next(&pool, &config).await {
+        let pause = match next(&pool, &config).await {
             Ok(Some(claim)) => {
-                backoff = config.poll_every;
+                failing.reset();
                 tracing::info!(job = %claim.job.id, from = %claim.job.from, to = %claim.job.to,
                     processed = claim.job.processed, attempt = claim.job.attempts,
                     "settlement job claimed");
                 run_job(&pool, &config, claim, &stop).await;
                 continue;
             }
-            Ok(None) => backoff = config.poll_every,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "settlement job poll failed");
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+            Ok(None) => {
+                failing.reset();
+                config.poll_every
             }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            Err(e) => {
+                let retry_in = failing.next_delay();
+                tracing::warn!(error = %e, ?retry_in, "settlement job poll failed");
+                retry_in
+            }
+        };
+        if !retry::pause(&stop, pause).await {
+            break;
         }
     }
 }
+
+/// Longest wait between two polls while polling fails.
+const POLL_MAX: Duration = Duration::from_secs(10);
 
 async fn next(pool: &Pool, config: &JobsConfig) -> Result<Option<Claim>, StoreError> {
     let ended = settlement::fail_abandoned(pool, config.stale_after, config.max_attempts).await?;
@@ -191,20 +200,18 @@ async fn chunks(
         return end(pool, claim, JobStatus::Cancelled, None).await;
     }
     let mut committed = claim.job.processed;
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = Delays::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match pipeline(pool, config, claim, stop, &mut committed).await {
             Interrupted::Done(outcome) => return outcome,
             // Connection lost, pool exhausted, deadlock with an overlapping job, …: the
-            // uncommitted chunks rolled back; go again from the committed prefix.
+            // uncommitted chunks rolled back; go again from the committed prefix. A stop cuts
+            // the wait short: the pipeline then hands the job back at its first boundary.
             Interrupted::Error(e) if e.is_retryable() => {
-                tracing::warn!(job = %claim.job.id, error = %e, retry_in = ?backoff,
+                let retry_in = delays.next_delay();
+                tracing::warn!(job = %claim.job.id, error = %e, ?retry_in,
                     "settlement chunk failed, retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                retry::pause(stop, retry_in).await;
             }
             Interrupted::Error(e) => {
                 let reason = format!("settlement chunk failed: {e}");

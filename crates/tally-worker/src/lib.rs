@@ -8,6 +8,7 @@
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
 //! - [`jobs`]: the settlement job runner (claims, chunks, heartbeats, resumes).
 //! - [`metrics`]: the worker's `GET /metrics` listener.
+//! - [`retry`]: back-off between attempts, cut short by a stop token.
 //! - [`webhooks`]: the balance webhook sender (claims due deliveries, signs, retries).
 //! - [`Worker`]: connection, topology, shard leases (about K / live workers each, fenced by
 //!   epoch), one loop per owned shard, reconnection and shutdown. Its shard sessions and its
@@ -20,6 +21,7 @@ pub mod dead_letters;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;
+pub mod retry;
 pub mod shard;
 pub mod webhooks;
 
@@ -35,6 +37,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::Rules;
+use crate::retry::Delays;
 use crate::shard::{ShardContext, ShardError};
 
 /// Failures that stop a worker from starting.
@@ -145,19 +148,7 @@ impl Worker {
     /// back-off whenever the broker connection is lost. On shutdown every shard loop finishes
     /// and acks its batch in hand, and the leases are released.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let metrics = self.metrics.take().and_then(|listener| {
-            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-            match metrics::serve(listener, self.pool.clone(), shutdown.clone()) {
-                Ok(task) => {
-                    tracing::info!(port, "metrics listening");
-                    Some(task)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener not started");
-                    None
-                }
-            }
-        });
+        let metrics = self.serve_metrics(&shutdown);
         // Settlement jobs need only PostgreSQL: their runner lives beside the broker sessions,
         // through reconnections. Aborted with this future (a killed worker kills its runner,
         // whose job is then resumed elsewhere); on shutdown it hands its job back.
@@ -183,27 +174,48 @@ impl Worker {
             shutdown.clone(),
         )
         .await;
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.run_session(&shutdown).await {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "broker session failed"),
-            }
-            if shutdown.is_cancelled() {
-                break;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+        self.sessions(&shutdown).await;
         let _ = jobs.await;
         if let Some(task) = metrics {
             finish(task).await;
         }
         let _ = hooks.await;
         tracing::info!("worker stopped");
+    }
+
+    /// Starts the `/metrics` listener bound at build, if any.
+    fn serve_metrics(&mut self, shutdown: &CancellationToken) -> Option<JoinHandle<()>> {
+        let listener = self.metrics.take()?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        match metrics::serve(listener, self.pool.clone(), shutdown.clone()) {
+            Ok(task) => {
+                tracing::info!(port, "metrics listening");
+                Some(task)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener not started");
+                None
+            }
+        }
+    }
+
+    /// Broker sessions one after the other until shutdown. Between two, a pause: the first
+    /// one after a session that came up, doubling while sessions fail to start.
+    async fn sessions(&self, shutdown: &CancellationToken) {
+        let mut reconnect = Delays::doubling(Duration::from_millis(100), Duration::from_secs(2));
+        while !shutdown.is_cancelled() {
+            let session = self.run_session(shutdown).await;
+            if session.is_ok() {
+                reconnect.reset();
+            }
+            let retry_in = reconnect.next_delay();
+            if let Err(e) = session {
+                tracing::warn!(error = %e, ?retry_in, "broker session failed");
+            }
+            if shutdown.is_cancelled() || !retry::pause(shutdown, retry_in).await {
+                break;
+            }
+        }
     }
 
     /// One broker connection. Shards are consumed only under a lease; every tick the worker

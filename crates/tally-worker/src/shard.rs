@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{apply_batch, sweep_holds};
 use crate::ledger::Rules;
+use crate::retry::{self, Delays};
 
 /// What every shard loop of a worker shares.
 pub struct ShardContext {
@@ -197,6 +198,9 @@ enum Applied {
     Permanent(StoreError),
 }
 
+/// Applies a batch, retrying a retryable store error (a lost connection, a deadlock, …)
+/// with back-off until `stop`: the batch stays in hand meanwhile, never nacked, as a nack
+/// would count against the delivery limit.
 async fn apply_retrying(
     ctx: &ShardContext,
     lease: &Lease,
@@ -204,21 +208,19 @@ async fn apply_retrying(
     stop: &CancellationToken,
 ) -> Applied {
     let shard = lease.shard;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match apply_batch(&ctx.pool, lease, envelopes, &ctx.rules).await {
-            Ok(outcomes) => return Applied::Done(outcomes),
-            Err(e @ StoreError::Fenced { .. }) => return Applied::Fenced(e),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(shard, error = %e, retry_in = ?backoff, "batch failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return Applied::Stopped,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Applied::Permanent(e),
-        }
+    let applied = retry::until_stopped(
+        Delays::doubling(Duration::from_millis(50), Duration::from_secs(2)),
+        stop,
+        || apply_batch(&ctx.pool, lease, envelopes, &ctx.rules),
+        |e: &StoreError| e.is_retryable() && !matches!(e, StoreError::Fenced { .. }),
+        |e, retry_in| tracing::warn!(shard, error = %e, ?retry_in, "batch failed; retrying"),
+    )
+    .await;
+    match applied {
+        Some(Ok(outcomes)) => Applied::Done(outcomes),
+        Some(Err(e @ StoreError::Fenced { .. })) => Applied::Fenced(e),
+        Some(Err(e)) => Applied::Permanent(e),
+        None => Applied::Stopped,
     }
 }
 

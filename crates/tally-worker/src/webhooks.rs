@@ -41,6 +41,8 @@ use tally_telemetry::metrics::{self, WebhookOutcome};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::retry::Delays;
+
 /// Header carrying `sha256=<hex HMAC-SHA256 of the exact body bytes, keyed by the secret>`.
 pub const SIGNATURE_HEADER: &str = "X-Tally-Signature";
 /// Header carrying the delivery id, the same on every attempt: the receiver's dedupe key.
@@ -243,6 +245,9 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(factor).min(max)
 }
 
+/// Longest wait between two claims while claiming fails.
+const CLAIM_MAX: Duration = Duration::from_secs(10);
+
 /// Sends due deliveries until `stop` is cancelled.
 pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken) {
     let client = match http_client(&settings) {
@@ -257,6 +262,8 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
     let lease = Duration::from_millis(settings.lease_ms);
     let per_receiver = i64::try_from(settings.per_receiver).unwrap_or(i64::MAX);
     let mut sends = JoinSet::new();
+    // After a failed claim the next waits twice the poll interval, doubling up to the cap.
+    let mut failing = Delays::doubling((poll * 2).min(CLAIM_MAX), CLAIM_MAX);
     let mut pause = poll;
     while !stop.is_cancelled() {
         let free = settings.concurrency.saturating_sub(sends.len());
@@ -264,6 +271,7 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
             let limit = i64::try_from(free).unwrap_or(i64::MAX);
             match webhooks::claim(&pool, limit, lease, per_receiver).await {
                 Ok(claimed) => {
+                    failing.reset();
                     pause = poll;
                     for c in claimed {
                         let (pool, client, settings) =
@@ -272,8 +280,8 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
                     }
                 }
                 Err(e) => {
+                    pause = failing.next_delay();
                     tracing::warn!(error = %e, retry_in = ?pause, "webhook claim failed");
-                    pause = (pause * 2).min(Duration::from_secs(10));
                 }
             }
         }
