@@ -56,9 +56,9 @@ impl Topology {
         shard_of(account_id, self.shard_count)
     }
 
-    /// The arguments of a shard queue. See ../shared/MACHINE-NOTES.md for the traps:
-    /// the delivery limit must be an integer (a string is silently not enforced) and
-    /// at-least-once dead-lettering needs `x-overflow = reject-publish`.
+    /// The arguments of a shard queue. Two traps: the delivery limit must be an integer (a
+    /// string is silently not enforced), and at-least-once dead-lettering needs
+    /// `x-overflow = reject-publish`.
     fn shard_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(

@@ -1,5 +1,5 @@
 //! The tally worker: consumes the shard queues and applies their commands to PostgreSQL in
-//! batches, exactly once and in order per account (see `../shared/ARCHITECTURE.md` §4).
+//! batches, exactly once and in order per account (see the README's Architecture section).
 //!
 //! - [`cli`]: the `tally-worker` subcommands.
 //! - [`ledger`]: the rules, as a pure function.
