@@ -138,6 +138,11 @@ impl Application {
         &self.state.publisher
     }
 
+    /// What the handlers share (tests call [`crate::submit::submit`] with it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
     /// finish (graceful), then closes the broker connection and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {

@@ -3,16 +3,23 @@
 //! a withdraw_request once the shard's worker decided it (under a deadline).
 
 use actix_web::http::header::HeaderMap;
+use actix_web::http::StatusCode;
 use actix_web::{post, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
 use std::time::Duration;
+use tally_core::amount::money_json;
 use tally_core::command::NewTransaction;
-use tally_core::{validate_id, Kind};
+use tally_core::validate_id;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::observe::RequestId;
 use crate::routes::body::json_object;
+use crate::routes::users::owned_by_another_error;
 use crate::state::AppState;
-use crate::submit;
+use crate::submit::{self, Answer, Decision, Receipt};
 
 #[post("/transaction")]
 pub async fn post_transaction(
@@ -25,17 +32,88 @@ pub async fn post_transaction(
     if let Some(key) = idempotency_key(req.headers())? {
         tx = tx.with_idempotency_key(key);
     }
-    let request_id = RequestId::of(&req);
-    if tx.kind != Kind::WithdrawRequest {
-        return submit::accept(&state, &tx, &request_id).await;
-    }
     let ledger = &state.settings.ledger;
     let wait = deadline_budget(
         req.headers(),
         Duration::from_millis(ledger.request_deadline_ms),
         Duration::from_millis(ledger.decision_margin_ms) + MIN_DECISION_TIME,
     );
-    submit::request(&state, &tx, &request_id, wait).await
+    match submit::submit(&state, &tx, &RequestId::of(&req), wait).await {
+        Answer::Accepted(receipt) | Answer::Replayed(receipt) => {
+            Ok(HttpResponse::Ok().json(Accepted::from(receipt)))
+        }
+        Answer::Approved(decision) => Ok(HttpResponse::Created().json(Decided::approved(decision))),
+        Answer::Denied(decision) => {
+            Ok(HttpResponse::build(StatusCode::PAYMENT_REQUIRED).json(Decided::denied(decision)))
+        }
+        Answer::IdReused => Err(ApiError::IdReused),
+        Answer::OwnedByAnother => Err(owned_by_another_error(&tx.account_id)),
+        Answer::Unavailable(message) => Err(state.unavailable(message)),
+        Answer::OutcomeUnknown(message) => Err(state.outcome_unknown(message)),
+    }
+}
+
+/// 200 body of a deposit or withdraw.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    id: String,
+    account_id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(with = "money_json")]
+    amount: Decimal,
+    status: &'static str,
+    accepted_at: DateTime<Utc>,
+}
+
+impl From<Receipt> for Accepted {
+    fn from(r: Receipt) -> Self {
+        Self {
+            id: r.id,
+            account_id: r.account_id,
+            kind: r.kind.as_str(),
+            amount: r.amount,
+            status: "accepted",
+            accepted_at: r.accepted_at,
+        }
+    }
+}
+
+/// 201/402 body of a withdraw_request.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Decided {
+    id: String,
+    account_id: String,
+    #[serde(with = "money_json")]
+    amount: Decimal,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl Decided {
+    fn approved(d: Decision) -> Self {
+        Self::new(d, "approved")
+    }
+
+    fn denied(d: Decision) -> Self {
+        Self::new(d, "denied")
+    }
+
+    fn new(d: Decision, status: &'static str) -> Self {
+        Self {
+            id: d.id,
+            account_id: d.account_id,
+            amount: d.amount,
+            status,
+            hold_id: d.hold_id,
+            reason: d.reason,
+        }
+    }
 }
 
 /// The least time a withdraw_request is given past its decision margin, however late a retry

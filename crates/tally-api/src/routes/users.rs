@@ -1,5 +1,5 @@
 //! Users: linking accounts to a user, a user's accounts (paged) and total, and a user's
-//! largest expense; plus [`check_owner`], the rule `POST /transaction` applies to a `userId`.
+//! largest expense; plus [`owned_by_another`], the rule `POST /transaction` applies to a `userId`.
 //!
 //! Invariant: an account has at most one owner and keeps it. The owner is the explicit link
 //! if there is one, else the `userId` of the account's first transaction; linking an account
@@ -137,30 +137,30 @@ pub async fn user_largest_expense(
 }
 
 /// The ownership rule of `POST /transaction`: a transaction carrying `userId` for an account
-/// another user owns is refused with 422 `account_owned_by_another_user`, before anything is
-/// published. Without `userId`, or for an account without owner, it passes (the worker then
-/// records the first `userId` as the owner).
+/// another user owns is refused with 422 `account_owned_by_another_user`
+/// ([`owned_by_another_error`]), before anything is published. Without `userId`, or for an
+/// account without owner, it passes (the worker then records the first `userId` as the owner).
 ///
 /// When PostgreSQL cannot be asked the transaction passes too: like the idempotency
 /// pre-check, this check must not make accepting writes depend on the database; the worker's
 /// own check is the backstop.
-pub async fn check_owner(
-    state: &AppState,
-    account_id: &str,
-    user_id: Option<&str>,
-) -> Result<(), ApiError> {
+pub async fn owned_by_another(state: &AppState, account_id: &str, user_id: Option<&str>) -> bool {
     let Some(user_id) = user_id else {
-        return Ok(());
+        return false;
     };
     match tally_store::users::owner(&state.pool, account_id).await {
-        Ok(Some(owner)) if owner != user_id => Err(ApiError::Unprocessable {
-            code: OWNED_BY_ANOTHER,
-            message: format!("account {account_id:?} is owned by another user"),
-        }),
-        Ok(_) => Ok(()),
+        Ok(owner) => owner.is_some_and(|owner| owner != user_id),
         Err(e) => {
             tracing::warn!(account_id, error = %e, "ownership pre-check skipped");
-            Ok(())
+            false
         }
+    }
+}
+
+/// The 422 of a transaction refused by [`owned_by_another`].
+pub fn owned_by_another_error(account_id: &str) -> ApiError {
+    ApiError::Unprocessable {
+        code: OWNED_BY_ANOTHER,
+        message: format!("account {account_id:?} is owned by another user"),
     }
 }
