@@ -13,9 +13,7 @@ use utoipa::openapi::schema::Object;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::openapi::strings;
-#[allow(unused_imports)] // referenced by name in `#[schema(value_type = ...)]`
-use crate::openapi::{AmountInput, Identifier, Money, PositiveMoney};
+use crate::openapi::{strings, AmountInput, Identifier, Money, PositiveMoney};
 
 /// `deposit` adds to the balance; `withdraw` subtracts (money already left, so it is applied
 /// even into a negative balance unless the `reject_overdraft` policy is set); `withdraw_request`
@@ -28,8 +26,9 @@ pub enum TransactionType {
     WithdrawRequest,
 }
 
-/// The body of `POST /transaction`, as `tally_core::command::NewTransaction::from_json` reads it
-/// (it parses the JSON object itself, to name the field of every 400).
+// The body of `POST /transaction`, as `tally_core::command::NewTransaction::from_json` reads it
+// (it parses the JSON object itself, to name the field of every 400). Plain comments: a doc
+// comment would become the schema's public description.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)] // a schema only: never built
@@ -416,7 +415,8 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// The body of `PUT /account/{accountId}/webhook` (the handler reads the JSON object itself).
+// The body of `PUT /account/{accountId}/webhook` (the handler reads the JSON object itself, to
+// name the field of every 400).
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)] // a schema only: never built
 #[serde(rename_all = "camelCase")]

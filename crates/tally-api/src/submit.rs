@@ -285,8 +285,9 @@ async fn void(
 const LEDGER_AWAY: &str =
     "the ledger cannot decide withdraw requests right now; nothing was accepted, retry with the same id";
 
-/// The reason of the 402 an attempt that voided itself answers.
-pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+/// The reason of the 402 an attempt that voided itself answers: the one the worker records
+/// for the void.
+pub const DEADLINE_EXCEEDED: &str = tally_store::batch::VOIDED_REASON;
 
 const POLL: Duration = Duration::from_millis(50);
 
