@@ -6,6 +6,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use std::fmt;
 use tally_core::command::FieldError;
+use tally_core::Reason;
 
 use crate::model::{ErrorBody, ErrorDetail};
 
@@ -146,7 +147,7 @@ impl ResponseError for ApiError {
             | ApiError::Busy { code, .. } => *code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::IdReused => "id_reused",
+            ApiError::IdReused => Reason::IdReused.as_str(),
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Internal(cause) => {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tally_core::amount::money_json;
+use tally_core::{Kind, OutcomeStatus, Reason};
 use utoipa::openapi::schema::Object;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -122,7 +123,7 @@ pub struct WithdrawDenied {
     /// decision within the deadline (`ledger.request_deadline_ms`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = withdraw_denied_reason, required = true)]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -154,7 +155,7 @@ pub struct TransactionRecord {
     pub account_id: String,
     #[schema(value_type = TransactionType)]
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     #[serde(with = "money_json")]
     #[schema(value_type = PositiveMoney)]
     pub amount: Decimal,
@@ -162,12 +163,12 @@ pub struct TransactionRecord {
     /// but not applied (`reject_overdraft` policy). `approved` / `denied`: a withdraw_request's
     /// decision.
     #[schema(schema_with = transaction_record_status)]
-    pub status: String,
+    pub status: OutcomeStatus,
     /// Why it was rejected or denied. Omitted otherwise.
     #[schema(schema_with = transaction_record_reason)]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// For an approved withdraw_request, the hold it placed; for a withdraw, the hold it captured.
     /// Omitted otherwise: a denied withdraw_request (even one approved first and then voided) has
     /// none.
@@ -202,7 +203,7 @@ pub struct TransactionRecord {
 pub struct IdConflict {
     #[schema(value_type = TransactionType)]
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     pub account_id: String,
     #[serde(with = "money_json")]
     #[schema(value_type = PositiveMoney)]
@@ -500,26 +501,35 @@ pub struct WebhookDelivery {
 }
 
 fn accepted_kind() -> Object {
-    strings(&["deposit", "withdraw"], None)
+    strings(&[Kind::Deposit.as_str(), Kind::Withdraw.as_str()], None)
 }
 fn accepted_status() -> Object {
     strings(&["accepted"], None)
 }
 fn withdraw_approved_status() -> Object {
-    strings(&["approved"], None)
+    strings(&[OutcomeStatus::Approved.as_str()], None)
 }
 fn withdraw_denied_status() -> Object {
-    strings(&["denied"], None)
+    strings(&[OutcomeStatus::Denied.as_str()], None)
 }
 fn withdraw_denied_reason() -> Object {
-    strings(&["insufficient_funds", "deadline_exceeded"], Some("`insufficient_funds`: `balance - held` does not cover the amount. `deadline_exceeded`: no decision within the deadline (`ledger.request_deadline_ms`)."))
+    strings(&[Reason::InsufficientFunds.as_str(), Reason::DeadlineExceeded.as_str()], Some("`insufficient_funds`: `balance - held` does not cover the amount. `deadline_exceeded`: no decision within the deadline (`ledger.request_deadline_ms`)."))
 }
 fn transaction_record_status() -> Object {
-    strings(&["applied", "rejected", "approved", "denied"], Some("`applied`: a deposit or withdraw that changed the balance. `rejected`: a withdraw recorded but not applied (`reject_overdraft` policy). `approved` / `denied`: a withdraw_request's decision."))
+    let statuses = [
+        OutcomeStatus::Applied,
+        OutcomeStatus::Rejected,
+        OutcomeStatus::Approved,
+        OutcomeStatus::Denied,
+    ];
+    strings(&statuses.map(OutcomeStatus::as_str), Some("`applied`: a deposit or withdraw that changed the balance. `rejected`: a withdraw recorded but not applied (`reject_overdraft` policy). `approved` / `denied`: a withdraw_request's decision."))
 }
 fn transaction_record_reason() -> Object {
     strings(
-        &["insufficient_funds", "deadline_exceeded"],
+        &[
+            Reason::InsufficientFunds.as_str(),
+            Reason::DeadlineExceeded.as_str(),
+        ],
         Some("Why it was rejected or denied. Omitted otherwise."),
     )
 }
@@ -856,7 +866,7 @@ impl From<crate::submit::Decision> for WithdrawApproved {
             id: d.id,
             account_id: d.account_id,
             amount: d.amount,
-            status: "approved",
+            status: OutcomeStatus::Approved.as_str(),
             hold_id: d.hold_id,
         }
     }
@@ -868,7 +878,7 @@ impl From<crate::submit::Decision> for WithdrawDenied {
             id: d.id,
             account_id: d.account_id,
             amount: d.amount,
-            status: "denied",
+            status: OutcomeStatus::Denied.as_str(),
             reason: d.reason,
         }
     }

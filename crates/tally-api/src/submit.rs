@@ -29,7 +29,8 @@ use rust_decimal::Decimal;
 use std::time::Duration;
 use tally_bus::{command_properties, PublishError, Topology};
 use tally_core::command::NewTransaction;
-use tally_core::{Envelope, Kind, Outcome, OutcomeStatus};
+use tally_core::ledger::VOIDED_REASON;
+use tally_core::{Envelope, Kind, Outcome, OutcomeStatus, Reason};
 use tally_store::reads::TransactionRecord;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -79,7 +80,7 @@ pub struct Decision {
     pub account_id: String,
     pub amount: Decimal,
     pub hold_id: Option<Uuid>,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
 }
 
 /// Takes a validated command through the write protocol. `request_id` travels with it to the
@@ -287,7 +288,7 @@ const LEDGER_AWAY: &str =
 
 /// The reason of the 402 an attempt that voided itself answers: the one the worker records
 /// for the void.
-pub const DEADLINE_EXCEEDED: &str = tally_store::batch::VOIDED_REASON;
+pub const DEADLINE_EXCEEDED: Reason = VOIDED_REASON;
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -355,7 +356,7 @@ impl<'a> Attempt<'a> {
         if record.fingerprint != self.tx.fingerprint() {
             return Some(Answer::IdReused);
         }
-        let status = OutcomeStatus::parse(&record.status).unwrap_or(OutcomeStatus::Denied);
+        let status = record.status;
         // Approved by this attempt's own copy: no other attempt can have been told otherwise.
         if status == OutcomeStatus::Approved && self.own != Some(record.accepted_at) {
             self.approved_elsewhere = true;
@@ -367,7 +368,7 @@ impl<'a> Attempt<'a> {
             record.amount,
             status,
             record.hold_id,
-            record.reason.as_deref(),
+            record.reason,
         ))
     }
 
@@ -391,7 +392,7 @@ impl<'a> Attempt<'a> {
                     tx.amount,
                     outcome.status,
                     outcome.hold_id,
-                    outcome.reason.as_deref(),
+                    outcome.reason,
                 )),
                 Err(e) => {
                     tracing::error!(id = %tx.id, error = %e, "undecodable reply");
@@ -426,7 +427,7 @@ fn voided(envelope: &Envelope, confirmed: bool) -> Answer {
         account_id: envelope.account_id.clone(),
         amount: envelope.amount,
         hold_id: None,
-        reason: Some(DEADLINE_EXCEEDED.to_string()),
+        reason: Some(DEADLINE_EXCEEDED),
     })
 }
 
@@ -437,7 +438,7 @@ fn decided(
     amount: Decimal,
     status: OutcomeStatus,
     hold_id: Option<Uuid>,
-    reason: Option<&str>,
+    reason: Option<Reason>,
 ) -> Answer {
     let approved = status == OutcomeStatus::Approved;
     let decision = Decision {
@@ -445,7 +446,7 @@ fn decided(
         account_id: account_id.to_string(),
         amount,
         hold_id: hold_id.filter(|_| approved),
-        reason: reason.filter(|_| !approved).map(str::to_string),
+        reason: reason.filter(|_| !approved),
     };
     if approved {
         Answer::Approved(decision)
@@ -543,14 +544,15 @@ mod tests {
 
     /// The record the worker would write for `tx`, decided by the copy accepted at `accepted`.
     fn record(tx: &NewTransaction, status: &str, accepted: DateTime<Utc>) -> TransactionRecord {
-        let approved = status == "approved";
+        let status = OutcomeStatus::parse(status).unwrap();
+        let approved = status == OutcomeStatus::Approved;
         TransactionRecord {
             id: tx.id.clone(),
             account_id: tx.account_id.clone(),
-            kind: tx.kind.as_str().to_string(),
+            kind: tx.kind,
             amount: tx.amount,
-            status: status.to_string(),
-            reason: (!approved).then(|| "insufficient_funds".to_string()),
+            status,
+            reason: (!approved).then_some(Reason::InsufficientFunds),
             hold_id: Some(Uuid::nil()),
             request_id: None,
             fingerprint: tx.fingerprint(),
@@ -563,26 +565,26 @@ mod tests {
         }
     }
 
-    fn reply(tx: &NewTransaction, status: OutcomeStatus, reason: Option<&str>) -> Vec<u8> {
+    fn reply(tx: &NewTransaction, status: OutcomeStatus, reason: Option<Reason>) -> Vec<u8> {
         serde_json::to_vec(&Outcome {
             id: tx.id.clone(),
             account_id: tx.account_id.clone(),
             kind: tx.kind,
             amount: tx.amount,
             status,
-            reason: reason.map(str::to_string),
+            reason,
             hold_id: Some(Uuid::nil()),
         })
         .unwrap()
     }
 
-    fn decision(hold_id: Option<Uuid>, reason: Option<&str>) -> Decision {
+    fn decision(hold_id: Option<Uuid>, reason: Option<Reason>) -> Decision {
         Decision {
             id: "t1".into(),
             account_id: "a1".into(),
             amount: Decimal::from(10),
             hold_id,
-            reason: reason.map(str::to_string),
+            reason,
         }
     }
 
@@ -628,7 +630,10 @@ mod tests {
         // A denial is final whoever decided it; it never shows a hold.
         assert_eq!(
             attempt.saw_record(&record(&tx, "denied", at(1))),
-            Some(Answer::Denied(decision(None, Some("insufficient_funds"))))
+            Some(Answer::Denied(decision(
+                None,
+                Some(Reason::InsufficientFunds)
+            )))
         );
         // Before publishing, every approval is another attempt's.
         assert_eq!(attempt.saw_record(&record(&tx, "approved", at(1))), None);
@@ -653,8 +658,15 @@ mod tests {
             AfterReply::Answer(Answer::Approved(decision(Some(Uuid::nil()), None)))
         );
         assert_eq!(
-            saw(Ok(Some(reply(&tx, OutcomeStatus::Denied, Some("limit"))))),
-            AfterReply::Answer(Answer::Denied(decision(None, Some("limit"))))
+            saw(Ok(Some(reply(
+                &tx,
+                OutcomeStatus::Denied,
+                Some(Reason::InsufficientFunds)
+            )))),
+            AfterReply::Answer(Answer::Denied(decision(
+                None,
+                Some(Reason::InsufficientFunds)
+            )))
         );
         assert_eq!(
             saw(Ok(Some(reply(&tx, OutcomeStatus::IdReused, None)))),

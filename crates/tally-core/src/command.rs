@@ -14,37 +14,10 @@ use uuid::Uuid;
 
 use crate::amount::{AmountError, AmountRules};
 use crate::ids::validate_id;
+use crate::vocabulary::{Kind, OutcomeStatus, Reason};
 
 /// Version of [`Envelope`] this build writes and understands.
 pub const ENVELOPE_VERSION: u32 = 1;
-
-/// What a command does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Deposit,
-    Withdraw,
-    WithdrawRequest,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Deposit => "deposit",
-            Kind::Withdraw => "withdraw",
-            Kind::WithdrawRequest => "withdraw_request",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "deposit" => Some(Kind::Deposit),
-            "withdraw" => Some(Kind::Withdraw),
-            "withdraw_request" => Some(Kind::WithdrawRequest),
-            _ => None,
-        }
-    }
-}
 
 /// A validated `POST /transaction` body.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,10 +127,11 @@ impl NewTransaction {
 
         let kind = match required(body, "type")? {
             Value::String(s) => Kind::parse(s).ok_or_else(|| {
+                let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
                 FieldError::new(
                     "invalid_type",
                     "type",
-                    "`type` must be one of deposit, withdraw, withdraw_request",
+                    format!("`type` must be one of {}", kinds.join(", ")),
                 )
             })?,
             _ => {
@@ -397,45 +371,6 @@ fn exact_decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal,
     Decimal::from_str_exact(&text).map_err(serde::de::Error::custom)
 }
 
-/// The decision recorded for a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeStatus {
-    /// Deposit or withdraw that changed the balance.
-    Applied,
-    /// Withdraw recorded but not applied (overdraft policy).
-    Rejected,
-    /// withdraw_request granted: a hold was placed.
-    Approved,
-    /// withdraw_request refused: no hold.
-    Denied,
-    /// Reply only: the id is already recorded with another payload; nothing was done.
-    IdReused,
-}
-
-impl OutcomeStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutcomeStatus::Applied => "applied",
-            OutcomeStatus::Rejected => "rejected",
-            OutcomeStatus::Approved => "approved",
-            OutcomeStatus::Denied => "denied",
-            OutcomeStatus::IdReused => "id_reused",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "applied" => Some(Self::Applied),
-            "rejected" => Some(Self::Rejected),
-            "approved" => Some(Self::Approved),
-            "denied" => Some(Self::Denied),
-            "id_reused" => Some(Self::IdReused),
-            _ => None,
-        }
-    }
-}
-
 /// What the worker decided for one command; the body of a withdraw_request reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -447,7 +382,7 @@ pub struct Outcome {
     pub amount: Decimal,
     pub status: OutcomeStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_id: Option<Uuid>,
 }

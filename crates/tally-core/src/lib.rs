@@ -9,11 +9,14 @@
 pub mod amount;
 pub mod command;
 pub mod ids;
+pub mod ledger;
 pub mod settings;
 pub mod shard;
 pub mod target;
+pub mod vocabulary;
 
 pub use amount::{AmountError, AmountRules};
-pub use command::{Envelope, EnvelopeError, Kind, Outcome, OutcomeStatus, ENVELOPE_VERSION};
+pub use command::{Envelope, EnvelopeError, Outcome, ENVELOPE_VERSION};
 pub use ids::{validate_id, IdError};
 pub use shard::shard_of;
+pub use vocabulary::{HoldStatus, Kind, OutcomeStatus, Reason};

@@ -1,5 +1,6 @@
 //! [`StoreError`]: every failure of the store, classified as retryable or not.
 
+use tally_core::ledger::OverlappingEffects;
 use tokio_postgres::error::SqlState;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +23,12 @@ pub enum StoreError {
     Conflict,
     /// Two statements of a batch write would touch the same row, so their order would
     /// matter: a bug in the decision, refused before anything is written. Permanent.
-    #[error("batch effects overlap: {what} ({id})")]
-    OverlappingEffects { what: &'static str, id: String },
+    #[error(transparent)]
+    OverlappingEffects(#[from] OverlappingEffects),
+    /// A row holds a code (kind, status, reason) this build does not know: a newer writer, or
+    /// a row edited by hand. Refused rather than read as something else. Permanent.
+    #[error("unknown {column} {value:?} in the database")]
+    UnknownCode { column: &'static str, value: String },
     /// The batch's lease on its shard is no longer current: another worker owns the shard.
     /// Never retried: the batch is abandoned uncommitted and redelivered to the new owner.
     #[error("lease on shard {shard} lost: another worker owns it now")]
@@ -46,7 +51,8 @@ impl StoreError {
             StoreError::Migration(_)
             | StoreError::ShardCountMismatch { .. }
             | StoreError::Fenced { .. }
-            | StoreError::OverlappingEffects { .. }
+            | StoreError::OverlappingEffects(_)
+            | StoreError::UnknownCode { .. }
             | StoreError::NotMigrated => false,
             StoreError::Config(_) => false,
         }
@@ -77,4 +83,14 @@ fn db_error_is_retryable(e: &tokio_postgres::Error) -> bool {
                 || code.code().starts_with("08")
         }
     }
+}
+
+/// The code whose text `value` is, read from `column`; [`StoreError::UnknownCode`] for a text
+/// `parse` does not know.
+pub(crate) fn code<T>(
+    column: &'static str,
+    value: String,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    parse(&value).ok_or(StoreError::UnknownCode { column, value })
 }

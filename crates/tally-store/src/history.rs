@@ -85,7 +85,10 @@ pub async fn page(
     let client = pool.get().await?;
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &params).await?;
-    let mut items: Vec<TransactionRecord> = rows.iter().map(TransactionRecord::from_row).collect();
+    let mut items = rows
+        .iter()
+        .map(TransactionRecord::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let next = if items.len() as i64 > limit {
         items.truncate(usize::try_from(limit).unwrap_or(0));
         items.last().map(|r| r.seq)
@@ -134,9 +137,10 @@ async fn largest_expense(
              ORDER BY amount DESC, occurred_at, id LIMIT 1"
         ))
         .await?;
-    Ok(client
+    client
         .query_opt(&stmt, &[&key, &from, &to])
         .await?
         .as_ref()
-        .map(TransactionRecord::from_row))
+        .map(TransactionRecord::from_row)
+        .transpose()
 }

@@ -5,9 +5,11 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
+use tally_core::{Kind, OutcomeStatus, Reason};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::error::code;
 use crate::StoreError;
 
 /// Balance of one account as clients see it.
@@ -50,10 +52,10 @@ pub async fn account(pool: &Pool, account_id: &str) -> Result<AccountView, Store
 pub struct TransactionRecord {
     pub id: String,
     pub account_id: String,
-    pub kind: String,
+    pub kind: Kind,
     pub amount: Decimal,
-    pub status: String,
-    pub reason: Option<String>,
+    pub status: OutcomeStatus,
+    pub reason: Option<Reason>,
     pub hold_id: Option<Uuid>,
     pub request_id: Option<String>,
     pub fingerprint: String,
@@ -71,14 +73,18 @@ pub(crate) const TX_COLUMNS: &str =
      fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard";
 
 impl TransactionRecord {
-    pub(crate) fn from_row(r: &Row) -> Self {
-        Self {
+    /// Maps a row of [`TX_COLUMNS`]; fails on a code this build does not know.
+    pub(crate) fn from_row(r: &Row) -> Result<Self, StoreError> {
+        let reason: Option<String> = r.get(5);
+        Ok(Self {
             id: r.get(0),
             account_id: r.get(1),
-            kind: r.get(2),
+            kind: code("transactions.kind", r.get(2), Kind::parse)?,
             amount: r.get(3),
-            status: r.get(4),
-            reason: r.get(5),
+            status: code("transactions.status", r.get(4), OutcomeStatus::parse)?,
+            reason: reason
+                .map(|text| code("transactions.reason", text, Reason::parse))
+                .transpose()?,
             hold_id: r.get(6),
             request_id: r.get(7),
             fingerprint: r.get(8),
@@ -88,7 +94,7 @@ impl TransactionRecord {
             accepted_at: r.get(12),
             applied_at: r.get(13),
             shard: r.get(14),
-        }
+        })
     }
 }
 
@@ -100,18 +106,19 @@ pub async fn transaction(pool: &Pool, id: &str) -> Result<Option<TransactionReco
             "SELECT {TX_COLUMNS} FROM transactions WHERE id = $1"
         ))
         .await?;
-    Ok(client
+    client
         .query_opt(&stmt, &[&id])
         .await?
         .as_ref()
-        .map(TransactionRecord::from_row))
+        .map(TransactionRecord::from_row)
+        .transpose()
 }
 
 /// A command that reused a recorded id with another payload (`id_conflicts`, V6): accepted
 /// by the API while the first command was still queued, then not applied by the worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdConflict {
-    pub kind: String,
+    pub kind: Kind,
     pub account_id: String,
     pub amount: Decimal,
     pub accepted_at: DateTime<Utc>,
@@ -144,15 +151,17 @@ pub async fn transaction_with_conflicts(
         .query(&conflicts, &[&id])
         .await?
         .iter()
-        .map(|r| IdConflict {
-            kind: r.get(0),
-            account_id: r.get(1),
-            amount: r.get(2),
-            accepted_at: r.get(3),
-            detected_at: r.get(4),
+        .map(|r| {
+            Ok(IdConflict {
+                kind: code("id_conflicts.kind", r.get(0), Kind::parse)?,
+                account_id: r.get(1),
+                amount: r.get(2),
+                accepted_at: r.get(3),
+                detected_at: r.get(4),
+            })
         })
-        .collect();
-    Ok(Some((TransactionRecord::from_row(&row), conflicts)))
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some((TransactionRecord::from_row(&row)?, conflicts)))
 }
 
 /// How many holds are open, ledger-wide (`/metrics`). The partial indexes on open holds
@@ -181,7 +190,7 @@ pub async fn transactions_page(
             &[&after, &limit],
         )
         .await?;
-    Ok(rows.iter().map(TransactionRecord::from_row).collect())
+    rows.iter().map(TransactionRecord::from_row).collect()
 }
 
 /// An account row as stored (debug dump).

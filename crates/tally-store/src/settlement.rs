@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio_postgres::{CopyOutStream, Row};
 use uuid::Uuid;
 
+use crate::error::code;
 use crate::StoreError;
 
 /// How long a RUNNING job may go without a heartbeat before it counts as abandoned (the
@@ -96,12 +97,11 @@ const JOB_COLUMNS: &str = "j.id, j.status, j.from_day, j.to_day, j.processed, j.
      j.cancel_requested, j.attempts, j.created_at, j.started_at, j.finished_at";
 
 impl Job {
-    fn from_row(r: &Row) -> Self {
-        let status: String = r.get(1);
-        Self {
+    /// Maps a row of [`JOB_COLUMNS`]; fails on a status this build does not know.
+    fn from_row(r: &Row) -> Result<Self, StoreError> {
+        Ok(Self {
             id: r.get(0),
-            // The CHECK constraint allows nothing else.
-            status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+            status: code("settlement_jobs.status", r.get(1), JobStatus::parse)?,
             from: r.get(2),
             to: r.get(3),
             processed: r.get(4),
@@ -112,7 +112,7 @@ impl Job {
             created_at: r.get(9),
             started_at: r.get(10),
             finished_at: r.get(11),
-        }
+        })
     }
 }
 
@@ -143,7 +143,7 @@ pub async fn create(pool: &Pool, from: NaiveDate, to: NaiveDate) -> Result<Job, 
             &[&Uuid::new_v4(), &from, &to, &total],
         )
         .await?;
-    Ok(Job::from_row(&row))
+    Job::from_row(&row)
 }
 
 /// Serializes [`create_bounded`] ("tq" in ASCII: the namespace of this two-key advisory lock),
@@ -184,7 +184,7 @@ pub async fn create_bounded(
         )
         .await?;
     tx.commit().await?;
-    Ok(Some(Job::from_row(&row)))
+    Job::from_row(&row).map(Some)
 }
 
 /// The job, if it exists.
@@ -195,11 +195,12 @@ pub async fn get(pool: &Pool, id: Uuid) -> Result<Option<Job>, StoreError> {
             "SELECT {JOB_COLUMNS} FROM settlement_jobs j WHERE j.id = $1"
         ))
         .await?;
-    Ok(client
+    client
         .query_opt(&stmt, &[&id])
         .await?
         .as_ref()
-        .map(Job::from_row))
+        .map(Job::from_row)
+        .transpose()
 }
 
 /// Requests cancellation. A QUEUED job is CANCELLED at once, and so is a RUNNING one whose
@@ -228,7 +229,7 @@ pub async fn cancel(
         )
         .await?;
     match updated {
-        Some(row) => Ok(Some(Job::from_row(&row))),
+        Some(row) => Job::from_row(&row).map(Some),
         None => get(pool, id).await,
     }
 }
@@ -294,10 +295,13 @@ pub async fn claim(
             &[&token, &runner, &seconds(stale_after), &max_attempts],
         )
         .await?;
-    Ok(row.map(|r| Claim {
-        job: Job::from_row(&r),
-        token,
-    }))
+    row.map(|r| {
+        Ok(Claim {
+            job: Job::from_row(&r)?,
+            token,
+        })
+    })
+    .transpose()
 }
 
 /// Records that the runner holding `claim` is alive. `false`: it no longer holds the job.

@@ -11,8 +11,9 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_core::{Envelope, Outcome, OutcomeStatus};
-use tally_store::batch::{self, AccountState};
+use tally_core::ledger::{AccountState, NewRecord};
+use tally_core::{Envelope, Outcome};
+use tally_store::batch;
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
 use tally_store::StoreError;
@@ -93,16 +94,16 @@ async fn apply(
 
 /// Feeds the outcome metrics from the rows a batch committed: only new records, so a
 /// redelivered (deduplicated) command is never counted twice.
-fn count(records: &[batch::NewRecord]) {
+fn count(records: &[NewRecord]) {
     let committed = Utc::now();
     for record in records {
-        let took_effect = record.status == OutcomeStatus::Applied.as_str()
-            || record.status == OutcomeStatus::Approved.as_str();
-        let reason = (!took_effect).then(|| record.reason.unwrap_or(record.status));
+        // A refusal is labelled with its reason (the status when it has none).
+        let reason = (!record.status.took_effect())
+            .then(|| record.reason.map_or(record.status.as_str(), |r| r.as_str()));
         let lag = (committed - record.accepted_at)
             .to_std()
             .unwrap_or_default();
-        metrics::transaction(record.kind, reason, lag);
+        metrics::transaction(record.kind.as_str(), reason, lag);
     }
 }
 

@@ -20,11 +20,12 @@
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
-use tally_core::settings::WithdrawPolicy;
-use tally_core::{Envelope, Kind, Outcome, OutcomeStatus};
-use tally_store::batch::{
-    AccountState, Effects, Hold, HoldEnd, IdConflict, NewRecord, Recorded, Snapshot,
+use tally_core::ledger::{
+    AccountState, Effects, Hold, HoldEnd, IdConflict, NewRecord, Recorded, Snapshot, VOIDED_REASON,
+    VOIDED_STATUS,
 };
+use tally_core::settings::WithdrawPolicy;
+use tally_core::{Envelope, Kind, Outcome, OutcomeStatus, Reason};
 use uuid::Uuid;
 
 /// The policy knobs the rules depend on.
@@ -34,31 +35,11 @@ pub struct Rules {
     pub hold_ttl: Duration,
 }
 
-/// Reasons recorded with a refusal.
-pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
-pub const DEADLINE_EXCEEDED: &str = tally_store::batch::VOIDED_REASON;
-pub const OWNED_BY_ANOTHER_USER: &str = "account_owned_by_another_user";
-
 /// What a batch decided: rows to write, and one outcome per input command, in input order.
 #[derive(Debug, Default)]
 pub struct Decision {
     pub effects: Effects,
     pub outcomes: Vec<Outcome>,
-}
-
-/// The outcome a record answers. Only an approval carries its hold: a denied request has
-/// none, and a withdraw's captured hold is not part of its answer.
-fn outcome_of_record(id: &str, r: &Recorded) -> Outcome {
-    let status = OutcomeStatus::parse(&r.status).unwrap_or(OutcomeStatus::Applied);
-    Outcome {
-        id: id.to_string(),
-        account_id: r.account_id.clone(),
-        kind: Kind::parse(&r.kind).unwrap_or(Kind::Deposit),
-        amount: r.amount,
-        status,
-        reason: r.reason.clone(),
-        hold_id: r.hold_id.filter(|_| status == OutcomeStatus::Approved),
-    }
 }
 
 fn id_reused(env: &Envelope) -> Outcome {
@@ -68,7 +49,7 @@ fn id_reused(env: &Envelope) -> Outcome {
         kind: env.kind,
         amount: env.amount,
         status: OutcomeStatus::IdReused,
-        reason: Some("id_reused".into()),
+        reason: Some(Reason::IdReused),
         hold_id: None,
     }
 }
@@ -144,7 +125,7 @@ pub fn decide(
                 effects.conflict(IdConflict {
                     id: env.id.clone(),
                     fingerprint: env.fingerprint.clone(),
-                    kind: env.kind.as_str(),
+                    kind: env.kind,
                     account_id: env.account_id.clone(),
                     amount: env.amount,
                     accepted_at: env.accepted_at,
@@ -152,17 +133,17 @@ pub fn decide(
                 id_reused(env)
             }
             Some(rec) => {
-                if env.void && rec.status == OutcomeStatus::Approved.as_str() {
+                if env.void && rec.status == OutcomeStatus::Approved {
                     void_approval(&env.id, rec, &mut books, effects, now);
                 }
-                outcome_of_record(&env.id, rec)
+                rec.outcome(&env.id)
             }
             None => {
                 // A void of an undecided request falls through: it is recorded as denied
                 // (deadline passed), so the request itself, if still on its way, becomes a
                 // duplicate.
                 let record = decide_new(env, &mut books, effects, now, rules);
-                let outcome = outcome_of_record(&env.id, &record);
+                let outcome = record.outcome(&env.id);
                 // A later copy of this id in the same batch is a duplicate of this decision.
                 recorded.insert(env.id.clone(), record);
                 outcome
@@ -204,8 +185,8 @@ fn void_approval(
         effects.close_hold(hold.id, HoldEnd::Released, None);
     }
     effects.void(id);
-    rec.status = OutcomeStatus::Denied.as_str().to_string();
-    rec.reason = Some(DEADLINE_EXCEEDED.to_string());
+    rec.status = VOIDED_STATUS;
+    rec.reason = Some(VOIDED_REASON);
     rec.hold_id = None;
 }
 
@@ -227,10 +208,16 @@ fn decide_new(
     }
 
     let (status, reason, hold_id) = match env.kind {
-        Kind::WithdrawRequest if foreign_user => {
-            (OutcomeStatus::Denied, Some(OWNED_BY_ANOTHER_USER), None)
-        }
-        _ if foreign_user => (OutcomeStatus::Rejected, Some(OWNED_BY_ANOTHER_USER), None),
+        Kind::WithdrawRequest if foreign_user => (
+            OutcomeStatus::Denied,
+            Some(Reason::AccountOwnedByAnotherUser),
+            None,
+        ),
+        _ if foreign_user => (
+            OutcomeStatus::Rejected,
+            Some(Reason::AccountOwnedByAnotherUser),
+            None,
+        ),
         Kind::Deposit => {
             account.balance += env.amount;
             (OutcomeStatus::Applied, None, None)
@@ -243,9 +230,9 @@ fn decide_new(
     effects.record(NewRecord {
         id: env.id.clone(),
         account_id: env.account_id.clone(),
-        kind: env.kind.as_str(),
+        kind: env.kind,
         amount: env.amount,
-        status: status.as_str(),
+        status,
         reason,
         hold_id,
         request_id: env.request_id.clone(),
@@ -257,16 +244,16 @@ fn decide_new(
     });
     Recorded {
         account_id: env.account_id.clone(),
-        kind: env.kind.as_str().to_string(),
+        kind: env.kind,
         amount: env.amount,
-        status: status.as_str().to_string(),
-        reason: reason.map(str::to_string),
+        status,
+        reason,
         hold_id,
         fingerprint: env.fingerprint.clone(),
     }
 }
 
-type Decided = (OutcomeStatus, Option<&'static str>, Option<Uuid>);
+type Decided = (OutcomeStatus, Option<Reason>, Option<Uuid>);
 
 /// A withdraw captures the hold it names, else the oldest open hold of its amount. Under
 /// `reject_overdraft` it must fit in `available` plus that hold (money promised to this very
@@ -285,7 +272,11 @@ fn withdraw(
     if rules.withdraw_policy == WithdrawPolicy::RejectOverdraft {
         let promised = target.map_or(Decimal::ZERO, |i| holds[i].amount);
         if account.balance - account.held + promised < env.amount {
-            return (OutcomeStatus::Rejected, Some(INSUFFICIENT_FUNDS), None);
+            return (
+                OutcomeStatus::Rejected,
+                Some(Reason::InsufficientFunds),
+                None,
+            );
         }
     }
     let hold_id = target.map(|i| {
@@ -309,10 +300,10 @@ fn request(
     rules: &Rules,
 ) -> Decided {
     if env.void || env.decide_by.is_some_and(|d| now > d) {
-        return (OutcomeStatus::Denied, Some(DEADLINE_EXCEEDED), None);
+        return (OutcomeStatus::Denied, Some(Reason::DeadlineExceeded), None);
     }
     if account.balance - account.held < env.amount {
-        return (OutcomeStatus::Denied, Some(INSUFFICIENT_FUNDS), None);
+        return (OutcomeStatus::Denied, Some(Reason::InsufficientFunds), None);
     }
     let hold = Hold {
         id: Uuid::new_v4(),
@@ -369,17 +360,14 @@ mod tests {
     }
 
     /// How the holds the batch closed ended: those from before, then its own.
-    fn closed(d: &Decision) -> Vec<&'static str> {
+    fn closed(d: &Decision) -> Vec<HoldEnd> {
         let before = d.effects.closed_holds().iter().map(|c| c.closure.end);
         let own = d
             .effects
             .new_holds()
             .iter()
             .filter_map(|h| h.closed.as_ref());
-        before
-            .chain(own.map(|c| c.end))
-            .map(HoldEnd::as_str)
-            .collect()
+        before.chain(own.map(|c| c.end)).collect()
     }
 
     fn funded(balance: &str) -> Snapshot {
@@ -414,7 +402,7 @@ mod tests {
         assert_eq!((a.balance, a.held, a.version), (dec("-100"), dec("0"), 6));
         // w1 captured r1's hold, placed by this batch: one row, inserted captured.
         assert!(d.effects.closed_holds().is_empty());
-        assert_eq!(closed(&d), ["captured"]);
+        assert_eq!(closed(&d), [HoldEnd::Captured]);
         let hold = &d.effects.new_holds()[0];
         assert_eq!(Some(hold.hold.id), d.outcomes[1].hold_id);
         assert_eq!(d.effects.records()[3].hold_id, d.outcomes[1].hold_id);
@@ -460,9 +448,9 @@ mod tests {
             "r1".into(),
             Recorded {
                 account_id: "a".into(),
-                kind: "withdraw_request".into(),
+                kind: Kind::WithdrawRequest,
                 amount: dec("5"),
-                status: "approved".into(),
+                status: OutcomeStatus::Approved,
                 reason: None,
                 hold_id: Some(hold),
                 fingerprint: e.fingerprint.clone(),
@@ -484,7 +472,7 @@ mod tests {
         snapshot.accounts.insert("a".into(), acc);
         let d = run(&[e], snapshot, &RULES);
         assert_eq!(d.outcomes[0].status, OutcomeStatus::Denied);
-        assert_eq!(d.outcomes[0].reason.as_deref(), Some(DEADLINE_EXCEEDED));
+        assert_eq!(d.outcomes[0].reason, Some(Reason::DeadlineExceeded));
         assert!(d.effects.new_holds().is_empty());
     }
 
@@ -517,7 +505,7 @@ mod tests {
         let a = &d.effects.accounts()[0];
         // 100 − 60 (expired, gone) + 60 (new) − 40 (captured) = 60 held; balance 70.
         assert_eq!((a.balance, a.held), (dec("70"), dec("60")));
-        assert_eq!(closed(&d), ["expired", "captured"]);
+        assert_eq!(closed(&d), [HoldEnd::Expired, HoldEnd::Captured]);
     }
 
     #[test]
@@ -536,9 +524,9 @@ mod tests {
         let record = &d.effects.records()[1];
         assert_eq!(
             (record.status, record.reason, record.hold_id),
-            ("denied", Some(DEADLINE_EXCEEDED), None)
+            (OutcomeStatus::Denied, Some(Reason::DeadlineExceeded), None)
         );
-        assert_eq!(closed(&d), ["released"]);
+        assert_eq!(closed(&d), [HoldEnd::Released]);
         assert_eq!(d.effects.accounts()[0].held, dec("0"));
         assert!(d.outcomes[2..].iter().all(|o| o.hold_id.is_none()));
 
@@ -546,7 +534,7 @@ mod tests {
         let other = env("r2", Kind::WithdrawRequest, dec("1"));
         let d = run(&[other.void(), other], Snapshot::default(), &RULES);
         assert_eq!(statuses(&d), [Denied, Denied]);
-        assert_eq!(d.outcomes[1].reason.as_deref(), Some(DEADLINE_EXCEEDED));
+        assert_eq!(d.outcomes[1].reason, Some(Reason::DeadlineExceeded));
         assert!(d.effects.new_holds().is_empty());
     }
 
@@ -568,9 +556,9 @@ mod tests {
             request.id.clone(),
             Recorded {
                 account_id: "a".into(),
-                kind: "withdraw_request".into(),
+                kind: Kind::WithdrawRequest,
                 amount: request.amount,
-                status: "approved".into(),
+                status: OutcomeStatus::Approved,
                 reason: None,
                 hold_id: Some(hold.id),
                 fingerprint: request.fingerprint.clone(),
@@ -594,7 +582,7 @@ mod tests {
         assert!(d.outcomes.iter().all(|o| o.hold_id.is_none()));
         assert_eq!(d.effects.voided(), ["r1"]);
         assert_eq!(d.effects.closed_holds()[0].id, hold);
-        assert_eq!(closed(&d), ["released"]);
+        assert_eq!(closed(&d), [HoldEnd::Released]);
         assert_eq!(d.effects.accounts()[0].held, dec("0"));
     }
 
@@ -608,7 +596,7 @@ mod tests {
         use OutcomeStatus::*;
         assert_eq!(statuses(&d), [Applied, Denied]);
         // The hold stays captured by w1 (its own record); r1 says what its client was told.
-        assert_eq!(closed(&d), ["captured"]);
+        assert_eq!(closed(&d), [HoldEnd::Captured]);
         assert_eq!(d.effects.closed_holds()[0].id, hold);
         assert_eq!(d.effects.voided(), ["r1"]);
         let a = &d.effects.accounts()[0];
@@ -624,7 +612,7 @@ mod tests {
         assert!(d
             .outcomes
             .iter()
-            .all(|o| o.reason.as_deref() == Some(INSUFFICIENT_FUNDS)));
+            .all(|o| o.reason == Some(Reason::InsufficientFunds)));
 
         let (snapshot, _) = approved_before(&env("r1", Kind::WithdrawRequest, dec("60")));
         let other = env("r1", Kind::WithdrawRequest, dec("61"));
@@ -653,7 +641,7 @@ mod tests {
                 conflicts[0].amount,
                 conflicts[0].accepted_at
             ),
-            ("withdraw", dec("3"), other.accepted_at)
+            (Kind::Withdraw, dec("3"), other.accepted_at)
         );
         assert_eq!(conflicts[0].fingerprint, other.fingerprint);
     }
@@ -674,7 +662,10 @@ mod tests {
         );
         use OutcomeStatus::*;
         assert_eq!(statuses(&d), [Applied, Rejected, Denied, Applied]);
-        assert_eq!(d.outcomes[1].reason.as_deref(), Some(OWNED_BY_ANOTHER_USER));
+        assert_eq!(
+            d.outcomes[1].reason,
+            Some(Reason::AccountOwnedByAnotherUser)
+        );
         let a = &d.effects.accounts()[0];
         assert_eq!(
             (a.balance, a.user_id.as_deref()),
@@ -739,7 +730,7 @@ mod tests {
         own.request_id = Some("r1".into());
         let d = run(&[request, own], funded("100"), &rules);
         assert_eq!(statuses(&d), [Approved, Applied]);
-        assert_eq!(closed(&d), ["captured"]);
+        assert_eq!(closed(&d), [HoldEnd::Captured]);
         let a = &d.effects.accounts()[0];
         assert_eq!((a.balance, a.held), (dec("0"), dec("0")));
     }

@@ -403,7 +403,7 @@ fn answer_of(o: &Outcome, names: &HashMap<uuid::Uuid, String>) -> Answer {
     };
     Answer {
         status: o.status.as_str(),
-        reason: o.reason.as_deref().map(static_str),
+        reason: o.reason.map(|r| static_str(r.as_str())),
         hold: o
             .hold_id
             .map(|h| names.get(&h).cloned().unwrap_or_else(|| h.to_string())),

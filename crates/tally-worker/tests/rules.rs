@@ -7,7 +7,7 @@ mod common;
 use chrono::{Duration, Utc};
 use common::{capture, dec, envelope, fresh_database, lease};
 use tally_core::settings::WithdrawPolicy;
-use tally_core::{Envelope, Kind, Outcome, OutcomeStatus};
+use tally_core::{Envelope, Kind, Outcome, OutcomeStatus, Reason};
 use tally_store::leases::Lease;
 use tally_store::Pool;
 use tally_worker::apply::apply_batch;
@@ -79,8 +79,8 @@ async fn a_void_denies_an_approval_that_another_attempt_decided_and_releases_its
     let outcomes = apply(&pool, &lease, &rules, &[retry.void(), first]).await;
     for outcome in &outcomes {
         assert_eq!(
-            (outcome.status, outcome.reason.as_deref(), outcome.hold_id),
-            (OutcomeStatus::Denied, Some("deadline_exceeded"), None)
+            (outcome.status, outcome.reason, outcome.hold_id),
+            (OutcomeStatus::Denied, Some(Reason::DeadlineExceeded), None)
         );
     }
     assert_eq!(

@@ -9,6 +9,7 @@
 
 use actix_web::{get, put, web, HttpResponse};
 use serde::Deserialize;
+use tally_core::Reason;
 use tally_store::users::Link;
 
 use crate::error::ApiError;
@@ -18,7 +19,8 @@ use crate::routes::path_id;
 use crate::state::AppState;
 use crate::{model, openapi};
 
-const OWNED_BY_ANOTHER: &str = "account_owned_by_another_user";
+/// The API refuses what the ledger would record refused for the same reason: one code.
+const OWNED_BY_ANOTHER: &str = Reason::AccountOwnedByAnotherUser.as_str();
 
 fn user_not_found(user_id: &str) -> ApiError {
     ApiError::NotFound {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tally_api::submit::{submit, Answer, DEADLINE_EXCEEDED};
 use tally_core::command::NewTransaction;
-use tally_core::{AmountRules, Kind};
+use tally_core::{AmountRules, Kind, Reason};
 
 use crate::helpers::{broker_address, database_address, eventually, Options, TcpProxy, TestApp};
 
@@ -76,7 +76,7 @@ async fn a_withdraw_request_is_approved_with_a_hold_or_denied_with_a_reason() {
     let Answer::Denied(decision) = denied else {
         panic!("not denied: {denied:?}")
     };
-    assert_eq!(decision.reason.as_deref(), Some("insufficient_funds"));
+    assert_eq!(decision.reason, Some(Reason::InsufficientFunds));
     assert_eq!(decision.hold_id, None);
 }
 
@@ -102,7 +102,7 @@ async fn a_withdraw_request_nobody_decides_in_time_is_voided_and_denied() {
     let Answer::Denied(decision) = answer else {
         panic!("not denied: {answer:?}")
     };
-    assert_eq!(decision.reason.as_deref(), Some(DEADLINE_EXCEEDED));
+    assert_eq!(decision.reason, Some(DEADLINE_EXCEEDED));
 }
 
 #[tokio::test]

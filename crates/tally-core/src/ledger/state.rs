@@ -1,0 +1,89 @@
+//! What a batch reads before deciding ([`Snapshot`]): the records of its ids, its accounts and
+//! their open holds, as typed values (the store maps its rows to them).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+use crate::command::Outcome;
+use crate::vocabulary::{Kind, OutcomeStatus, Reason};
+
+/// A transaction id the ledger already decided: what dedupe and idempotent replies need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub account_id: String,
+    pub kind: Kind,
+    pub amount: Decimal,
+    pub status: OutcomeStatus,
+    pub reason: Option<Reason>,
+    pub hold_id: Option<Uuid>,
+    pub fingerprint: String,
+}
+
+impl Recorded {
+    /// The outcome this record answers for `id`. Only an approval carries its hold: a denied
+    /// request has none, and a withdraw's captured hold is not part of its answer.
+    pub fn outcome(&self, id: &str) -> Outcome {
+        Outcome {
+            id: id.to_string(),
+            account_id: self.account_id.clone(),
+            kind: self.kind,
+            amount: self.amount,
+            status: self.status,
+            reason: self.reason,
+            hold_id: self
+                .hold_id
+                .filter(|_| self.status == OutcomeStatus::Approved),
+        }
+    }
+}
+
+/// An account as the batch sees and changes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountState {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub balance: Decimal,
+    /// Sum of open holds.
+    pub held: Decimal,
+    /// Number of commands recorded on the account; the last one's `seq`.
+    pub version: i64,
+}
+
+impl AccountState {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            user_id: None,
+            balance: Decimal::ZERO,
+            held: Decimal::ZERO,
+            version: 0,
+        }
+    }
+
+    /// What the account can spend: its balance less the money promised to open holds.
+    pub fn available(&self) -> Decimal {
+        self.balance - self.held
+    }
+}
+
+/// An open hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: Uuid,
+    pub account_id: String,
+    pub request_id: String,
+    pub amount: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Everything a batch reads before deciding.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub recorded: HashMap<String, Recorded>,
+    pub accounts: HashMap<String, AccountState>,
+    /// Open holds of the batch's accounts, oldest first (per account).
+    pub holds: Vec<Hold>,
+}
