@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::amount::AmountRules;
+use crate::ledger::WithdrawPolicy;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 const PROFILES: &[(&str, &str)] = &[
@@ -169,13 +170,6 @@ pub struct BrokerSettings {
     pub prefix: String,
     pub delivery_limit: u32,
     pub connect_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WithdrawPolicy {
-    AlwaysApply,
-    RejectOverdraft,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,5 +1,5 @@
 //! One batch, one PostgreSQL transaction: check the shard's lease (the fence), load what the
-//! commands touch, decide (see [`crate::ledger`]), write, commit. Dedupe and effects commit
+//! commands touch, decide (see [`tally_core::ledger`]), write, commit. Dedupe and effects commit
 //! together, so a crash before the commit leaves no trace and a redelivery after it is
 //! recognised as a duplicate; a worker that lost the shard cannot commit at all.
 //!
@@ -11,15 +11,13 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_core::ledger::{AccountState, NewRecord};
+use tally_core::ledger::{decide, AccountState, NewRecord, Rules};
 use tally_core::{Envelope, Outcome};
 use tally_store::batch;
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
 use tally_store::StoreError;
 use tally_telemetry::metrics;
-
-use crate::ledger::{decide, Rules};
 
 /// Applies `envelopes` (in delivery order) under `lease` at the database's time; returns one
 /// outcome per envelope.

@@ -2,7 +2,6 @@
 //! batches, exactly once and in order per account (see the README's Architecture section).
 //!
 //! - [`cli`]: the `tally-worker` subcommands.
-//! - [`ledger`]: the rules, as a pure function.
 //! - [`apply`]: one batch = one transaction (dedupe + effects commit together).
 //! - [`shard`]: the greedy consumer loop of one shard queue.
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
@@ -19,7 +18,6 @@ pub mod apply;
 pub mod cli;
 pub mod dead_letters;
 pub mod jobs;
-pub mod ledger;
 pub mod metrics;
 pub mod retry;
 pub mod shard;
@@ -30,13 +28,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::{Connection, Topology};
+use tally_core::ledger::Rules;
 use tally_core::settings::Settings;
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::Rules;
 use crate::retry::Delays;
 use crate::shard::{ShardContext, ShardError};
 

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::{BusError, Consumer, Delivery, Replier};
+use tally_core::ledger::Rules;
 use tally_core::{AmountRules, Envelope, Kind, Outcome};
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
@@ -20,7 +21,6 @@ use tally_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{apply_batch, sweep_holds};
-use crate::ledger::Rules;
 use crate::retry::{self, Delays};
 
 /// What every shard loop of a worker shares.

@@ -8,12 +8,12 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::{audit_failures, capture, dec, envelope, fresh_database, lease};
-use tally_core::settings::WithdrawPolicy;
+use tally_core::ledger::Rules;
+use tally_core::ledger::WithdrawPolicy;
 use tally_core::{Envelope, Kind, OutcomeStatus};
 use tally_store::leases::Lease;
 use tally_store::Pool;
 use tally_worker::apply::apply_batch;
-use tally_worker::ledger::Rules;
 
 const RULES: Rules = Rules {
     withdraw_policy: WithdrawPolicy::AlwaysApply,

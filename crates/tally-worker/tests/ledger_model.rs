@@ -3,8 +3,8 @@
 //! PostgreSQL, plus the hold sweep), end in the same ledger as a plain sequential model of the
 //! rules — balances, held, every hold's status, every record, every answer, every id conflict.
 //!
-//! The model below is written from the rules as stated (README, `ledger.rs`'s module doc), not
-//! from `ledger.rs`'s code. Commands: deposits, withdraws with and without `requestId`,
+//! The model below is written from the rules as stated (README, `tally_core::ledger`'s module
+//! doc), not from its code. Commands: deposits, withdraws with and without `requestId`,
 //! withdraw_requests (some past their `decide_by`), voids (of sent and never-sent requests),
 //! exact resends, and reuses of an id with another payload (ids are drawn from small pools, so
 //! they collide). Time advances between batches, past the hold TTL at times.
@@ -20,12 +20,12 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use tally_core::settings::WithdrawPolicy;
+use tally_core::ledger::Rules;
+use tally_core::ledger::WithdrawPolicy;
 use tally_core::{Envelope, Kind, Outcome};
 use tally_store::leases::Lease;
 use tally_store::Pool;
 use tally_worker::apply::{apply_batch_at, sweep_holds_at};
-use tally_worker::ledger::Rules;
 
 const TTL_SECS: i64 = 10;
 const DEFAULT_CASES: u32 = 64;
@@ -612,7 +612,7 @@ fn run(policy: WithdrawPolicy) {
     let mut runner = TestRunner::new(Config {
         cases,
         // No regression files: a failure prints its minimal case, which belongs in a
-        // named unit test of ledger.rs.
+        // named unit test of tally_core::ledger (its tests.rs).
         failure_persistence: None,
         ..Config::default()
     });

@@ -131,7 +131,7 @@ async fn a_worker_whose_lease_was_taken_cannot_commit() {
         .await
         .unwrap()
         .remove(0);
-    let rules = tally_worker::ledger::Rules {
+    let rules = tally_core::ledger::Rules {
         withdraw_policy: app.settings.ledger.withdraw_policy,
         hold_ttl: chrono::Duration::minutes(15),
     };

@@ -371,7 +371,7 @@ async fn an_idempotency_key_header_takes_the_role_of_the_id() {
 async fn reject_overdraft_records_the_withdraw_without_applying_it() {
     let app = TestApp::spawn_with(Options {
         tweak: |s| {
-            s.ledger.withdraw_policy = tally_core::settings::WithdrawPolicy::RejectOverdraft;
+            s.ledger.withdraw_policy = tally_core::ledger::WithdrawPolicy::RejectOverdraft;
         },
         ..Options::default()
     })

@@ -135,7 +135,7 @@ async fn a_worker_killed_after_commit_before_ack_does_not_apply_twice() {
     let delivery = consumer.next().await.unwrap().unwrap();
     let decoded =
         tally_core::Envelope::decode(&delivery.data, &app.settings.ledger.amount_rules()).unwrap();
-    let rules = tally_worker::ledger::Rules {
+    let rules = tally_core::ledger::Rules {
         withdraw_policy: app.settings.ledger.withdraw_policy,
         hold_ttl: chrono::Duration::minutes(15),
     };

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use std::collections::HashSet;
 use uuid::Uuid;
 
-use crate::ledger::state::{AccountState, Hold};
+use crate::ledger::state::{AccountState, Hold, Recorded};
 use crate::vocabulary::{HoldStatus, Kind, OutcomeStatus, Reason};
 
 /// A transaction row to insert, in its final state for this batch.
@@ -29,6 +29,20 @@ pub struct NewRecord {
     pub balance_after: Decimal,
     pub occurred_at: DateTime<Utc>,
     pub accepted_at: DateTime<Utc>,
+}
+
+impl From<&NewRecord> for Recorded {
+    fn from(r: &NewRecord) -> Self {
+        Recorded {
+            account_id: r.account_id.clone(),
+            kind: r.kind,
+            amount: r.amount,
+            status: r.status,
+            reason: r.reason,
+            hold_id: r.hold_id,
+            fingerprint: r.fingerprint.clone(),
+        }
+    }
 }
 
 /// What a voided approval becomes: the API answered "denied, deadline exceeded" without

@@ -1,0 +1,158 @@
+//! [`decide`]: a batch, command by command. A recorded id is a duplicate (or an id conflict);
+//! a void of an approval denies it; anything else is a new command, decided by its rule
+//! (commands.rs) and applied to the books (books.rs).
+
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
+use crate::command::{Envelope, Outcome};
+use crate::ledger::books::{self, Books};
+use crate::ledger::commands;
+use crate::ledger::effects::{Effects, IdConflict, NewRecord, VOIDED_REASON, VOIDED_STATUS};
+use crate::ledger::state::{Recorded, Snapshot};
+use crate::ledger::Rules;
+use crate::vocabulary::{Kind, OutcomeStatus, Reason};
+
+/// What a batch decided: rows to write, and one outcome per input command, in input order.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub effects: Effects,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Decides a batch. `now` is the batch's decision time (the database's clock).
+pub fn decide(
+    envelopes: &[Envelope],
+    snapshot: Snapshot,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Decision {
+    let Snapshot {
+        mut recorded,
+        accounts,
+        holds,
+    } = snapshot;
+    let mut books = Books::new(accounts, holds);
+    let mut effects = Effects::default();
+    let outcomes = envelopes
+        .iter()
+        .map(|env| decide_one(env, &mut recorded, &mut books, &mut effects, now, rules))
+        .collect();
+    effects.set_accounts(books.into_touched());
+    Decision { effects, outcomes }
+}
+
+/// One command of the batch; `recorded` grows with it, so a later copy of its id in the same
+/// batch is a duplicate of this decision.
+fn decide_one(
+    env: &Envelope,
+    recorded: &mut HashMap<String, Recorded>,
+    books: &mut Books,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Outcome {
+    match recorded.get_mut(&env.id) {
+        Some(rec) if rec.fingerprint != env.fingerprint => {
+            effects.conflict(conflict_of(env));
+            id_reused(env)
+        }
+        Some(rec) => {
+            if env.void && rec.status == OutcomeStatus::Approved {
+                void_approval(&env.id, rec, books, effects, now);
+            }
+            rec.outcome(&env.id)
+        }
+        None => {
+            // A void of an undecided request falls through: it is recorded as denied
+            // (deadline passed), so the request itself, if still on its way, becomes a
+            // duplicate.
+            let record = decide_new(env, books, effects, now, rules);
+            let outcome = record.outcome(&env.id);
+            recorded.insert(env.id.clone(), record);
+            outcome
+        }
+    }
+}
+
+fn conflict_of(env: &Envelope) -> IdConflict {
+    IdConflict {
+        id: env.id.clone(),
+        fingerprint: env.fingerprint.clone(),
+        kind: env.kind,
+        account_id: env.account_id.clone(),
+        amount: env.amount,
+        accepted_at: env.accepted_at,
+    }
+}
+
+fn id_reused(env: &Envelope) -> Outcome {
+    Outcome {
+        id: env.id.clone(),
+        account_id: env.account_id.clone(),
+        kind: env.kind,
+        amount: env.amount,
+        status: OutcomeStatus::IdReused,
+        reason: Some(Reason::IdReused),
+        hold_id: None,
+    }
+}
+
+/// An approved request whose API answered "denied": the record becomes denied, whichever
+/// attempt decided it, and its hold is released if still open.
+fn void_approval(
+    id: &str,
+    rec: &mut Recorded,
+    books: &mut Books,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+) {
+    let (account, holds) = books.enter(&rec.account_id, now, effects);
+    if let Some(open) = commands::void(rec.hold_id, holds) {
+        books::release(open, account, holds, effects);
+    }
+    effects.void(id);
+    rec.status = VOIDED_STATUS;
+    rec.reason = Some(VOIDED_REASON);
+    rec.hold_id = None;
+}
+
+/// Decides a command whose id is not recorded yet; records it and returns the record.
+fn decide_new(
+    env: &Envelope,
+    books: &mut Books,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Recorded {
+    let (account, holds) = books.enter(&env.account_id, now, effects);
+    let verdict = commands::foreign_owner(account, env).unwrap_or_else(|| match env.kind {
+        Kind::Deposit => commands::deposit(),
+        Kind::Withdraw => commands::withdraw(env, account, holds, rules.withdraw_policy),
+        Kind::WithdrawRequest => commands::withdraw_request(env, account, now),
+    });
+    if account.user_id.is_none() {
+        account.user_id.clone_from(&env.user_id);
+    }
+    let (status, reason, hold_id) =
+        books::apply(verdict, env, account, holds, effects, now, rules.hold_ttl);
+    account.version += 1;
+    let record = NewRecord {
+        id: env.id.clone(),
+        account_id: env.account_id.clone(),
+        kind: env.kind,
+        amount: env.amount,
+        status,
+        reason,
+        hold_id,
+        request_id: env.request_id.clone(),
+        fingerprint: env.fingerprint.clone(),
+        seq: account.version,
+        balance_after: account.balance,
+        occurred_at: env.occurred_at,
+        accepted_at: env.accepted_at,
+    };
+    let recorded = Recorded::from(&record);
+    effects.record(record);
+    recorded
+}
