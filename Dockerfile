@@ -4,7 +4,7 @@
 # picks the process with `command:`. Build: docker build -t tally .
 #
 # config/*.toml and migrations/*.sql are compiled INTO the binaries (include_str! in
-# tally-core's settings, refinery's embed_migrations! in tally-store), so the runtime
+# tally-settings, refinery's embed_migrations! in tally-store), so the runtime
 # image needs neither directory; they are only needed at build time.
 
 # ------------------------------------------------------------------ build

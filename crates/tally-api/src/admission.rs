@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::Publisher;
-use tally_core::settings::AdmissionSettings;
 use tally_core::Kind;
+use tally_settings::AdmissionSettings;
 use tally_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 

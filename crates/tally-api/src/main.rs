@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use tally_api::Application;
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

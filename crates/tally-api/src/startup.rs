@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::publisher::PublisherConfig;
 use tally_bus::{Publisher, Topology};
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 use tally_store::clock::DbClock;
 use tokio_util::sync::CancellationToken;
 use utoipa_actix_web::AppExt;

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 use tally_bus::Publisher;
-use tally_core::settings::Settings;
 use tally_core::AmountRules;
+use tally_settings::Settings;
 use tally_store::clock::DbClock;
 use tally_store::Pool;
 

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::time::Instant;
 use tally_core::command::NewTransaction;
-use tally_core::settings::{DatabaseSettings, Secret};
 use tally_core::Kind;
+use tally_settings::{DatabaseSettings, Secret};
 
 use crate::db;
 use crate::stats::round1;

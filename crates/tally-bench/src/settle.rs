@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tally_core::settings::{DatabaseSettings, Secret};
+use tally_settings::{DatabaseSettings, Secret};
 use tally_store::settlement::{self, JobStatus};
 use tokio::process::{Child, Command};
 

@@ -8,7 +8,7 @@
 #[path = "../../tally-api/tests/api/helpers.rs"]
 mod helpers;
 
-use tally_core::settings::{DatabaseSettings, Secret};
+use tally_settings::{DatabaseSettings, Secret};
 
 fn seed(url: &str) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tally-bench"))

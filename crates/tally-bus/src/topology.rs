@@ -20,7 +20,7 @@ pub struct Topology {
 
 impl Topology {
     /// The topology the settings describe (prefix, K, delivery limit).
-    pub fn from_settings(settings: &tally_core::settings::Settings) -> Self {
+    pub fn from_settings(settings: &tally_settings::Settings) -> Self {
         Self {
             prefix: settings.broker.prefix.clone(),
             shard_count: settings.ledger.shard_count,

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tally_bus::publisher::PublisherConfig;
 use tally_bus::{Publisher, Topology};
 use tally_core::command::NewTransaction;
-use tally_core::settings::{Secret, Settings};
 use tally_core::AmountRules;
+use tally_settings::{Secret, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Checkpoint};

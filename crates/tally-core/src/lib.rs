@@ -1,16 +1,16 @@
 //! Domain core of tally: what a transaction is, how it is validated, how it travels on the
-//! wire and which shard owns an account. Pure code: no network, no database, no runtime.
+//! wire, which shard owns an account, and how the ledger decides it. Pure code: no network,
+//! no database, no files, no runtime (settings are loaded by `tally-settings`).
 //!
-//! Everything that must agree between the API and the worker lives here, defined once:
-//! the identifier charset, exact amount parsing, the versioned envelope, the payload
-//! fingerprint that makes idempotency keys safe, `shard(accountId)`, and which addresses a
-//! webhook may target.
+//! Everything that must agree between the API, the worker and the store lives here, defined
+//! once: the identifier charset, exact amount parsing, the versioned envelope, the payload
+//! fingerprint that makes idempotency keys safe, `shard(accountId)`, which addresses a
+//! webhook may target, the ledger's codes ([`vocabulary`]) and its rules ([`ledger`]).
 
 pub mod amount;
 pub mod command;
 pub mod ids;
 pub mod ledger;
-pub mod settings;
 pub mod shard;
 pub mod target;
 pub mod vocabulary;

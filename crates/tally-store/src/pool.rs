@@ -8,7 +8,7 @@
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tally_core::settings::{DatabaseSettings, SessionBounds, Settings};
+use tally_settings::{DatabaseSettings, SessionBounds, Settings};
 use tokio_postgres::NoTls;
 
 use crate::StoreError;

@@ -2,7 +2,7 @@
 //! and what those bounds cut is retried, never taken for a permanent failure.
 
 use std::time::Duration;
-use tally_core::settings::{DatabaseSettings, Secret, SessionBounds};
+use tally_settings::{DatabaseSettings, Secret, SessionBounds};
 
 fn database(url: &str) -> DatabaseSettings {
     DatabaseSettings {

@@ -4,7 +4,7 @@
 
 pub mod metrics;
 
-use tally_core::settings::LogSettings;
+use tally_settings::LogSettings;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 

@@ -13,7 +13,7 @@
 use chrono::{Days, NaiveDate};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::time::Duration;
-use tally_core::settings::DatabaseSettings;
+use tally_settings::DatabaseSettings;
 use tally_store::settlement::{self, Claim, JobStatus, Step};
 use tally_store::{Pool, StoreError};
 use tokio::sync::oneshot;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::{Connection, Topology};
 use tally_core::ledger::Rules;
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
 use tokio::task::JoinHandle;
@@ -46,7 +46,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Bus(#[from] tally_bus::BusError),
     #[error(transparent)]
-    Settings(#[from] tally_core::settings::SettingsError),
+    Settings(#[from] tally_settings::SettingsError),
     #[error("binding the metrics listener on {addr}: {source}")]
     MetricsListener {
         addr: std::net::SocketAddr,

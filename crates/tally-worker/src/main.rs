@@ -6,7 +6,7 @@
 //! - `dead-letters republish (--all | ID…)`: send pending dead letters back to their shard.
 
 use anyhow::Context;
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 use tally_worker::cli::Command;
 use tally_worker::Worker;
 use tokio_util::sync::CancellationToken;

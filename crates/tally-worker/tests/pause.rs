@@ -304,8 +304,8 @@ async fn applied(client: &tokio_postgres::Client, ids: &[String]) -> i64 {
 async fn a_worker_stopped_inside_a_batch_loses_its_shards_and_never_commits_it() {
     let mut fixture = Fixture::new().await;
     let topology = fixture.topology.clone();
-    let pool = tally_store::connect(&tally_core::settings::DatabaseSettings {
-        url: tally_core::settings::Secret::new(fixture.url.clone()),
+    let pool = tally_store::connect(&tally_settings::DatabaseSettings {
+        url: tally_settings::Secret::new(fixture.url.clone()),
         pool_size: 4,
         timeout_ms: 5000,
     })

@@ -16,7 +16,7 @@ use chrono::{Datelike, NaiveDate};
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::sync::Arc;
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 use tally_store::settlement::{self, Job, JobStatus};
 use tally_store::Pool;
 use tokio::sync::Semaphore;

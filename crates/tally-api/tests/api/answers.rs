@@ -72,7 +72,7 @@ async fn block_hold_inserts(app: &TestApp) -> tokio_postgres::Client {
     client
 }
 
-fn short_deadline(s: &mut tally_core::settings::Settings) {
+fn short_deadline(s: &mut tally_settings::Settings) {
     s.ledger.request_deadline_ms = 1500;
     s.ledger.decision_margin_ms = 500;
 }

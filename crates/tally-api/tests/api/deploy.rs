@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 use tally_tools::nginx;
 use tally_worker::cli::Command;
 use yaml_rust2::{Yaml, YamlLoader};

@@ -10,7 +10,7 @@ use tally_store::StoreError;
 
 use crate::helpers::{eventually, Options, TestApp};
 
-fn quick_leases(s: &mut tally_core::settings::Settings) {
+fn quick_leases(s: &mut tally_settings::Settings) {
     s.ledger.shard_count = 8;
     s.worker.lease_ttl_ms = 1500;
     s.worker.lease_tick_ms = 200;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 
 use crate::helpers::{eventually, Nginx, TestApp};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tally_api::Application;
-use tally_core::settings::{Secret, Settings};
+use tally_settings::{Secret, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Nginx, Options, TestApp};

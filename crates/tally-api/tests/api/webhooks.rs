@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tally_core::settings::Settings;
+use tally_settings::Settings;
 
 use crate::helpers::{eventually, Options, TestApp};
 

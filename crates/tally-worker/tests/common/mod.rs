@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::time::Duration;
 use tally_core::command::NewTransaction;
-use tally_core::settings::{DatabaseSettings, Secret};
 use tally_core::{Envelope, Kind};
+use tally_settings::{DatabaseSettings, Secret};
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
 

@@ -1,14 +1,18 @@
 //! Configuration shared by every tally process: the layered loader (embedded defaults →
 //! profile → optional file → `TALLY_SECTION__KEY` environment) and the typed settings it
 //! fills. Validation happens once, here, so a bad setting stops a process at start.
+//!
+//! A crate of its own so that `tally-core` stays pure: loading reads files and the
+//! environment. The ledger's own knobs (amount rules, withdraw policy) are core types that
+//! these settings fill.
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::fmt;
 use std::time::Duration;
 
-use crate::amount::AmountRules;
-use crate::ledger::WithdrawPolicy;
+use tally_core::amount::{AmountRules, MAX_DECIMAL_DIGITS};
+use tally_core::ledger::WithdrawPolicy;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 const PROFILES: &[(&str, &str)] = &[
@@ -310,9 +314,7 @@ impl Settings {
         // Every amount the rules allow must fit a Decimal exactly (28 significant digits).
         let max_digits = self.ledger.max_amount.trunc().to_string().len();
         let max_digits = i64::try_from(max_digits).unwrap_or(i64::MAX);
-        if i64::from(self.ledger.amount_scale).saturating_add(max_digits)
-            > crate::amount::MAX_DECIMAL_DIGITS
-        {
+        if i64::from(self.ledger.amount_scale).saturating_add(max_digits) > MAX_DECIMAL_DIGITS {
             return bad(
                 "ledger.amount_scale plus the digits of ledger.max_amount must be at most 28",
             );
@@ -363,7 +365,7 @@ impl Settings {
         if self.broker.delivery_limit == 0 {
             return bad("broker.delivery_limit must be at least 1");
         }
-        if self.broker.prefix.is_empty() || crate::ids::validate_id(&self.broker.prefix).is_err() {
+        if self.broker.prefix.is_empty() || tally_core::validate_id(&self.broker.prefix).is_err() {
             return bad("broker.prefix must be a non-empty identifier");
         }
         Ok(())
