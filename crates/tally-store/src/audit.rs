@@ -10,10 +10,11 @@
 //! - `history_is_gapless`: each account's history is numbered 1..version without gaps and
 //!   its last running balance is the balance (per-account order, invariant 5).
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio_postgres::Row;
 
 use crate::StoreError;
 
@@ -41,17 +42,29 @@ fn money(v: Decimal) -> String {
     v.normalize().to_string()
 }
 
-/// Runs every check.
+/// Runs every check, one query each, on one connection.
 pub async fn run(pool: &Pool) -> Result<(Vec<Check>, Totals), StoreError> {
     let client = pool.get().await?;
-    let check =
-        |name, rows: Vec<tokio_postgres::Row>, show: fn(&tokio_postgres::Row) -> Value| Check {
-            name,
-            pass: rows.is_empty(),
-            offending: rows.iter().map(show).collect(),
-        };
+    let checks = vec![
+        balances_match_history(&client).await?,
+        held_matches_open_holds(&client).await?,
+        one_effect_per_id(&client).await?,
+        history_is_gapless(&client).await?,
+    ];
+    Ok((checks, totals(&client).await?))
+}
 
-    let balances = client
+/// A check that passes when its query found no offending row; `show` says what each one is.
+fn check(name: &'static str, rows: &[Row], show: fn(&Row) -> Value) -> Check {
+    Check {
+        name,
+        pass: rows.is_empty(),
+        offending: rows.iter().map(show).collect(),
+    }
+}
+
+async fn balances_match_history(client: &Client) -> Result<Check, StoreError> {
+    let rows = client
         .query(
             "SELECT COALESCE(a.id, t.account_id), COALESCE(a.balance, 0), COALESCE(t.net, 0) \
              FROM accounts a FULL JOIN ( \
@@ -63,7 +76,14 @@ pub async fn run(pool: &Pool) -> Result<(Vec<Check>, Totals), StoreError> {
             &[&OFFENDING_LIMIT],
         )
         .await?;
-    let held = client
+    Ok(check("balances_match_history", &rows, |r| {
+        json!({"accountId": r.get::<_, String>(0),
+               "balance": money(r.get(1)), "expected": money(r.get(2))})
+    }))
+}
+
+async fn held_matches_open_holds(client: &Client) -> Result<Check, StoreError> {
+    let rows = client
         .query(
             "SELECT a.id, a.held, COALESCE(h.open, 0) FROM accounts a LEFT JOIN ( \
                  SELECT account_id, sum(amount) AS open FROM holds WHERE status = 'open' \
@@ -72,7 +92,14 @@ pub async fn run(pool: &Pool) -> Result<(Vec<Check>, Totals), StoreError> {
             &[&OFFENDING_LIMIT],
         )
         .await?;
-    let effects = client
+    Ok(check("held_matches_open_holds", &rows, |r| {
+        json!({"accountId": r.get::<_, String>(0),
+               "held": money(r.get(1)), "openHolds": money(r.get(2))})
+    }))
+}
+
+async fn one_effect_per_id(client: &Client) -> Result<Check, StoreError> {
+    let rows = client
         .query(
             "(SELECT 'transaction' AS what, id, count(*) FROM transactions GROUP BY id \
                  HAVING count(*) > 1 LIMIT $1) \
@@ -83,7 +110,14 @@ pub async fn run(pool: &Pool) -> Result<(Vec<Check>, Totals), StoreError> {
             &[&OFFENDING_LIMIT],
         )
         .await?;
-    let history = client
+    Ok(check("one_effect_per_id", &rows, |r| {
+        json!({"what": r.get::<_, String>(0), "id": r.get::<_, String>(1),
+               "count": r.get::<_, i64>(2)})
+    }))
+}
+
+async fn history_is_gapless(client: &Client) -> Result<Check, StoreError> {
+    let rows = client
         .query(
             "SELECT a.id, a.version, count(t.id), COALESCE(max(t.seq), 0), a.balance, \
                     (SELECT balance_after FROM transactions l WHERE l.account_id = a.id \
@@ -98,7 +132,16 @@ pub async fn run(pool: &Pool) -> Result<(Vec<Check>, Totals), StoreError> {
             &[&OFFENDING_LIMIT],
         )
         .await?;
-    let totals = client
+    Ok(check("history_is_gapless", &rows, |r| {
+        json!({"accountId": r.get::<_, String>(0), "version": r.get::<_, i64>(1),
+               "records": r.get::<_, i64>(2), "maxSeq": r.get::<_, i64>(3),
+               "balance": money(r.get(4)),
+               "lastBalanceAfter": r.get::<_, Option<Decimal>>(5).map(money)})
+    }))
+}
+
+async fn totals(client: &Client) -> Result<Totals, StoreError> {
+    let row = client
         .query_one(
             "SELECT (SELECT COALESCE(sum(balance), 0) FROM accounts), \
                     (SELECT COALESCE(sum(amount), 0) FROM transactions \
@@ -109,34 +152,12 @@ pub async fn run(pool: &Pool) -> Result<(Vec<Check>, Totals), StoreError> {
             &[],
         )
         .await?;
-
-    let checks = vec![
-        check("balances_match_history", balances, |r| {
-            json!({"accountId": r.get::<_, String>(0),
-                   "balance": money(r.get(1)), "expected": money(r.get(2))})
-        }),
-        check("held_matches_open_holds", held, |r| {
-            json!({"accountId": r.get::<_, String>(0),
-                   "held": money(r.get(1)), "openHolds": money(r.get(2))})
-        }),
-        check("one_effect_per_id", effects, |r| {
-            json!({"what": r.get::<_, String>(0), "id": r.get::<_, String>(1),
-                   "count": r.get::<_, i64>(2)})
-        }),
-        check("history_is_gapless", history, |r| {
-            json!({"accountId": r.get::<_, String>(0), "version": r.get::<_, i64>(1),
-                   "records": r.get::<_, i64>(2), "maxSeq": r.get::<_, i64>(3),
-                   "balance": money(r.get(4)),
-                   "lastBalanceAfter": r.get::<_, Option<Decimal>>(5).map(money)})
-        }),
-    ];
-    let totals = Totals {
-        balance: money(totals.get(0)),
-        applied_deposits: money(totals.get(1)),
-        applied_withdraws: money(totals.get(2)),
-        held: money(totals.get(3)),
-    };
-    Ok((checks, totals))
+    Ok(Totals {
+        balance: money(row.get(0)),
+        applied_deposits: money(row.get(1)),
+        applied_withdraws: money(row.get(2)),
+        held: money(row.get(3)),
+    })
 }
 
 /// The auditor's whole answer: the checks, the totals, the queues and the dead letters.
