@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tally_core::Kind;
+use tally_core::{Kind, Reason};
 use tokio::time::sleep_until;
 
 use crate::http::{Conn, Target};
@@ -123,11 +123,12 @@ impl Shared {
         let label = match outcome {
             Ok((402, body)) => {
                 let text = String::from_utf8_lossy(body);
-                if text.contains("deadline_exceeded") {
-                    "402:deadline_exceeded".to_string()
+                let reason = if text.contains(Reason::DeadlineExceeded.as_str()) {
+                    Reason::DeadlineExceeded
                 } else {
-                    "402:insufficient_funds".to_string()
-                }
+                    Reason::InsufficientFunds
+                };
+                format!("402:{reason}")
             }
             Ok((status, body)) => {
                 if accepted(status) {

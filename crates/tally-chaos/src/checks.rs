@@ -20,6 +20,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
+use tally_core::{HoldStatus, OutcomeStatus, Reason};
 use tokio::time::Instant;
 
 use crate::cluster::{pg_connect, Cluster, RunConfig, DECISION_MARGIN, REQUEST_DEADLINE};
@@ -223,6 +224,11 @@ fn listed(what: &str, items: &[String]) -> String {
     s
 }
 
+/// The code whose text a row holds; an unknown text is an error, never a guess.
+fn code<T>(what: &str, text: String, parse: fn(&str) -> Option<T>) -> Result<T> {
+    parse(&text).ok_or_else(|| anyhow::anyhow!("unknown {what} {text:?} in the ledger"))
+}
+
 /// Reads the final records: every transaction and every hold.
 async fn load_ledger(db: &tokio_postgres::Client) -> Result<Ledger> {
     let mut ledger = Ledger::default();
@@ -235,13 +241,16 @@ async fn load_ledger(db: &tokio_postgres::Client) -> Result<Ledger> {
         .await?
     {
         let (amount, after): (String, String) = (r.get(3), r.get(9));
+        let reason: Option<String> = r.get(5);
         let rec = Record {
             id: r.get(0),
             account: r.get(1),
-            kind: r.get(2),
+            kind: code("kind", r.get(2), Kind::parse)?,
             amount: dec(&amount),
-            status: r.get(4),
-            reason: r.get(5),
+            status: code("status", r.get(4), OutcomeStatus::parse)?,
+            reason: reason
+                .map(|text| code("reason", text, Reason::parse))
+                .transpose()?,
             hold_id: r.get(6),
             request_id: r.get(7),
             seq: r.get(8),
@@ -263,7 +272,7 @@ async fn load_ledger(db: &tokio_postgres::Client) -> Result<Ledger> {
             request_id: r.get(1),
             account: r.get(2),
             amount: dec(&amount),
-            status: r.get(4),
+            status: code("hold status", r.get(4), HoldStatus::parse)?,
             captured_by: r.get(5),
             created: r.get(6),
         });

@@ -29,6 +29,7 @@ use cluster::{Cluster, RunConfig};
 use faults::{Ctx, FaultKind};
 use host::Services;
 use model::{Answer, Client, Http, Origin, Stats, Traffic};
+use tally_core::Reason;
 use tally_tools::rng::Rng;
 
 const USAGE: &str =
@@ -432,7 +433,7 @@ fn describe_answers(model: &Model, stats: &Stats) -> String {
         finals(|a| *a == Answer::Accepted),
         finals(|a| matches!(a, Answer::Approved { .. })),
         finals(|a| matches!(a, Answer::Denied { .. })),
-        finals(|a| matches!(a, Answer::Denied { reason } if reason == "deadline_exceeded")),
+        finals(|a| matches!(a, Answer::Denied { reason } if reason == Reason::DeadlineExceeded.as_str())),
         finals(|a| *a == Answer::IdReused),
         finals(|a| matches!(a, Answer::NotAccepted { .. } | Answer::Unknown { .. })),
         origin(|o| matches!(o, Origin::Repeat | Origin::Concurrent | Origin::Conflict)),

@@ -17,6 +17,7 @@
 
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
+use tally_core::{HoldStatus, Kind, OutcomeStatus, Reason};
 
 use crate::scoring::{Findings, HoldRow, Ledger, Record};
 
@@ -55,7 +56,9 @@ pub fn replay(ledger: &Ledger, allowed: &HashSet<&str>) -> (Findings, BTreeMap<S
         let open = replay_account(ledger, &records, &mut found);
         let sum = open
             .iter()
-            .filter(|l| l.row.status == "open" && allowed.contains(l.row.request_id.as_str()))
+            .filter(|l| {
+                l.row.status == HoldStatus::Open && allowed.contains(l.row.request_id.as_str())
+            })
             .map(|l| l.row.amount)
             .sum();
         held.insert(account.to_string(), sum);
@@ -84,7 +87,7 @@ fn check_holds(ledger: &Ledger, found: &mut Found) {
                 .push(format!("hold {} of {}: no such record", h.id, h.request_id));
             continue;
         };
-        if r.kind != "withdraw_request" || r.account != h.account || r.amount != h.amount {
+        if r.kind != Kind::WithdrawRequest || r.account != h.account || r.amount != h.amount {
             found.holds.push(format!(
                 "hold {} ({} on {}) belongs to {} {} {} on {}",
                 h.id, h.amount, h.account, r.id, r.kind, r.amount, r.account
@@ -92,15 +95,14 @@ fn check_holds(ledger: &Ledger, found: &mut Found) {
         }
         // A void that arrives after its late approval's hold was captured or expired denies
         // the record (without its hold id) and leaves the hold as it is.
-        let voided_late = r.status == "denied" && r.hold_id.is_none();
-        let fits = match h.status.as_str() {
-            "open" => r.status == "approved" && r.hold_id.as_deref() == Some(&h.id),
-            "expired" => {
-                (r.status == "approved" && r.hold_id.as_deref() == Some(&h.id)) || voided_late
-            }
-            "captured" => r.status == "approved" || voided_late,
-            "released" => r.status == "denied",
-            _ => false,
+        let voided_late = r.status == OutcomeStatus::Denied && r.hold_id.is_none();
+        let approved_with_it =
+            r.status == OutcomeStatus::Approved && r.hold_id.as_deref() == Some(&h.id);
+        let fits = match h.status {
+            HoldStatus::Open => approved_with_it,
+            HoldStatus::Expired => approved_with_it || voided_late,
+            HoldStatus::Captured => r.status == OutcomeStatus::Approved || voided_late,
+            HoldStatus::Released => r.status == OutcomeStatus::Denied,
         };
         if !fits {
             found.holds.push(format!(
@@ -108,10 +110,12 @@ fn check_holds(ledger: &Ledger, found: &mut Found) {
                 h.id, r.id, h.status, r.status, r.hold_id
             ));
         }
-        if h.status == "captured" {
+        if h.status == HoldStatus::Captured {
             let by = h.captured_by.as_deref().and_then(|w| ledger.records.get(w));
             if !by.is_some_and(|w| {
-                w.kind == "withdraw" && w.status == "applied" && w.hold_id.as_deref() == Some(&h.id)
+                w.kind == Kind::Withdraw
+                    && w.status == OutcomeStatus::Applied
+                    && w.hold_id.as_deref() == Some(&h.id)
             }) {
                 found.holds.push(format!(
                     "hold {} of {} is captured by {:?}, which does not record capturing it",
@@ -122,7 +126,7 @@ fn check_holds(ledger: &Ledger, found: &mut Found) {
     }
     for r in ledger.records.values() {
         let Some(hold_id) = r.hold_id.as_deref() else {
-            if r.status == "approved" {
+            if r.status == OutcomeStatus::Approved {
                 found
                     .holds
                     .push(format!("{} is approved without a hold", r.id));
@@ -130,13 +134,13 @@ fn check_holds(ledger: &Ledger, found: &mut Found) {
             continue;
         };
         let hold = ledger.hold(hold_id);
-        let why = match (r.kind.as_str(), hold) {
+        let why = match (r.kind, hold) {
             (_, None) => Some("no such hold".to_string()),
-            ("withdraw_request", Some(h)) if h.request_id != r.id => {
+            (Kind::WithdrawRequest, Some(h)) if h.request_id != r.id => {
                 Some(format!("the hold belongs to {}", h.request_id))
             }
-            ("withdraw", Some(h))
-                if h.status != "captured" || h.captured_by.as_deref() != Some(&r.id) =>
+            (Kind::Withdraw, Some(h))
+                if h.status != HoldStatus::Captured || h.captured_by.as_deref() != Some(&r.id) =>
             {
                 Some(format!(
                     "but the hold is {} (captured by {:?})",
@@ -155,9 +159,9 @@ fn check_holds(ledger: &Ledger, found: &mut Found) {
 }
 
 fn effect(r: &Record) -> Decimal {
-    match (r.kind.as_str(), r.status.as_str()) {
-        ("deposit", "applied") => r.amount,
-        ("withdraw", "applied") => -r.amount,
+    match (r.kind, r.status) {
+        (Kind::Deposit, OutcomeStatus::Applied) => r.amount,
+        (Kind::Withdraw, OutcomeStatus::Applied) => -r.amount,
         _ => Decimal::ZERO,
     }
 }
@@ -185,10 +189,10 @@ fn replay_account<'a>(ledger: &'a Ledger, records: &[&Record], found: &mut Found
                 r.id, r.seq, r.kind, r.amount, r.status, r.balance_after
             ));
         }
-        match r.kind.as_str() {
-            "withdraw_request" => decide(ledger, r, balance, &mut live, found),
-            "withdraw" if r.status == "applied" => capture(r, &mut live, found),
-            _ => {}
+        match r.kind {
+            Kind::WithdrawRequest => decide(ledger, r, balance, &mut live, found),
+            Kind::Withdraw if r.status == OutcomeStatus::Applied => capture(r, &mut live, found),
+            Kind::Withdraw | Kind::Deposit => {}
         }
         balance = r.balance_after;
     }
@@ -205,14 +209,14 @@ fn decide<'a>(
 ) {
     let sure_held: Decimal = live.iter().filter(|l| l.sure).map(|l| l.row.amount).sum();
     let all_held: Decimal = live.iter().map(|l| l.row.amount).sum();
-    if r.status == "approved" && balance - sure_held < r.amount {
+    if r.status == OutcomeStatus::Approved && balance - sure_held < r.amount {
         found.decisions.push(format!(
             "{} approved {} at seq {}, but at most {} was available (balance {balance}, held at least {sure_held})",
             r.id, r.amount, r.seq, balance - sure_held
         ));
     }
-    if r.status == "denied"
-        && r.reason.as_deref() == Some("insufficient_funds")
+    if r.status == OutcomeStatus::Denied
+        && r.reason == Some(Reason::InsufficientFunds)
         && balance - all_held >= r.amount
     {
         found.decisions.push(format!(
@@ -223,7 +227,7 @@ fn decide<'a>(
     // An approval opened its hold here. One voided later is recorded denied without a hold
     // id; its hold (released, or captured or expired before the void came) is found by its
     // request id.
-    let voided = r.status == "denied" && r.reason.as_deref() == Some("deadline_exceeded");
+    let voided = r.status == OutcomeStatus::Denied && r.reason == Some(Reason::DeadlineExceeded);
     let opened = match r.hold_id.as_deref() {
         Some(h) => ledger.hold(h),
         None if voided => ledger.hold_of_request(&r.id),
@@ -232,7 +236,7 @@ fn decide<'a>(
     if let Some(row) = opened {
         live.push(Live {
             row,
-            sure: row.status == "open" || row.status == "captured",
+            sure: matches!(row.status, HoldStatus::Open | HoldStatus::Captured),
         });
     }
 }
@@ -309,25 +313,25 @@ mod tests {
             }
         }
 
+        /// A record of `kind` and `status` (their texts, as in the table).
         fn add(&mut self, id: &str, kind: &str, amount: i64, status: &str) -> &mut Record {
             self.seq += 1;
-            let amount = Decimal::from(amount);
-            self.balance += match (kind, status) {
-                ("deposit", "applied") => amount,
-                ("withdraw", "applied") => -amount,
-                _ => Decimal::ZERO,
-            };
             let rec = Record {
                 id: id.into(),
                 account: "a".into(),
-                kind: kind.into(),
-                amount,
-                status: status.into(),
+                kind: Kind::parse(kind).expect("kind"),
+                amount: Decimal::from(amount),
+                status: OutcomeStatus::parse(status).expect("status"),
                 reason: None,
                 hold_id: None,
                 request_id: None,
                 seq: self.seq,
+                balance_after: Decimal::ZERO,
+            };
+            self.balance += effect(&rec);
+            let rec = Record {
                 balance_after: self.balance,
+                ..rec
             };
             self.ledger.records.insert(id.into(), rec);
             self.ledger.records.get_mut(id).expect("just inserted")
@@ -342,7 +346,7 @@ mod tests {
                 request_id: id.into(),
                 account: "a".into(),
                 amount: Decimal::from(amount),
-                status: status.into(),
+                status: HoldStatus::parse(status).expect("hold status"),
                 captured_by: None,
                 created,
             });
@@ -360,7 +364,7 @@ mod tests {
                     .iter_mut()
                     .find(|x| x.id == h)
                     .expect("hold");
-                row.status = "captured".into();
+                row.status = HoldStatus::Captured;
                 row.captured_by = Some(id.into());
             }
         }
@@ -448,7 +452,7 @@ mod tests {
         let mut b = Book::new();
         b.add("d", "deposit", 100, "applied");
         b.approve("r", 50, "released", 1);
-        b.ledger.records.get_mut("r").expect("r").status = "denied".into();
+        b.ledger.records.get_mut("r").expect("r").status = OutcomeStatus::Denied;
         b.capture("w", 50, Some("r"), None);
         assert!(b.findings().is_empty(), "{:?}", b.findings());
     }
@@ -461,8 +465,8 @@ mod tests {
         b.capture("w", 73, None, Some("r"));
         // The void came after the capture: the record is denied, without a hold id.
         let r = b.ledger.records.get_mut("r").expect("r");
-        r.status = "denied".into();
-        r.reason = Some("deadline_exceeded".into());
+        r.status = OutcomeStatus::Denied;
+        r.reason = Some(Reason::DeadlineExceeded);
         r.hold_id = None;
         assert!(b.findings().is_empty(), "{:?}", b.findings());
     }
@@ -480,7 +484,7 @@ mod tests {
     fn a_denial_with_funds_available_is_found() {
         let mut b = Book::new();
         b.add("d", "deposit", 100, "applied");
-        b.add("r", "withdraw_request", 50, "denied").reason = Some("insufficient_funds".into());
+        b.add("r", "withdraw_request", 50, "denied").reason = Some(Reason::InsufficientFunds);
         assert_eq!(b.findings().len(), 1, "{:?}", b.findings());
     }
 

@@ -20,6 +20,7 @@
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
+use tally_core::{HoldStatus, Kind, OutcomeStatus, Reason};
 
 use crate::model::{Answer, Command, Op, Origin};
 
@@ -28,10 +29,10 @@ use crate::model::{Answer, Command, Op, Origin};
 pub struct Record {
     pub id: String,
     pub account: String,
-    pub kind: String,
+    pub kind: Kind,
     pub amount: Decimal,
-    pub status: String,
-    pub reason: Option<String>,
+    pub status: OutcomeStatus,
+    pub reason: Option<Reason>,
     pub hold_id: Option<String>,
     pub request_id: Option<String>,
     pub seq: i64,
@@ -45,7 +46,7 @@ pub struct HoldRow {
     pub request_id: String,
     pub account: String,
     pub amount: Decimal,
-    pub status: String,
+    pub status: HoldStatus,
     pub captured_by: Option<String>,
     /// `created_at` in microseconds: the worker captures the oldest hold of an amount.
     pub created: i64,
@@ -76,7 +77,7 @@ pub fn decimal(cents: i64) -> Decimal {
 /// Whether `rec` is the record of `cmd`'s payload.
 pub fn same_payload(cmd: &Command, rec: &Record) -> bool {
     rec.account == cmd.account
-        && rec.kind == cmd.kind.as_str()
+        && rec.kind == cmd.kind
         && rec.amount == decimal(cmd.cents)
         && rec.request_id == cmd.request_id
 }
@@ -152,7 +153,7 @@ fn broken_promise(
         // A denial promises no effect for this id, which holds whichever payload the id's
         // record has (a conflicting reuse may be denied while the first payload is queued).
         (Answer::Denied { .. }, Some(r), _) => {
-            if r.status != "denied" {
+            if r.status != OutcomeStatus::Denied {
                 let payload = if mine.is_some() {
                     String::new()
                 } else {
@@ -165,20 +166,23 @@ fn broken_promise(
             }
             ledger
                 .hold_of_request(&r.id)
-                .filter(|h| h.status == "open")
+                .filter(|h| h.status == HoldStatus::Open)
                 .map(|h| format!("has a hold {} that is {}", h.id, h.status))
         }
         (Answer::Accepted | Answer::Approved { .. }, Some(r), None) => Some(other(r)),
         (Answer::Accepted, _, Some(r)) => {
-            (r.status != "applied").then(|| format!("recorded {}", r.status))
+            (r.status != OutcomeStatus::Applied).then(|| format!("recorded {}", r.status))
         }
         (Answer::Approved { hold_id }, _, Some(r)) => {
-            if r.status != "approved" || r.hold_id.as_deref() != Some(hold_id.as_str()) {
+            if r.status != OutcomeStatus::Approved || r.hold_id.as_deref() != Some(hold_id.as_str())
+            {
                 return Some(format!("recorded {} with hold {:?}", r.status, r.hold_id));
             }
             match ledger.hold(hold_id) {
                 None => Some(format!("no hold {hold_id}")),
-                Some(h) if h.status == "released" => Some(format!("hold {hold_id} was released")),
+                Some(h) if h.status == HoldStatus::Released => {
+                    Some(format!("hold {hold_id} was released"))
+                }
                 Some(_) => None,
             }
         }
@@ -322,7 +326,9 @@ pub fn early_deadline_denials(ops: &[Op], earliest: Duration) -> Vec<String> {
         .filter_map(|op| {
             let a = &op.attempts[0];
             match &a.answer {
-                Answer::Denied { reason } if reason == "deadline_exceeded" && a.took < earliest => {
+                Answer::Denied { reason }
+                    if reason == Reason::DeadlineExceeded.as_str() && a.took < earliest =>
+                {
                     Some(line(
                         op,
                         &a.answer,
@@ -344,13 +350,13 @@ pub fn expected_balances(ledger: &Ledger, allowed: &HashSet<&str>) -> BTreeMap<S
     let mut out: BTreeMap<String, Decimal> = BTreeMap::new();
     for rec in ledger.records.values() {
         let entry = out.entry(rec.account.clone()).or_default();
-        if !allowed.contains(rec.id.as_str()) || rec.status != "applied" {
+        if !allowed.contains(rec.id.as_str()) || rec.status != OutcomeStatus::Applied {
             continue;
         }
-        match rec.kind.as_str() {
-            "deposit" => *entry += rec.amount,
-            "withdraw" => *entry -= rec.amount,
-            _ => {}
+        match rec.kind {
+            Kind::Deposit => *entry += rec.amount,
+            Kind::Withdraw => *entry -= rec.amount,
+            Kind::WithdrawRequest => {}
         }
     }
     out
@@ -359,7 +365,7 @@ pub fn expected_balances(ledger: &Ledger, allowed: &HashSet<&str>) -> BTreeMap<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Attempt, Kind, Policy};
+    use crate::model::{Attempt, Policy};
 
     fn cmd(id: &str, kind: Kind, cents: i64) -> Command {
         Command {
@@ -389,13 +395,14 @@ mod tests {
         }
     }
 
+    /// The record of `c` with `status` (its text, as in the table).
     fn record(c: &Command, status: &str, hold: Option<&str>) -> Record {
         Record {
             id: c.id.clone(),
             account: c.account.clone(),
-            kind: c.kind.as_str().into(),
+            kind: c.kind,
             amount: decimal(c.cents),
-            status: status.into(),
+            status: OutcomeStatus::parse(status).expect("status"),
             reason: None,
             hold_id: hold.map(str::to_string),
             request_id: c.request_id.clone(),
@@ -518,7 +525,7 @@ mod tests {
             request_id: "r1".into(),
             account: "a".into(),
             amount: decimal(537),
-            status: status.into(),
+            status: HoldStatus::parse(status).expect("hold status"),
             captured_by: None,
             created: 0,
         };
@@ -549,7 +556,7 @@ mod tests {
                 request_id: "r1".into(),
                 account: "a".into(),
                 amount: decimal(537),
-                status: "open".into(),
+                status: HoldStatus::Open,
                 captured_by: None,
                 created: 0,
             }],
