@@ -3,6 +3,8 @@
 //! account and its open holds and change nothing, so each rule reads on its own.
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use uuid::Uuid;
 
 use crate::command::Envelope;
 use crate::ledger::state::{AccountState, Hold};
@@ -56,7 +58,7 @@ pub(super) fn withdraw(
         None => holds.iter().position(|h| h.amount == env.amount),
     };
     if policy == WithdrawPolicy::RejectOverdraft {
-        let promised = capture.map_or(rust_decimal::Decimal::ZERO, |i| holds[i].amount);
+        let promised = capture.map_or(Decimal::ZERO, |i| holds[i].amount);
         if account.available() + promised < env.amount {
             return Verdict::Refused(OutcomeStatus::Rejected, Reason::InsufficientFunds);
         }
@@ -83,7 +85,7 @@ pub(super) fn withdraw_request(
 /// The void of an approved request releases its hold if it is still open (its index among the
 /// account's open holds); a captured or expired hold stays as it is: the withdraw that
 /// captured it is its own record.
-pub(super) fn void(hold_id: Option<uuid::Uuid>, holds: &[Hold]) -> Option<usize> {
+pub(super) fn void(hold_id: Option<Uuid>, holds: &[Hold]) -> Option<usize> {
     hold_id.and_then(|id| holds.iter().position(|h| h.id == id))
 }
 
