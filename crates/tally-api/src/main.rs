@@ -1,19 +1,28 @@
 //! `tally-api`: settings → telemetry → build → serve until SIGTERM.
 
 use anyhow::Context;
+use clap::Parser;
 use tally_api::Application;
 use tally_core::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
+/// No options: configuration comes from files and the environment only, and a stray argument
+/// (most likely a deploy file's command meant for `tally-worker`) is refused.
+#[derive(Parser)]
+#[command(
+    name = "tally-api",
+    version,
+    about = "The HTTP API of tally: validates transactions, publishes them to the shard queues \
+             and answers.",
+    after_help = "Takes no arguments. Configure it with the settings files and TALLY_* \
+                  environment variables (TALLY_CONFIG, TALLY_PROFILE, e.g. TALLY_API__PORT), \
+                  like every tally process. Stops gracefully on SIGTERM or Ctrl-C."
+)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Configuration comes from files and the environment only; a stray argument is most
-    // likely a deploy file meant for `tally-worker`.
-    if let Some(arg) = std::env::args().nth(1) {
-        anyhow::bail!(
-            "tally-api takes no arguments (got {arg:?}); configure it with TALLY_* variables"
-        );
-    }
+    Cli::parse();
     let settings = Settings::load()?;
     tally_telemetry::init(&settings.log);
     let shutdown = CancellationToken::new();
@@ -25,4 +34,14 @@ async fn main() -> anyhow::Result<()> {
     app.run_until_stopped(shutdown).await?;
     tracing::info!("API stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

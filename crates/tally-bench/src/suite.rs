@@ -23,52 +23,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
+use crate::cli::SuiteArgs;
 use crate::load::{LoadSpec, Mode};
 use crate::workload::Workload;
 use crate::{baseline, bus, db, drain, load, procs, settle};
-use tally_tools::args::{flag, usage, val, Args, Opt};
-
-const OPTS: &[Opt] = &[
-    val("port", "nginx port of the bench stack (default 8090)"),
-    val("api-base-port", "first API replica port (default 8201)"),
-    val("prefix", "broker prefix of the bench stack (default bench)"),
-    val(
-        "database",
-        "database of the bench stack, recreated (default tally_bench)",
-    ),
-    val(
-        "database-url",
-        "a database to connect to for CREATE DATABASE (default $TALLY_DATABASE__URL)",
-    ),
-    val("broker-url", "RabbitMQ (default $TALLY_BROKER__URL)"),
-    val(
-        "bin-dir",
-        "release binaries (default $BIN_DIR or target/release)",
-    ),
-    val("out-dir", "results directory (default target/bench)"),
-    val(
-        "duration",
-        "closed-loop runs (default 10s; half-rate runs last 1.5x)",
-    ),
-    val("drain-messages", "envelopes per drain (default 200000)"),
-    val(
-        "wait-quiet",
-        "wait up to this long for no cargo/nextest/tally-chaos process (default 0)",
-    ),
-    val(
-        "skip",
-        "phases to skip, comma-separated: baselines,drain,settlement,stack,scaling",
-    ),
-    flag(
-        "quick",
-        "short runs for trying the suite out (figures not comparable)",
-    ),
-    flag(
-        "restart-stack",
-        "stop a stack already running under .run/ (it may be someone else's)",
-    ),
-    flag("help", "this help"),
-];
 
 struct Config {
     port: u16,
@@ -99,43 +57,40 @@ impl Config {
     }
 }
 
-pub async fn main(argv: &[String]) -> Result<()> {
-    let a = Args::parse(argv, OPTS)?;
-    a.no_positional()?;
-    if a.flag("help") {
-        println!("tally-bench suite [options]\n{}", usage(OPTS));
-        return Ok(());
+impl From<&SuiteArgs> for Config {
+    fn from(a: &SuiteArgs) -> Self {
+        let quick = a.quick;
+        Config {
+            port: a.port,
+            api_base_port: a.api_base_port,
+            prefix: a.prefix.clone(),
+            database: a.database.clone(),
+            admin_url: a.admin.database_url.clone(),
+            broker_url: a.broker_url.clone(),
+            bin_dir: a.bin_dir.path(),
+            out_dir: a.out_dir.clone(),
+            duration: a
+                .duration
+                .unwrap_or(Duration::from_secs(if quick { 3 } else { 10 })),
+            drain_messages: a
+                .drain_messages
+                .unwrap_or(if quick { 20_000 } else { 200_000 }),
+            skip: a.skip.clone(),
+            quick,
+        }
     }
-    let quick = a.flag("quick");
-    let cfg = Config {
-        port: a.num_or("port", 8090)?,
-        api_base_port: a.num_or("api-base-port", 8201)?,
-        prefix: a.str_or("prefix", "bench"),
-        database: a.str_or("database", "tally_bench"),
-        admin_url: a.str_or("database-url", &crate::default_database_url()),
-        broker_url: a.str_or("broker-url", &crate::default_broker_url()),
-        bin_dir: PathBuf::from(a.str_or("bin-dir", &crate::default_bin_dir())),
-        out_dir: PathBuf::from(a.str_or("out-dir", "target/bench")),
-        duration: a.duration_or("duration", Duration::from_secs(if quick { 3 } else { 10 }))?,
-        drain_messages: a.num_or("drain-messages", if quick { 20_000 } else { 200_000 })?,
-        skip: a
-            .str_or("skip", "")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        quick,
-    };
-    let wait_quiet = a.duration_or("wait-quiet", Duration::ZERO)?;
+}
 
+pub async fn main(a: SuiteArgs) -> Result<()> {
+    let cfg = Config::from(&a);
     // Someone else's stack under .run/ would be stopped by our `make up`: refuse by default.
-    if !cfg.skips("stack") && stack_running().await && !a.flag("restart-stack") {
+    if !cfg.skips("stack") && stack_running().await && !a.restart_stack {
         bail!(
             "a stack started by `make up` is running (see `make status`); it may be someone \
              else's. Stop it (`make down`) or pass --restart-stack"
         );
     }
-    let quiet = wait_until_quiet(wait_quiet).await;
+    let quiet = wait_until_quiet(a.wait_quiet).await;
     let started = Utc::now();
     let stamp = started.format("%Y%m%dT%H%M%SZ").to_string();
     std::fs::create_dir_all(&cfg.out_dir)?;

@@ -8,6 +8,7 @@
 //! the test suite (`make test` runs a short chaos run after the tests, not beside them).
 
 mod checks;
+mod cli;
 mod cluster;
 mod faults;
 mod host;
@@ -16,6 +17,7 @@ mod replay;
 mod scoring;
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,111 +27,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use checks::{Model, Verdict};
+use cli::Options;
 use cluster::{Cluster, RunConfig};
 use faults::{Ctx, FaultKind};
 use host::Services;
 use model::{Answer, Client, Http, Origin, Stats, Traffic};
 use tally_tools::rng::Rng;
 
-const USAGE: &str =
-    "usage: tally-chaos [--seeds A..B | --seeds N] [--seed N]... [--fail-fast] [--no-faults] [--kinds K,K] [--no-wait]
-                   [--clients 8] [--accounts 20] [--bin-dir DIR]
-
-  --seeds A..B   run seeds A to B-1 (--seeds N means 0..N); default 0..5
-  --seed N       run only seed N (repeatable): the replay of a failing seed
-  --fail-fast    stop at the first failing seed (default: run all, then exit non-zero)
-  --no-faults    the same workload and checks without faults (tells harness from system)
-  --kinds K,K    inject only these kinds: kill-worker, kill-api, poison-message,
-                 pause-worker, restart-workers, skew-worker touch only the seed's own
-                 processes; rabbitmq-restart, postgres-restart, pause-rabbitmq stop or
-                 pause the shared services
-  --bin-dir DIR  where tally-api and tally-worker are (default: next to this binary)
-  --no-wait      start seeds even while `cargo nextest`/`cargo test` runs against our
-                 servers (by default each seed waits up to 30 min for such a run: it
-                 restarts the services it uses; runs whose TALLY_TEST_DATABASE_URL and
-                 TALLY_TEST_AMQP_URL both name other servers are not waited for)
-
-Env: TALLY_CHAOS_ADMIN_URL (default postgres://tally:tally@127.0.0.1:5432/tally),
-     TALLY_CHAOS_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
-Logs and a report per seed: target/chaos/<seed>/.";
-
 /// Load after the last fault has recovered.
 const AFTER_LAST_FAULT: Duration = Duration::from_secs(2);
-
-struct Options {
-    seeds: Vec<u64>,
-    fail_fast: bool,
-    no_faults: bool,
-    /// The kinds to draw from (all unless `--kinds`).
-    kinds: Vec<FaultKind>,
-    no_wait: bool,
-    clients: u64,
-    accounts: usize,
-    bin_dir: Option<PathBuf>,
-}
-
-fn parse_args() -> Result<Options> {
-    let mut o = Options {
-        seeds: Vec::new(),
-        fail_fast: false,
-        no_faults: false,
-        kinds: faults::ALL.to_vec(),
-        no_wait: false,
-        clients: 8,
-        accounts: 20,
-        bin_dir: None,
-    };
-    let mut args = std::env::args().skip(1);
-    let mut range = None;
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--seeds" => {
-                let v = value()?;
-                let (a, b) = match v.split_once("..") {
-                    Some((a, b)) => (a.parse()?, b.parse()?),
-                    None => (0, v.parse()?),
-                };
-                range = Some(a..b);
-            }
-            "--seed" => o.seeds.push(value()?.parse()?),
-            "--fail-fast" => o.fail_fast = true,
-            "--no-faults" => o.no_faults = true,
-            "--no-wait" => o.no_wait = true,
-            "--kinds" => {
-                let names = value()?;
-                let kinds = names
-                    .split(',')
-                    .map(|n| {
-                        faults::ALL
-                            .into_iter()
-                            .find(|k| k.name() == n.trim())
-                            .with_context(|| format!("unknown fault kind {n:?}\n{USAGE}"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                o.kinds = kinds;
-            }
-            "--clients" => o.clients = value()?.parse()?,
-            "--accounts" => o.accounts = value()?.parse()?,
-            "--bin-dir" => o.bin_dir = Some(value()?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    if o.seeds.is_empty() {
-        o.seeds = range.unwrap_or(0..5).collect();
-    }
-    if o.clients == 0 || o.accounts == 0 {
-        bail!("--clients and --accounts must be at least 1");
-    }
-    Ok(o)
-}
 
 /// One seed's result.
 struct SeedResult {
@@ -144,7 +50,8 @@ struct SeedResult {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let opts = parse_args()?;
+    let opts = Options::parse();
+    let seeds = opts.seeds();
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let bin_dir = match &opts.bin_dir {
         Some(dir) => dir.clone(),
@@ -177,7 +84,9 @@ async fn main() -> Result<()> {
         shard_count: 4,
     };
     let services = Services::detect()?;
-    if !opts.no_faults && opts.kinds.contains(&FaultKind::SkewWorker) && services.faketime.is_none()
+    if !opts.no_faults
+        && opts.kinds().contains(&FaultKind::SkewWorker)
+        && services.faketime.is_none()
     {
         bail!("{}", faults::FAKETIME_MISSING);
     }
@@ -193,13 +102,13 @@ async fn main() -> Result<()> {
     let mut results = Vec::new();
     println!(
         "chaos: {} seed(s) {}, {} clients over {} accounts; logs in {}",
-        opts.seeds.len(),
-        describe_seeds(&opts.seeds),
+        seeds.len(),
+        describe_seeds(&seeds),
         opts.clients,
         opts.accounts,
         cfg.out_dir.display()
     );
-    for &seed in &opts.seeds {
+    for &seed in &seeds {
         let result = run_seed(&cfg, &services, &opts, seed).await;
         let failed = !result.failures.is_empty();
         results.push(result);
@@ -314,11 +223,15 @@ async fn drive(
         .context("starting the installation")?;
     let seed = cluster.seed;
     let load = Rng::stream(seed, 0).millis(10_000, 15_000);
-    let kinds: &[FaultKind] = if opts.no_faults { &[] } else { &opts.kinds };
+    let kinds = if opts.no_faults {
+        Vec::new()
+    } else {
+        opts.kinds()
+    };
     let plan = faults::plan(
         seed,
         load,
-        kinds,
+        &kinds,
         cfg.api_replicas,
         cfg.workers,
         cfg.shard_count,
@@ -471,7 +384,7 @@ fn summary(opts: &Options, results: &[SeedResult], wall: Duration) {
         "chaos: {} of {} seed(s) passed ({}), wall time {}m{:02}s",
         results.len() - failed.len(),
         results.len(),
-        describe_seeds(&opts.seeds),
+        describe_seeds(&opts.seeds()),
         wall.as_secs() / 60,
         wall.as_secs() % 60
     );

@@ -27,11 +27,13 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{self, Checkpoint};
 use crate::input::{self, Format, Line};
 use crate::send::{Outcome, Sender};
-use tally_tools::args::Args;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which way lines go (`--via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Via {
+    /// `POST /transaction`, one request a line.
     Api,
+    /// Published straight to the shard queues with publisher confirms.
     Queue,
 }
 
@@ -47,41 +49,6 @@ pub struct ImportSpec {
     pub prefix: Option<String>,
     pub database_url: Option<String>,
     pub progress: bool,
-}
-
-impl ImportSpec {
-    pub fn from_args(args: &Args) -> Result<Self> {
-        let [path] = args.positional.as_slice() else {
-            bail!("expected exactly one FILE (see tally import --help)");
-        };
-        let path = PathBuf::from(path);
-        let via = match args.opt_str("via").as_deref() {
-            None | Some("api") => Via::Api,
-            Some("queue") => Via::Queue,
-            Some(other) => bail!("--via {other:?}: api or queue"),
-        };
-        let concurrency: usize = args.num_or("concurrency", 64)?;
-        if concurrency == 0 {
-            bail!("--concurrency must be positive");
-        }
-        Ok(Self {
-            format: Format::pick(args.opt_str("format").as_deref(), &path)?,
-            checkpoint: args
-                .opt_str("checkpoint")
-                .map_or_else(|| checkpoint::default_path(&path), PathBuf::from),
-            path,
-            via,
-            url: args
-                .opt_str("url")
-                .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
-            concurrency,
-            retry_for: args.duration_or("retry-for", Duration::from_secs(120))?,
-            broker_url: args.opt_str("broker-url"),
-            prefix: args.opt_str("prefix"),
-            database_url: args.opt_str("database-url"),
-            progress: !args.flag("quiet"),
-        })
-    }
 }
 
 /// What one run did with the file's lines.

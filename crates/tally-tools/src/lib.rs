@@ -1,10 +1,8 @@
 //! Code the tool binaries (tally-bench, tally-chaos, `tally`) and the integration tests share,
 //! kept out of the service crates:
 //!
-//! - [`args`]: command-line options checked against what a subcommand declares.
 //! - [`rng`]: a seeded, reproducible random number generator and a Zipf sampler.
 //! - [`nginx`]: `nginx/local.conf.template` rendered the way `deploy/local/stack.sh` does.
 
-pub mod args;
 pub mod nginx;
 pub mod rng;
