@@ -20,7 +20,8 @@ use crate::procs::{self, CpuSnapshot};
 use crate::stats::{round1, Latency};
 use crate::workload::{run_id, Gen, Workload, HOT_ACCOUNT};
 use crate::{bus, db};
-use tally_tools::rng::Zipf;
+use tally_testkit::database;
+use tally_testkit::rng::Zipf;
 
 #[derive(Debug, Clone)]
 pub struct OneCommitSpec {
@@ -55,7 +56,7 @@ const SCHEMA: &str = "
     CREATE INDEX history_by_account ON history (account_id, created_at);";
 
 pub async fn one_commit(spec: OneCommitSpec) -> Result<Value> {
-    let url = db::with_db_name(&spec.admin_database_url, &spec.database);
+    let url = database::with_name(&spec.admin_database_url, &spec.database);
     db::recreate_database(&spec.admin_database_url, &spec.database).await?;
     let setup = db::connect(&url).await?;
     setup.batch_execute(SCHEMA).await?;

@@ -22,7 +22,8 @@ use crate::procs::{self, CpuSnapshot, RssTracker};
 use crate::stats::round1;
 use crate::workload::{run_id, Gen, Workload};
 use crate::{bus, db};
-use tally_tools::rng::Zipf;
+use tally_testkit::database;
+use tally_testkit::rng::Zipf;
 
 #[derive(Debug, Clone)]
 pub struct DrainSpec {
@@ -72,7 +73,7 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
             spec.worker_bin.display()
         );
     }
-    let db_url = db::with_db_name(&spec.admin_database_url, &spec.database);
+    let db_url = database::with_name(&spec.admin_database_url, &spec.database);
     let env = worker_env(&spec, &db_url);
     std::fs::create_dir_all(&spec.log_dir)?;
 

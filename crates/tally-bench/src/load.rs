@@ -29,7 +29,7 @@ use crate::procs::{self, CpuSnapshot, RssTracker};
 use crate::stats::{round1, Latency};
 use crate::workload::{run_id, Gen, Tx, Workload};
 use crate::{bus, db};
-use tally_tools::rng::Zipf;
+use tally_testkit::rng::Zipf;
 
 /// Open or closed loop.
 #[derive(Debug, Clone, Copy)]

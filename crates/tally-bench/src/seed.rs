@@ -27,7 +27,7 @@ use tally_core::Kind;
 
 use crate::db;
 use crate::stats::round1;
-use tally_tools::rng::Rng;
+use tally_testkit::rng::Rng;
 
 /// What to seed.
 pub struct SeedSpec {

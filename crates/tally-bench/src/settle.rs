@@ -24,6 +24,7 @@ use crate::procs;
 use crate::seed::{self, SeedSpec};
 use crate::stats::round1;
 use crate::{bus, db};
+use tally_testkit::database;
 
 pub struct SettleSpec {
     pub label: String,
@@ -54,7 +55,7 @@ pub async fn run(spec: SettleSpec) -> Result<Value> {
     if spec.days == 0 {
         bail!("--days must be positive");
     }
-    let db_url = db::with_db_name(&spec.admin_database_url, &spec.database);
+    let db_url = database::with_name(&spec.admin_database_url, &spec.database);
     let env = db::worker_env(&db_url, &spec.broker_url, &spec.prefix, spec.shards);
     std::fs::create_dir_all(&spec.log_dir)?;
 

@@ -27,6 +27,7 @@ use crate::cli::SuiteArgs;
 use crate::load::{LoadSpec, Mode};
 use crate::workload::Workload;
 use crate::{baseline, bus, db, drain, load, procs, settle};
+use tally_testkit::database;
 
 struct Config {
     port: u16,
@@ -49,7 +50,7 @@ impl Config {
     }
 
     fn stack_db_url(&self) -> String {
-        db::with_db_name(&self.admin_url, &self.database)
+        database::with_name(&self.admin_url, &self.database)
     }
 
     fn url(&self) -> String {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tally_core::command::NewTransaction;
 use tally_core::{Envelope, Kind};
 
-use tally_tools::rng::{Rng, Zipf};
+use tally_testkit::rng::{Rng, Zipf};
 
 /// Which transfers a run sends (`--workload`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

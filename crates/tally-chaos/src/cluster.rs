@@ -16,7 +16,7 @@ use std::time::Duration;
 use tally_bus::lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use tally_bus::lapin::types::FieldTable;
 use tally_bus::Topology;
-use tally_tools::nginx;
+use tally_testkit::{database, nginx, queues};
 use tokio::time::Instant;
 
 /// Lease TTL of the workers (`worker.lease_ttl_ms`, set explicitly so the faults that depend
@@ -59,15 +59,6 @@ pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
     .context("PostgreSQL connect timed out")??;
     tokio::spawn(conn);
     Ok(client)
-}
-
-/// `admin_url` with its database replaced by `name`.
-fn database_url(admin_url: &str, name: &str) -> Result<String> {
-    let slash = admin_url
-        .rfind('/')
-        .filter(|&i| i > "postgres://".len())
-        .context("the admin database URL has no database path")?;
-    Ok(format!("{}/{name}", &admin_url[..slash]))
 }
 
 /// A free TCP port on loopback. Released before use: a tiny race, acceptable on a test box.
@@ -338,7 +329,7 @@ impl Cluster {
     pub fn new(cfg: &RunConfig, seed: u64) -> Result<Self> {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let db_name = format!("tally_chaos_{seed}_{tag}");
-        let db_url = database_url(&cfg.admin_url, &db_name)?;
+        let db_url = database::with_name(&cfg.admin_url, &db_name);
         let log_dir = cfg.out_dir.join(seed.to_string());
         // A previous run's logs of this seed would only confuse.
         let _ = std::fs::remove_dir_all(&log_dir);
@@ -628,23 +619,7 @@ impl Cluster {
     async fn delete_topology(&self, cfg: &RunConfig) -> Result<()> {
         let conn = tally_bus::connect(&cfg.amqp_url, "tally-chaos-cleanup", Duration::from_secs(5))
             .await?;
-        let ch = conn.create_channel().await?;
-        for shard in 0..self.topology.shard_count {
-            ch.queue_delete(
-                self.topology.shard_queue(shard).into(),
-                QueueDeleteOptions::default(),
-            )
-            .await?;
-        }
-        ch.queue_delete(
-            self.topology.dead_queue().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await?;
-        for exchange in [self.topology.exchange(), self.topology.dead_exchange()] {
-            ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await?;
-        }
+        queues::delete_topology(&conn, &self.topology).await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(())
     }

@@ -32,7 +32,7 @@ use cluster::{Cluster, RunConfig};
 use faults::{Ctx, FaultKind};
 use host::Services;
 use model::{Answer, Client, Http, Origin, Stats, Traffic};
-use tally_tools::rng::Rng;
+use tally_testkit::rng::Rng;
 
 /// Load after the last fault has recovered.
 const AFTER_LAST_FAULT: Duration = Duration::from_secs(2);
