@@ -184,9 +184,6 @@ async fn run_seed(cfg: &RunConfig, services: &Services, opts: &Options, seed: u6
         "seed {seed:>3} {status} {:>5.1}s  {summary_line}",
         t.elapsed().as_secs_f64()
     );
-    for note in &verdict.notes {
-        println!("         note: {note}");
-    }
     for f in &verdict.failures {
         println!("         FAILED: {f}");
     }
@@ -363,9 +360,6 @@ fn write_report(dir: &std::path::Path, seed: u64, verdict: &Verdict, lines: &[St
     for l in lines {
         text.push_str(l);
         text.push('\n');
-    }
-    for n in &verdict.notes {
-        text.push_str(&format!("note: {n}\n"));
     }
     for f in &verdict.failures {
         text.push_str(&format!("FAILED: {f}\n"));
