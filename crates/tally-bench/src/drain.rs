@@ -109,7 +109,7 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
     stop_workers(&mut children).await;
     outcome?;
 
-    // 4. Results from the rows.
+    // 4. Results from the rows; 5. clean up.
     let mut result = json!({
         "kind": "drain",
         "label": spec.label,
@@ -141,14 +141,18 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
         print_result(&result);
     }
 
-    // 5. Clean up what only this run used.
-    let _ = bus::delete_topology(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
     drop(ledger);
+    clean_up(&spec, conn, &topology).await;
+    Ok(result)
+}
+
+/// Removes what only this run used: its queues and (unless kept) its database.
+async fn clean_up(spec: &DrainSpec, conn: lapin::Connection, topology: &tally_bus::Topology) {
+    let _ = bus::delete_topology(&conn, topology).await;
+    let _ = conn.close(200, "done".into()).await;
     if !spec.keep_database {
         let _ = db::drop_database(&spec.admin_database_url, &spec.database).await;
     }
-    Ok(result)
 }
 
 /// Publishes the run's envelopes to the shard queues, `window` unconfirmed at a time.
