@@ -324,6 +324,74 @@ pub struct Cluster {
     pub t0: Instant,
 }
 
+/// The environment every process of a seed gets: its database and prefix, and the time
+/// bounds the checker relies on.
+fn common_env(cfg: &RunConfig, db_url: &str, prefix: &str) -> Vec<(String, String)> {
+    vec![
+        ("TALLY_PROFILE".to_string(), "local".to_string()),
+        ("TALLY_DATABASE__URL".to_string(), db_url.to_string()),
+        ("TALLY_DATABASE__POOL_SIZE".to_string(), "4".to_string()),
+        ("TALLY_BROKER__URL".to_string(), cfg.amqp_url.clone()),
+        ("TALLY_BROKER__PREFIX".to_string(), prefix.to_string()),
+        (
+            "TALLY_LEDGER__SHARD_COUNT".to_string(),
+            cfg.shard_count.to_string(),
+        ),
+        ("NO_COLOR".to_string(), "1".to_string()),
+        (
+            "TALLY_WORKER__LEASE_TTL_MS".to_string(),
+            LEASE_TTL.as_millis().to_string(),
+        ),
+        (
+            "TALLY_API__PUBLISH_TIMEOUT_MS".to_string(),
+            PUBLISH_TIMEOUT.as_millis().to_string(),
+        ),
+        (
+            "TALLY_API__SETTLE_TIMEOUT_MS".to_string(),
+            SETTLE_TIMEOUT.as_millis().to_string(),
+        ),
+        (
+            "TALLY_LEDGER__REQUEST_DEADLINE_MS".to_string(),
+            REQUEST_DEADLINE.as_millis().to_string(),
+        ),
+        (
+            "TALLY_LEDGER__DECISION_MARGIN_MS".to_string(),
+            DECISION_MARGIN.as_millis().to_string(),
+        ),
+        // Several workers per host: each its own free metrics port.
+        (
+            "TALLY_WORKER__METRICS_ADDR".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+    ]
+}
+
+/// The API replicas of a seed, each on a free port of its own; returns them and their ports.
+fn api_procs(
+    cfg: &RunConfig,
+    common: &[(String, String)],
+    log_dir: &Path,
+) -> Result<(Vec<Proc>, Vec<u16>)> {
+    let mut api_ports = Vec::new();
+    let mut apis = Vec::new();
+    for i in 1..=cfg.api_replicas {
+        let port = free_port()?;
+        let mut env = common.to_vec();
+        env.push(("TALLY_API__HOST".into(), "127.0.0.1".into()));
+        env.push(("TALLY_API__PORT".into(), port.to_string()));
+        env.push(("TALLY_API__THREADS".into(), "2".into()));
+        apis.push(Proc::new(
+            &format!("api-{i}"),
+            cfg.bin_dir.join("tally-api"),
+            &[],
+            env,
+            log_dir,
+        ));
+        api_ports.push(port);
+    }
+    Ok((apis, api_ports))
+}
+
 impl Cluster {
     /// Names everything; starts nothing (so teardown can run after a partial start).
     pub fn new(cfg: &RunConfig, seed: u64) -> Result<Self> {
@@ -340,60 +408,8 @@ impl Cluster {
             shard_count: cfg.shard_count,
             delivery_limit: 50,
         };
-        let common = vec![
-            ("TALLY_PROFILE".to_string(), "local".to_string()),
-            ("TALLY_DATABASE__URL".to_string(), db_url.clone()),
-            ("TALLY_DATABASE__POOL_SIZE".to_string(), "4".to_string()),
-            ("TALLY_BROKER__URL".to_string(), cfg.amqp_url.clone()),
-            ("TALLY_BROKER__PREFIX".to_string(), topology.prefix.clone()),
-            (
-                "TALLY_LEDGER__SHARD_COUNT".to_string(),
-                cfg.shard_count.to_string(),
-            ),
-            ("NO_COLOR".to_string(), "1".to_string()),
-            (
-                "TALLY_WORKER__LEASE_TTL_MS".to_string(),
-                LEASE_TTL.as_millis().to_string(),
-            ),
-            (
-                "TALLY_API__PUBLISH_TIMEOUT_MS".to_string(),
-                PUBLISH_TIMEOUT.as_millis().to_string(),
-            ),
-            (
-                "TALLY_API__SETTLE_TIMEOUT_MS".to_string(),
-                SETTLE_TIMEOUT.as_millis().to_string(),
-            ),
-            (
-                "TALLY_LEDGER__REQUEST_DEADLINE_MS".to_string(),
-                REQUEST_DEADLINE.as_millis().to_string(),
-            ),
-            (
-                "TALLY_LEDGER__DECISION_MARGIN_MS".to_string(),
-                DECISION_MARGIN.as_millis().to_string(),
-            ),
-            // Several workers per host: each its own free metrics port.
-            (
-                "TALLY_WORKER__METRICS_ADDR".to_string(),
-                "127.0.0.1:0".to_string(),
-            ),
-        ];
-        let mut api_ports = Vec::new();
-        let mut apis = Vec::new();
-        for i in 1..=cfg.api_replicas {
-            let port = free_port()?;
-            let mut env = common.clone();
-            env.push(("TALLY_API__HOST".into(), "127.0.0.1".into()));
-            env.push(("TALLY_API__PORT".into(), port.to_string()));
-            env.push(("TALLY_API__THREADS".into(), "2".into()));
-            apis.push(Proc::new(
-                &format!("api-{i}"),
-                cfg.bin_dir.join("tally-api"),
-                &[],
-                env,
-                &log_dir,
-            ));
-            api_ports.push(port);
-        }
+        let common = common_env(cfg, &db_url, &topology.prefix);
+        let (apis, api_ports) = api_procs(cfg, &common, &log_dir)?;
         let workers = (1..=cfg.workers)
             .map(|i| {
                 Proc::new(

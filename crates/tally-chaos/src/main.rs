@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use checks::{Model, Verdict};
@@ -31,7 +32,7 @@ use cli::Options;
 use cluster::{Cluster, RunConfig};
 use faults::{Ctx, FaultKind};
 use host::Services;
-use model::{Answer, Client, Http, Origin, Stats, Traffic};
+use model::{Answer, Client, ClientLog, Http, Origin, Stats, Traffic};
 use tally_testkit::rng::Rng;
 
 /// Load after the last fault has recovered.
@@ -243,10 +244,47 @@ async fn drive(
         Duration::from_secs(90),
         load_start,
     )?);
+    let traffic = Arc::new(Traffic::default());
+    let clients = spawn_clients(seed, opts, &http, &traffic);
+    let ctx = Ctx {
+        cfg,
+        services,
+        http: &http,
+        traffic: &traffic,
+    };
+    let mut outcome = faults::inject(cluster, &ctx, &plan, load_start).await;
+    // Load goes on for the planned time and at least a little after the last fault recovered,
+    // so every fault happens under load and recovery is seen by fresh traffic.
+    tokio::time::sleep_until((load_start + load).max(Instant::now() + AFTER_LAST_FAULT)).await;
+    traffic.stop.store(true, Ordering::Relaxed);
+    let faults = describe_faults(&outcome.injected, injected, lines);
+    verdict
+        .failures
+        .extend(std::mem::take(&mut outcome.problems));
+    let (model, stats) = collect(outcome, clients).await?;
+    let load_took = load_start.elapsed();
+
+    check(cluster, cfg, &http, &model, &stats, verdict, lines).await?;
+    let settled = load_start.elapsed();
+    Ok(format!(
+        "load {:.1}s (+{:.1}s to settle)  faults: {}  {}",
+        load_took.as_secs_f64(),
+        (settled - load_took).as_secs_f64(),
+        faults,
+        describe_answers(&model, &stats)
+    ))
+}
+
+/// The seed's clients, each on its own stream of the seed's random numbers.
+fn spawn_clients(
+    seed: u64,
+    opts: &Options,
+    http: &Arc<Http>,
+    traffic: &Arc<Traffic>,
+) -> Vec<JoinHandle<ClientLog>> {
     let accounts: Arc<Vec<String>> =
         Arc::new((0..opts.accounts).map(|i| format!("acct-{i}")).collect());
-    let traffic = Arc::new(Traffic::default());
-    let clients: Vec<_> = (0..opts.clients)
+    (0..opts.clients)
         .map(|number| {
             tokio::spawn(
                 Client {
@@ -260,18 +298,15 @@ async fn drive(
                 .run(),
             )
         })
-        .collect();
-    let ctx = Ctx {
-        cfg,
-        services,
-        http: &http,
-        traffic: &traffic,
-    };
-    let outcome = faults::inject(cluster, &ctx, &plan, load_start).await;
-    // Load goes on for the planned time and at least a little after the last fault recovered,
-    // so every fault happens under load and recovery is seen by fresh traffic.
-    tokio::time::sleep_until((load_start + load).max(Instant::now() + AFTER_LAST_FAULT)).await;
-    traffic.stop.store(true, Ordering::Relaxed);
+        .collect()
+}
+
+/// Every operation and attempt of the load: the fault injector's canaries and poisons, then
+/// each client's log.
+async fn collect(
+    outcome: faults::Outcome,
+    clients: Vec<JoinHandle<ClientLog>>,
+) -> Result<(Model, Stats)> {
     let mut model = Model {
         ops: outcome.canaries,
         poisons: outcome.poisons,
@@ -283,9 +318,17 @@ async fn drive(
         model.ops.extend(log.ops);
         stats.absorb(log.stats);
     }
-    let load_took = load_start.elapsed();
-    verdict.failures.extend(outcome.problems);
-    for i in &outcome.injected {
+    Ok((model, stats))
+}
+
+/// A report line per injected fault, each fault's kind and whether it went as planned (into
+/// `injected`); returns the faults in one line (`kind@start`).
+fn describe_faults(
+    done: &[faults::Injected],
+    injected: &mut Vec<(FaultKind, bool)>,
+    lines: &mut Vec<String>,
+) -> String {
+    for i in done {
         injected.push((i.fault.kind, !i.note.starts_with("FAILED")));
         lines.push(format!(
             "+{:>5.1}s {:<17} {:.1}s  {}",
@@ -295,15 +338,29 @@ async fn drive(
             i.note
         ));
     }
+    let faults: Vec<String> = done
+        .iter()
+        .map(|i| format!("{}@{:.1}s", i.fault.kind.name(), i.began.as_secs_f64()))
+        .collect();
+    faults.join(" ")
+}
 
-    checks::settle(cluster, cfg, &model, Duration::from_secs(60), verdict).await;
+/// After the load: settle, every worker owns shards again, the ledger against the model,
+/// and no HTTP attempt slower than the outage bound.
+async fn check(
+    cluster: &mut Cluster,
+    cfg: &RunConfig,
+    http: &Http,
+    model: &Model,
+    stats: &Stats,
+    verdict: &mut Verdict,
+    lines: &mut Vec<String>,
+) -> Result<()> {
+    checks::settle(cluster, cfg, model, Duration::from_secs(60), verdict).await;
     checks::workers_own_shards(cluster, Duration::from_secs(20), verdict).await;
-    let settled = load_start.elapsed();
-    let mut details = Vec::new();
-    checks::verify(cluster, &http, &model, verdict, &mut details)
+    checks::verify(cluster, http, model, verdict, lines)
         .await
         .context("verifying")?;
-    lines.extend(details);
     // Issue 4: during an outage the answer is a fast 503, never a hang over 5 s.
     if !stats.slow.is_empty() {
         verdict.failures.push(format!(
@@ -316,19 +373,7 @@ async fn drive(
         lines.push("slow attempts:".into());
         lines.extend(stats.slow.iter().map(|s| format!("  {s}")));
     }
-
-    let faults: Vec<String> = outcome
-        .injected
-        .iter()
-        .map(|i| format!("{}@{:.1}s", i.fault.kind.name(), i.began.as_secs_f64()))
-        .collect();
-    Ok(format!(
-        "load {:.1}s (+{:.1}s to settle)  faults: {}  {}",
-        load_took.as_secs_f64(),
-        (settled - load_took).as_secs_f64(),
-        faults.join(" "),
-        describe_answers(&model, &stats)
-    ))
+    Ok(())
 }
 
 /// What the clients were told, in one line.
