@@ -73,14 +73,8 @@ enum Status {
     },
 }
 
-pub async fn run(spec: ImportSpec) -> Result<Summary> {
-    let (file_hash, line_count) = input::file_hash(&spec.path)?;
-    let previous = checkpoint::load(&spec.checkpoint, &file_hash)?.unwrap_or_default();
-    let mut state = Checkpoint {
-        file_sha256: file_hash.clone(),
-        ..previous.clone()
-    };
-
+/// The processes' settings (files and TALLY_* variables) with the command line's overrides.
+fn settings(spec: &ImportSpec) -> Result<Settings> {
     let mut settings = Settings::load().context("loading settings")?;
     if let Some(url) = &spec.broker_url {
         settings.broker.url = Secret::new(url.clone());
@@ -91,9 +85,12 @@ pub async fn run(spec: ImportSpec) -> Result<Summary> {
     if let Some(url) = &spec.database_url {
         settings.database.url = Secret::new(url.clone());
     }
-    let rules = settings.ledger.amount_rules();
-    let stop = CancellationToken::new();
-    let sender = match spec.via {
+    Ok(settings)
+}
+
+/// The way out `--via` names: the API's endpoint, or a publisher on the shard queues.
+async fn sender(spec: &ImportSpec, settings: &Settings, stop: CancellationToken) -> Result<Sender> {
+    Ok(match spec.via {
         Via::Api => Sender::Api {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -102,11 +99,46 @@ pub async fn run(spec: ImportSpec) -> Result<Summary> {
             retry_for: spec.retry_for,
         },
         Via::Queue => Sender::Queue {
-            publisher: connect_queue(&settings, stop.clone()).await?,
+            publisher: connect_queue(settings, stop).await?,
             retry_for: spec.retry_for,
         },
+    })
+}
+
+/// Counts what became of line `number` and moves the checkpoint past it.
+fn count(
+    summary: &mut Summary,
+    state: &mut Checkpoint,
+    number: u64,
+    status: Status,
+    bar: &ProgressBar,
+) {
+    match status {
+        Status::Sent => summary.sent += 1,
+        Status::Skipped => summary.skipped += 1,
+        Status::Rejected { reason, by_server } => {
+            summary.rejected += 1;
+            if by_server {
+                state.rejected_by_server += 1;
+            }
+            bar.suspend(|| eprintln!("line {number}: {reason}"));
+        }
+    }
+    state.done_through_line = state.done_through_line.max(number);
+}
+
+pub async fn run(spec: ImportSpec) -> Result<Summary> {
+    let (file_hash, line_count) = input::file_hash(&spec.path)?;
+    let previous = checkpoint::load(&spec.checkpoint, &file_hash)?.unwrap_or_default();
+    let mut state = Checkpoint {
+        file_sha256: file_hash.clone(),
+        ..previous.clone()
     };
-    let sender = Arc::new(sender);
+
+    let settings = settings(&spec)?;
+    let rules = settings.ledger.amount_rules();
+    let stop = CancellationToken::new();
+    let sender = Arc::new(sender(&spec, &settings, stop.clone()).await?);
 
     let bar = progress_bar(line_count, spec.progress);
     let lines = input::read(&spec.path, spec.format)?;
@@ -128,18 +160,7 @@ pub async fn run(spec: ImportSpec) -> Result<Summary> {
             Ok(x) => x,
             Err(e) => break Err(e),
         };
-        match status {
-            Status::Sent => summary.sent += 1,
-            Status::Skipped => summary.skipped += 1,
-            Status::Rejected { reason, by_server } => {
-                summary.rejected += 1;
-                if by_server {
-                    state.rejected_by_server += 1;
-                }
-                bar.suspend(|| eprintln!("line {number}: {reason}"));
-            }
-        }
-        state.done_through_line = state.done_through_line.max(number);
+        count(&mut summary, &mut state, number, status, &bar);
         bar.inc(1);
         if saved_at.elapsed() >= Duration::from_millis(200) {
             checkpoint::save(&spec.checkpoint, &state)?;
