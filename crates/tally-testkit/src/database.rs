@@ -2,6 +2,8 @@
 //! start empty), dropped when its [`TestDb`] is; and database URLs rewritten to name another
 //! database on the same server, as the tests, the fault suite and the bench all need.
 
+use tally_core::settings::{DatabaseSettings, Secret};
+
 use crate::services::admin_database_url;
 
 /// `url` pointing at database `name` instead (query string kept).
@@ -51,6 +53,18 @@ impl Drop for TestDb {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+impl TestDb {
+    /// A new pool of `size` connections on this database: its statement caches start cold.
+    pub fn pool(&self, size: usize) -> tally_store::Pool {
+        tally_store::connect(&DatabaseSettings {
+            url: Secret::new(&self.url),
+            pool_size: size,
+            timeout_ms: 5_000,
+        })
+        .expect("pool")
     }
 }
 
