@@ -28,7 +28,7 @@ STACK := bash deploy/local/stack.sh
 # Database the tests connect to (they create their own tally_test_* databases in it).
 TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
 
-.PHONY: help up down status logs services services-down build migrate test bench bench-settlement chaos fuzz test-db-clean fmt lint check
+.PHONY: help up down status logs services services-down build migrate test bench bench-settlement chaos fuzz openapi test-db-clean fmt lint check
 
 help: ## list the targets
 	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)]"
@@ -132,6 +132,12 @@ chaos: ## fault suite: seeds SEED_START..SEED_START+SEEDS (default 0..5); SEED=n
 fuzz: ## schemathesis (PyPI) from openapi.json against a throw-away API + worker: no 5xx, answers match the spec
 	$(SERVICES)
 	bash deploy/local/fuzz.sh
+
+# openapi.json is generated from the code (crates/tally-api/src/openapi.rs); the test
+# `openapi_json_is_the_document_the_code_generates` fails when the committed file is stale.
+openapi: ## regenerate openapi.json from the code (`tally-api openapi`)
+	$(CARGO) run -q -p tally-api -- openapi > openapi.json.tmp
+	mv openapi.json.tmp openapi.json
 
 test-db-clean: ## drop leftover tally_test_% databases (best effort)
 	@echo "dropping leftover tally_test_% databases"

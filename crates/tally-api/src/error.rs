@@ -4,9 +4,10 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 use std::fmt;
 use tally_core::command::FieldError;
+
+use crate::model::{ErrorBody, ErrorDetail};
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -153,13 +154,17 @@ impl ResponseError for ApiError {
                 "internal"
             }
         };
-        let mut error = json!({ "code": code, "message": self.to_string() });
-        if let ApiError::BadRequest {
-            field: Some(field), ..
-        } = self
-        {
-            error["field"] = json!(field);
-        }
+        let field = match self {
+            ApiError::BadRequest { field, .. } => *field,
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                field,
+            },
+        };
         let mut response = HttpResponse::build(self.status_code());
         // The code again as a header: nginx rebuilds a 503 of `POST /transaction` from it
         // (nginx/*.conf, @transaction_503) without parsing the body.
@@ -185,6 +190,6 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthorized = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        response.json(json!({ "error": error }))
+        response.json(body)
     }
 }

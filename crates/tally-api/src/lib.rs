@@ -7,11 +7,15 @@
 //! - [`observe`]: request ids and HTTP metrics around every request.
 //! - [`error`]: the one error type and its JSON shape `{"error":{"code","message","field"?}}`.
 //! - [`routes`]: the HTTP routes.
+//! - [`model`]: the HTTP shapes of the answers, converted from the store's rows.
+//! - [`openapi`]: the OpenAPI document, generated from the routes and the model.
 //! - [`submit`]: the write protocol of `POST /transaction` and what each answer promises.
 
 pub mod admission;
 pub mod error;
+pub mod model;
 pub mod observe;
+pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod state;

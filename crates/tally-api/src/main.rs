@@ -1,4 +1,5 @@
-//! `tally-api`: settings → telemetry → build → serve until SIGTERM.
+//! `tally-api`: settings → telemetry → build → serve until SIGTERM; `tally-api openapi` prints
+//! the OpenAPI document instead.
 
 use anyhow::Context;
 use clap::Parser;
@@ -14,15 +15,28 @@ use tokio_util::sync::CancellationToken;
     version,
     about = "The HTTP API of tally: validates transactions, publishes them to the shard queues \
              and answers.",
-    after_help = "Takes no arguments. Configure it with the settings files and TALLY_* \
-                  environment variables (TALLY_CONFIG, TALLY_PROFILE, e.g. TALLY_API__PORT), \
-                  like every tally process. Stops gracefully on SIGTERM or Ctrl-C."
+    after_help = "Without a subcommand it serves. Configure it with the settings files and \
+                  TALLY_* environment variables (TALLY_CONFIG, TALLY_PROFILE, e.g. \
+                  TALLY_API__PORT), like every tally process. Stops gracefully on SIGTERM or \
+                  Ctrl-C."
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the API's OpenAPI document (what `make openapi` writes to openapi.json) and exit.
+    Openapi,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    Cli::parse();
+    if let Some(Command::Openapi) = Cli::parse().command {
+        print!("{}", tally_api::openapi::to_json());
+        return Ok(());
+    }
     let settings = Settings::load()?;
     tally_telemetry::init(&settings.log);
     let shutdown = CancellationToken::new();

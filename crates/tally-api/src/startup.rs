@@ -11,6 +11,7 @@ use tally_bus::{Publisher, Topology};
 use tally_core::settings::Settings;
 use tally_store::clock::DbClock;
 use tokio_util::sync::CancellationToken;
+use utoipa_actix_web::AppExt;
 
 use crate::admission::Admission;
 use crate::observe::observe;
@@ -105,11 +106,15 @@ impl Application {
             n => n,
         };
         let app_state = state.clone();
+        let debug = state.settings.debug.enabled;
         let server = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(observe))
+            let (app, registered) = App::new()
+                .into_utoipa_app()
+                .configure(|cfg| routes::configure(cfg, debug))
+                .split_for_parts();
+            app.wrap(from_fn(observe))
                 .app_data(web::Data::new(app_state.clone()))
-                .configure(|cfg| routes::configure(cfg, &app_state))
+                .app_data(web::Data::new(routes::Allowed::of(&registered)))
         })
         .workers(threads)
         // actix answers 408 when a request's head has not arrived within this time (5 s by
@@ -136,6 +141,11 @@ impl Application {
 
     pub fn publisher(&self) -> &Publisher {
         &self.state.publisher
+    }
+
+    /// What the handlers share (tests call [`crate::submit::submit`] with it).
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests

@@ -33,4 +33,12 @@ impl AppState {
             retry_after_secs: self.settings.api.retry_after_secs,
         }
     }
+
+    /// A 503 `outcome_unknown` carrying the configured Retry-After.
+    pub fn outcome_unknown(&self, message: &'static str) -> ApiError {
+        ApiError::OutcomeUnknown {
+            message,
+            retry_after_secs: self.settings.api.retry_after_secs,
+        }
+    }
 }

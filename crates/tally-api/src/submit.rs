@@ -1,16 +1,19 @@
-//! The write protocol behind `POST /transaction`: how a validated command reaches the ledger
-//! and which answer it may get. Every answer is a promise about the final record (README,
-//! "What an answer promises"):
+//! The write protocol behind `POST /transaction`: [`submit`] takes a validated command to the
+//! ledger and returns the [`Answer`] it may get. Every answer is a promise about the final
+//! record (README, "What an answer promises"):
 //!
-//! - 200 `accepted` (deposit, withdraw): a copy is in the shard queue (confirmed by the broker,
-//!   perhaps after republishing it to settle an unknown outcome); it will be decided once.
-//! - 201 / 402 (withdraw_request): the record is and stays approved / denied.
-//! - 503 `unavailable`: surely nothing reached a queue (see
+//! - [`Answer::Accepted`] / [`Answer::Replayed`] (200, deposit and withdraw): a copy is in the
+//!   shard queue (confirmed by the broker, perhaps after republishing it to settle an unknown
+//!   outcome), or already recorded; it is decided once.
+//! - [`Answer::Approved`] / [`Answer::Denied`] (201 / 402, withdraw_request): the record is and
+//!   stays approved / denied.
+//! - [`Answer::Unavailable`] (503 `unavailable`): surely nothing reached a queue (see
 //!   [`tally_bus::PublishError::surely_not_accepted`]); no effect, ever.
-//! - 503 `outcome_unknown`: it may be in a queue; a retry with the same id, or
-//!   `GET /transactions/{id}`, tells the truth.
+//! - [`Answer::OutcomeUnknown`] (503 `outcome_unknown`): it may be in a queue; a retry with the
+//!   same id, or `GET /transactions/{id}`, tells the truth.
 //!
-//! The withdraw_request rules that keep its first answer final:
+//! The withdraw_request rules that keep its first answer final ([`Attempt`] applies them to
+//! what an attempt observed; the async functions only publish, wait and read):
 //! - 201 only from the worker's reply to this attempt's own copy, which the queue orders behind
 //!   every void confirmed before it was published, or from a record this very attempt's copy
 //!   decided. An approval read from the database that another attempt decided may still be
@@ -21,74 +24,102 @@
 //!   (releasing the hold of a late approval). An attempt that saw the request approved never
 //!   voids it (another attempt may have answered 201): it answers `outcome_unknown` instead.
 
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
 use std::time::Duration;
 use tally_bus::{command_properties, PublishError, Topology};
-use tally_core::amount::money_json;
 use tally_core::command::NewTransaction;
-use tally_core::{Envelope, Outcome, OutcomeStatus};
+use tally_core::{Envelope, Kind, Outcome, OutcomeStatus};
 use tally_store::reads::TransactionRecord;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::state::AppState;
 
-/// 200 body of a deposit or withdraw.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Accepted<'a> {
-    id: &'a str,
-    account_id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(with = "money_json")]
-    amount: Decimal,
-    status: &'static str,
-    accepted_at: DateTime<Utc>,
+/// What `POST /transaction` answers, each a promise about the final record (module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// 200 `accepted`: the deposit or withdraw is surely in its shard queue.
+    Accepted(Receipt),
+    /// 200 `accepted`: a retry of a recorded deposit or withdraw, answered from its record
+    /// without publishing again.
+    Replayed(Receipt),
+    /// 201: the withdraw_request is and stays approved; `hold_id` is its hold.
+    Approved(Decision),
+    /// 402: the withdraw_request is and stays denied, for `reason`.
+    Denied(Decision),
+    /// 422 `id_reused`: the id is recorded with another payload.
+    IdReused,
+    /// 422 `account_owned_by_another_user`: the command's `userId` does not own the account.
+    OwnedByAnother,
+    /// 503 `unavailable`: surely nothing was accepted.
+    Unavailable(&'static str),
+    /// 503 `outcome_unknown`: the command may have been accepted.
+    OutcomeUnknown(&'static str),
 }
 
-/// 201/402 body of a withdraw_request.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Decided<'a> {
-    id: &'a str,
-    account_id: &'a str,
-    #[serde(with = "money_json")]
-    amount: Decimal,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hold_id: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
+/// What a 200 says of a deposit or withdraw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub id: String,
+    pub account_id: String,
+    pub kind: Kind,
+    pub amount: Decimal,
+    /// The envelope's time (to the microsecond, like the record's): a replayed answer shows
+    /// the same instant.
+    pub accepted_at: DateTime<Utc>,
 }
 
-/// A deposit or withdraw: answered from its record when it is already decided, else published
-/// (settled) and answered 200 once a copy is surely in the shard queue.
-pub async fn accept(
+/// What a 201 or 402 says of a withdraw_request: the hold of an approval, the reason of a
+/// denial (a denied request holds nothing, even when a late approval's released hold is linked
+/// to its record).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub id: String,
+    pub account_id: String,
+    pub amount: Decimal,
+    pub hold_id: Option<Uuid>,
+    pub reason: Option<String>,
+}
+
+/// Takes a validated command through the write protocol. `request_id` travels with it to the
+/// worker's logs; `wait` bounds a withdraw_request's wait for its decision.
+pub async fn submit(
     state: &AppState,
     tx: &NewTransaction,
     request_id: &str,
-) -> Result<HttpResponse, ApiError> {
+    wait: Duration,
+) -> Answer {
+    if tx.kind == Kind::WithdrawRequest {
+        request(state, tx, request_id, wait).await
+    } else {
+        accept(state, tx, request_id).await
+    }
+}
+
+/// A deposit or withdraw: answered from its record when it is already decided, else published
+/// (settled) and accepted once a copy is surely in the shard queue.
+async fn accept(state: &AppState, tx: &NewTransaction, request_id: &str) -> Answer {
     // A retry of a decided id is answered from the record, without publishing again. If the
     // database is unreachable we publish anyway: the worker dedupes in-flight copies.
     match tally_store::reads::transaction(&state.pool, &tx.id).await {
-        Ok(Some(record)) => return replay_accepted(tx, &record),
+        Ok(Some(record)) => return replayed(tx, &record),
         Ok(None) => {}
         Err(e) => tracing::warn!(id = %tx.id, error = %e, "idempotency pre-check skipped"),
     }
-    crate::routes::users::check_owner(state, &tx.account_id, tx.user_id.as_deref()).await?;
-    let shard = admit(state, tx)?;
+    if owned_by_another(state, tx).await {
+        return Answer::OwnedByAnother;
+    }
+    let shard = match admit(state, tx) {
+        Ok(shard) => shard,
+        Err(answer) => return answer,
+    };
     let envelope = Envelope::new(tx, Utc::now());
     let api = &state.settings.api;
     let settle_by = Instant::now()
         + Duration::from_millis(api.publish_timeout_ms)
         + Duration::from_millis(api.settle_timeout_ms);
-    state
+    let published = state
         .publisher
         .publish_settled(
             &Topology::routing_key(shard),
@@ -96,143 +127,144 @@ pub async fn accept(
             command_properties(&tx.id, request_id),
             settle_by,
         )
-        .await
-        .map_err(|e| publish_failed(state, &tx.id, &e))?;
-    Ok(HttpResponse::Ok().json(Accepted {
-        id: &tx.id,
-        account_id: &tx.account_id,
-        kind: tx.kind.as_str(),
-        amount: tx.amount,
-        // The envelope's time (to the microsecond, like the record's): a replayed answer shows
-        // the same instant.
-        status: "accepted",
-        accepted_at: envelope.accepted_at,
-    }))
-}
-
-/// What one withdraw_request attempt knows of its record.
-enum Seen {
-    /// Decided (or the id is reused), and safe to answer now.
-    Final(Result<HttpResponse, ApiError>),
-    /// Approved by another attempt: this one may not answer 201 from it, nor void it.
-    ApprovedElsewhere,
-    Nothing,
+        .await;
+    match published {
+        Ok(()) => Answer::Accepted(Receipt {
+            id: envelope.id,
+            account_id: envelope.account_id,
+            kind: envelope.kind,
+            amount: envelope.amount,
+            accepted_at: envelope.accepted_at,
+        }),
+        Err(e) => publish_failed(&tx.id, &e),
+    }
 }
 
 /// A withdraw_request: published to the account's shard and answered with the worker's
 /// decision within `wait` (the module doc gives the rules that keep the answer final).
-pub async fn request(
+async fn request(
     state: &AppState,
     tx: &NewTransaction,
     request_id: &str,
     wait: Duration,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let deadline = Instant::now() + wait;
-    let mut seen_approved = false;
+    let mut attempt = Attempt::new(tx);
     match tally_store::reads::transaction(&state.pool, &tx.id).await {
         Ok(Some(record)) => {
-            if record.fingerprint != tx.fingerprint() {
-                return Err(ApiError::IdReused);
+            if let Some(answer) = attempt.saw_record(&record) {
+                return answer;
             }
-            if record.status != OutcomeStatus::Approved.as_str() {
-                return Ok(replay_decided(&record));
-            }
-            // A void of an earlier attempt may still be queued: the answer comes from the
-            // worker, in queue order, behind it.
-            seen_approved = true;
         }
         Ok(None) => {}
         // The ledger cannot decide while the database is away, and a retry of a decided
         // request must get its first answer back, not a guess: nothing is published.
         Err(e) => {
             tracing::warn!(id = %tx.id, error = %e, "database unavailable for a withdraw_request");
-            return Err(state.unavailable(
-                "the ledger cannot decide withdraw requests right now; nothing was accepted, retry with the same id",
-            ));
+            return Answer::Unavailable(LEDGER_AWAY);
         }
     }
-    if !seen_approved {
-        crate::routes::users::check_owner(state, &tx.account_id, tx.user_id.as_deref()).await?;
+    if !attempt.approved_elsewhere && owned_by_another(state, tx).await {
+        return Answer::OwnedByAnother;
     }
-    let shard = admit(state, tx)?;
-    let db_now = trusted_db_now(state)?;
-
-    let mut envelope = Envelope::new(tx, Utc::now());
-    // The worker judges this instant with PostgreSQL's clock; it must decide early enough for
-    // its commit and reply to reach us before we stop waiting.
+    let (shard, db_now) =
+        match admit(state, tx).and_then(|shard| Ok((shard, trusted_db_now(state)?))) {
+            Ok(ready) => ready,
+            Err(answer) => return answer,
+        };
     let margin = Duration::from_millis(state.settings.ledger.decision_margin_ms);
-    envelope.decide_by =
-        Some(db_now + chrono::Duration::from_std(wait.saturating_sub(margin)).unwrap_or_default());
+    let budget = Budget::new(deadline, wait, margin, db_now);
+    let mut envelope = Envelope::new(tx, Utc::now());
+    envelope.decide_by = Some(budget.decide_by);
+    attempt.own = Some(envelope.accepted_at);
     let routing_key = Topology::routing_key(shard);
-    let reply_by = deadline - LAST_LOOK;
+    if let Some(answer) = await_decision(
+        state,
+        &mut attempt,
+        &routing_key,
+        &envelope,
+        request_id,
+        &budget,
+    )
+    .await
+    {
+        return answer;
+    }
+    match attempt.without_decision() {
+        Some(answer) => answer,
+        None => void(state, &routing_key, &envelope, request_id).await,
+    }
+}
+
+/// Publishes the attempt's copy and waits for its decision: the worker's reply, else the
+/// record polled until the reply deadline, else one last bounded look. `None`: no decision
+/// that this attempt may answer with was seen.
+async fn await_decision(
+    state: &AppState,
+    attempt: &mut Attempt<'_>,
+    routing_key: &str,
+    envelope: &Envelope,
+    request_id: &str,
+    budget: &Budget,
+) -> Option<Answer> {
     let reply = state
         .publisher
         .request(
-            &routing_key,
+            routing_key,
             &envelope.encode(),
-            command_properties(&tx.id, request_id),
-            reply_by,
-            reply_by,
+            command_properties(&envelope.id, request_id),
+            budget.reply_by,
+            budget.reply_by,
         )
         .await;
-    match reply {
-        Err(e) if e.surely_not_accepted() => return Err(publish_failed(state, &tx.id, &e)),
-        // It may be in the queue: from here on it is treated like a request without reply.
-        Err(e) => tracing::warn!(id = %tx.id, error = %e, "withdraw_request publish unsettled"),
-        Ok(Some(bytes)) => match serde_json::from_slice::<Outcome>(&bytes) {
-            Ok(outcome) if outcome.status == OutcomeStatus::IdReused => {
-                return Err(ApiError::IdReused)
-            }
-            Ok(outcome) => {
-                return Ok(decided(
-                    tx,
-                    outcome.status,
-                    outcome.hold_id,
-                    outcome.reason.as_deref(),
-                ))
-            }
-            Err(e) => tracing::error!(id = %tx.id, error = %e, "undecodable reply"),
-        },
+    match attempt.saw_reply(&reply) {
+        AfterReply::Answer(answer) => return Some(answer),
         // The reply queue can die with the broker connection before the deadline: the
         // decision may still be recorded in time, so look for it until the deadline.
-        Ok(None) => match recorded_before(state, tx, &envelope, reply_by).await {
-            Seen::Final(answer) => return answer,
-            Seen::ApprovedElsewhere => seen_approved = true,
-            Seen::Nothing => {}
-        },
+        AfterReply::Poll => {
+            if let Some(answer) = poll_record(state, attempt, budget.reply_by).await {
+                return Some(answer);
+            }
+        }
+        AfterReply::LastLook => {}
     }
     // A last, bounded look: the decision may have been committed while the reply was lost.
     let last_look = tokio::time::timeout(
         LAST_LOOK,
-        tally_store::reads::transaction(&state.pool, &tx.id),
+        tally_store::reads::transaction(&state.pool, &envelope.id),
     )
     .await;
-    if let Ok(Ok(Some(record))) = &last_look {
-        match judge(tx, &envelope, record) {
-            Seen::Final(answer) => return answer,
-            Seen::ApprovedElsewhere => seen_approved = true,
-            Seen::Nothing => {}
+    match last_look {
+        Ok(Ok(Some(record))) => attempt.saw_record(&record),
+        _ => None,
+    }
+}
+
+/// Polls the ledger for the record of the request until `until` (returns at once if it
+/// passed); the first record found is judged, and ends the polling.
+async fn poll_record(
+    state: &AppState,
+    attempt: &mut Attempt<'_>,
+    until: Instant,
+) -> Option<Answer> {
+    while Instant::now() < until {
+        if let Ok(Some(record)) = tally_store::reads::transaction(&state.pool, &attempt.tx.id).await
+        {
+            return attempt.saw_record(&record);
         }
+        tokio::time::sleep_until(until.min(Instant::now() + POLL)).await;
     }
-    if seen_approved {
-        return Err(outcome_unknown(
-            state,
-            "the request was approved by an earlier attempt whose answer is not known here; \
-             retry with the same id or read GET /transactions/{id}",
-        ));
-    }
-    void(state, &routing_key, &envelope, request_id).await
+    None
 }
 
 /// Voids this attempt (the worker records the request denied, releasing a late approval's
-/// hold) and answers 402 `deadline_exceeded` once the broker confirmed the void. If the void
-/// cannot be confirmed, the request may still be in the queue unanswered: outcome unknown.
+/// hold) and answers 402 `deadline_exceeded` once the broker confirmed the void.
 async fn void(
     state: &AppState,
     routing_key: &str,
     envelope: &Envelope,
     request_id: &str,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let settle_by = Instant::now() + Duration::from_millis(state.settings.api.settle_timeout_ms);
     let published = state
         .publisher
@@ -243,62 +275,19 @@ async fn void(
             settle_by,
         )
         .await;
-    match published {
-        Ok(()) => Ok(
-            HttpResponse::build(StatusCode::PAYMENT_REQUIRED).json(Decided {
-                id: &envelope.id,
-                account_id: &envelope.account_id,
-                amount: envelope.amount,
-                status: "denied",
-                hold_id: None,
-                reason: Some(DEADLINE_EXCEEDED),
-            }),
-        ),
-        Err(e) => {
-            tracing::warn!(id = %envelope.id, error = %e, "void not confirmed");
-            Err(outcome_unknown(
-                state,
-                "no decision in time and the request could not be withdrawn; retry with the \
-                 same id or read GET /transactions/{id}",
-            ))
-        }
+    if let Err(e) = &published {
+        tracing::warn!(id = %envelope.id, error = %e, "void not confirmed");
     }
+    voided(envelope, published.is_ok())
 }
 
-const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+/// Why an undecided withdraw_request could not be answered because the database is away.
+const LEDGER_AWAY: &str =
+    "the ledger cannot decide withdraw requests right now; nothing was accepted, retry with the same id";
 
-/// How an attempt may answer from a record of its id.
-fn judge(tx: &NewTransaction, envelope: &Envelope, record: &TransactionRecord) -> Seen {
-    if record.fingerprint != tx.fingerprint() {
-        return Seen::Final(Err(ApiError::IdReused));
-    }
-    if record.status != OutcomeStatus::Approved.as_str() {
-        return Seen::Final(Ok(replay_decided(record)));
-    }
-    // Approved by this attempt's own copy: no other attempt can have been told otherwise.
-    if record.accepted_at == envelope.accepted_at {
-        Seen::Final(Ok(replay_decided(record)))
-    } else {
-        Seen::ApprovedElsewhere
-    }
-}
-
-/// Polls the ledger for the record of the request until `deadline` (returns at once if it
-/// passed).
-async fn recorded_before(
-    state: &AppState,
-    tx: &NewTransaction,
-    envelope: &Envelope,
-    deadline: Instant,
-) -> Seen {
-    while Instant::now() < deadline {
-        if let Ok(Some(record)) = tally_store::reads::transaction(&state.pool, &tx.id).await {
-            return judge(tx, envelope, &record);
-        }
-        tokio::time::sleep_until(deadline.min(Instant::now() + POLL)).await;
-    }
-    Seen::Nothing
-}
+/// The reason of the 402 an attempt that voided itself answers: the one the worker records
+/// for the void.
+pub const DEADLINE_EXCEEDED: &str = tally_store::batch::VOIDED_REASON;
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -306,13 +295,209 @@ const POLL: Duration = Duration::from_millis(50);
 /// ends this much before the deadline so the answer still comes within it.
 const LAST_LOOK: Duration = Duration::from_millis(100);
 
-/// The shard of the command, unless its backlog is over the admission threshold (503: nothing
-/// was published).
-fn admit(state: &AppState, tx: &NewTransaction) -> Result<u16, ApiError> {
+/// The time a withdraw_request attempt has, on both clocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Budget {
+    /// When the worker must have decided, on PostgreSQL's clock (the worker judges it with
+    /// that clock): `wait` less the decision margin, so its commit and reply reach us in time.
+    decide_by: DateTime<Utc>,
+    /// When this replica stops waiting for the reply, leaving [`LAST_LOOK`] before the
+    /// deadline.
+    reply_by: Instant,
+}
+
+impl Budget {
+    fn new(deadline: Instant, wait: Duration, margin: Duration, db_now: DateTime<Utc>) -> Self {
+        let left = chrono::Duration::from_std(wait.saturating_sub(margin)).unwrap_or_default();
+        Self {
+            decide_by: db_now + left,
+            reply_by: deadline - LAST_LOOK,
+        }
+    }
+}
+
+/// What to do after the reply wait of a withdraw_request ended.
+#[derive(Debug, PartialEq)]
+enum AfterReply {
+    Answer(Answer),
+    /// No reply came here, though the copy is in the queue: poll the record until the reply
+    /// deadline.
+    Poll,
+    /// Unsettled or unreadable: only the last look can still find the decision.
+    LastLook,
+}
+
+/// What one withdraw_request attempt has seen, and the answer it may give from it: the
+/// deciding steps of the protocol, free of IO so each rule is tested on its own.
+#[derive(Debug)]
+struct Attempt<'a> {
+    tx: &'a NewTransaction,
+    /// `acceptedAt` of this attempt's own copy, once it is published: a record carrying it
+    /// was decided by this attempt.
+    own: Option<DateTime<Utc>>,
+    /// A record showed the request approved by another attempt: this one may not answer 201
+    /// from it, nor void it.
+    approved_elsewhere: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(tx: &'a NewTransaction) -> Self {
+        Self {
+            tx,
+            own: None,
+            approved_elsewhere: false,
+        }
+    }
+
+    /// The answer a record of the id allows, if any (an approval this attempt did not decide
+    /// allows none, and is remembered).
+    fn saw_record(&mut self, record: &TransactionRecord) -> Option<Answer> {
+        if record.fingerprint != self.tx.fingerprint() {
+            return Some(Answer::IdReused);
+        }
+        let status = OutcomeStatus::parse(&record.status).unwrap_or(OutcomeStatus::Denied);
+        // Approved by this attempt's own copy: no other attempt can have been told otherwise.
+        if status == OutcomeStatus::Approved && self.own != Some(record.accepted_at) {
+            self.approved_elsewhere = true;
+            return None;
+        }
+        Some(decided(
+            &record.id,
+            &record.account_id,
+            record.amount,
+            status,
+            record.hold_id,
+            record.reason.as_deref(),
+        ))
+    }
+
+    /// What the reply wait of this attempt's copy allows.
+    fn saw_reply(&self, reply: &Result<Option<Vec<u8>>, PublishError>) -> AfterReply {
+        let tx = self.tx;
+        match reply {
+            Err(e) if e.surely_not_accepted() => AfterReply::Answer(publish_failed(&tx.id, e)),
+            // It may be in the queue: from here on it is treated like a request without reply.
+            Err(e) => {
+                tracing::warn!(id = %tx.id, error = %e, "withdraw_request publish unsettled");
+                AfterReply::LastLook
+            }
+            Ok(Some(bytes)) => match serde_json::from_slice::<Outcome>(bytes) {
+                Ok(outcome) if outcome.status == OutcomeStatus::IdReused => {
+                    AfterReply::Answer(Answer::IdReused)
+                }
+                Ok(outcome) => AfterReply::Answer(decided(
+                    &tx.id,
+                    &tx.account_id,
+                    tx.amount,
+                    outcome.status,
+                    outcome.hold_id,
+                    outcome.reason.as_deref(),
+                )),
+                Err(e) => {
+                    tracing::error!(id = %tx.id, error = %e, "undecodable reply");
+                    AfterReply::LastLook
+                }
+            },
+            Ok(None) => AfterReply::Poll,
+        }
+    }
+
+    /// The answer when no decision came in time: `outcome_unknown` after seeing another
+    /// attempt's approval, else `None`: the attempt must void itself ([`voided`]).
+    fn without_decision(&self) -> Option<Answer> {
+        self.approved_elsewhere.then_some(Answer::OutcomeUnknown(
+            "the request was approved by an earlier attempt whose answer is not known here; \
+             retry with the same id or read GET /transactions/{id}",
+        ))
+    }
+}
+
+/// The answer after voiding: 402 `deadline_exceeded` once the broker confirmed the void; if it
+/// could not be confirmed, the request may still be in the queue unanswered: outcome unknown.
+fn voided(envelope: &Envelope, confirmed: bool) -> Answer {
+    if !confirmed {
+        return Answer::OutcomeUnknown(
+            "no decision in time and the request could not be withdrawn; retry with the \
+             same id or read GET /transactions/{id}",
+        );
+    }
+    Answer::Denied(Decision {
+        id: envelope.id.clone(),
+        account_id: envelope.account_id.clone(),
+        amount: envelope.amount,
+        hold_id: None,
+        reason: Some(DEADLINE_EXCEEDED.to_string()),
+    })
+}
+
+/// Approved with its hold, or denied with its reason and no hold.
+fn decided(
+    id: &str,
+    account_id: &str,
+    amount: Decimal,
+    status: OutcomeStatus,
+    hold_id: Option<Uuid>,
+    reason: Option<&str>,
+) -> Answer {
+    let approved = status == OutcomeStatus::Approved;
+    let decision = Decision {
+        id: id.to_string(),
+        account_id: account_id.to_string(),
+        amount,
+        hold_id: hold_id.filter(|_| approved),
+        reason: reason.filter(|_| !approved).map(str::to_string),
+    };
+    if approved {
+        Answer::Approved(decision)
+    } else {
+        Answer::Denied(decision)
+    }
+}
+
+/// Answers a retry of a deposit or withdraw from its record: same 200, never a second effect.
+fn replayed(tx: &NewTransaction, record: &TransactionRecord) -> Answer {
+    if record.fingerprint != tx.fingerprint() {
+        return Answer::IdReused;
+    }
+    Answer::Replayed(Receipt {
+        id: record.id.clone(),
+        account_id: record.account_id.clone(),
+        // The fingerprint covers the kind: the record's is the command's.
+        kind: tx.kind,
+        amount: record.amount,
+        accepted_at: record.accepted_at,
+    })
+}
+
+/// `unavailable` when the message surely never reached a queue, else `outcome_unknown`: the
+/// broker may have it.
+fn publish_failed(id: &str, e: &PublishError) -> Answer {
+    if e.surely_not_accepted() {
+        tracing::warn!(%id, error = %e, "publish failed; answering 503 unavailable");
+        Answer::Unavailable(
+            "the broker did not accept the transaction; nothing was accepted, retry with the same id",
+        )
+    } else {
+        tracing::warn!(%id, error = %e, "publish outcome unknown; answering 503 outcome_unknown");
+        Answer::OutcomeUnknown(
+            "the broker may or may not have accepted the transaction; retry with the same id or \
+             read GET /transactions/{id}",
+        )
+    }
+}
+
+/// The ownership rule ([`crate::routes::users::owned_by_another`]) applied to the command.
+async fn owned_by_another(state: &AppState, tx: &NewTransaction) -> bool {
+    crate::routes::users::owned_by_another(state, &tx.account_id, tx.user_id.as_deref()).await
+}
+
+/// The shard of the command, unless its backlog is over the admission threshold (nothing is
+/// published).
+fn admit(state: &AppState, tx: &NewTransaction) -> Result<u16, Answer> {
     let shard = state.publisher.topology().shard_of(&tx.account_id);
     if state.admission.overloaded(tx.kind, shard) {
         tracing::warn!(id = %tx.id, shard, "shard backlog over the admission threshold; answering 503");
-        return Err(state.unavailable(
+        return Err(Answer::Unavailable(
             "the account's shard is too far behind to take this now; nothing was accepted, retry later with the same id",
         ));
     }
@@ -322,7 +507,7 @@ fn admit(state: &AppState, tx: &NewTransaction) -> Result<u16, ApiError> {
 /// PostgreSQL's time now as this replica estimates it, when its clock is known to be close
 /// enough to decide on (`ledger.max_clock_skew_ms`); else a withdraw_request is refused rather
 /// than given a decide-by instant that may be wrong.
-fn trusted_db_now(state: &AppState) -> Result<DateTime<Utc>, ApiError> {
+fn trusted_db_now(state: &AppState) -> Result<DateTime<Utc>, Answer> {
     let max = Duration::from_millis(state.settings.ledger.max_clock_skew_ms);
     match state.clock.reading() {
         Some(reading) if reading.worst_skew() <= max => Ok(Utc::now() + reading.offset),
@@ -331,100 +516,199 @@ fn trusted_db_now(state: &AppState) -> Result<DateTime<Utc>, ApiError> {
                 ?reading,
                 "clock too far from PostgreSQL's (or unknown): refusing a withdraw_request"
             );
-            Err(state.unavailable(
+            Err(Answer::Unavailable(
                 "this replica's clock cannot be checked against the ledger's right now; nothing was accepted, retry with the same id",
             ))
         }
     }
 }
 
-/// Answers a retry of a deposit or withdraw from its record: same 200, never a second effect.
-fn replay_accepted(
-    tx: &NewTransaction,
-    record: &TransactionRecord,
-) -> Result<HttpResponse, ApiError> {
-    if record.fingerprint != tx.fingerprint() {
-        return Err(ApiError::IdReused);
+/// The deciding steps, one test per answer they give. [`submit`] itself runs against the real
+/// PostgreSQL and RabbitMQ in `tests/api/submit.rs`.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic in a test is its failure message
+
+    use super::*;
+    use serde_json::json;
+
+    fn command(kind: &str, amount: i64) -> NewTransaction {
+        let fields = json!({"id": "t1", "type": kind, "amount": amount, "accountId": "a1"});
+        NewTransaction::from_json(fields.as_object().unwrap(), &Default::default()).unwrap()
     }
-    Ok(HttpResponse::Ok().json(Accepted {
-        id: &record.id,
-        account_id: &record.account_id,
-        kind: &record.kind,
-        amount: record.amount,
-        status: "accepted",
-        accepted_at: record.accepted_at,
-    }))
-}
 
-/// The 201/402 a decided withdraw_request record stands for.
-fn replay_decided(record: &TransactionRecord) -> HttpResponse {
-    let status = OutcomeStatus::parse(&record.status).unwrap_or(OutcomeStatus::Denied);
-    decided_body(
-        &record.id,
-        &record.account_id,
-        record.amount,
-        status,
-        record.hold_id,
-        record.reason.as_deref(),
-    )
-}
-
-fn decided(
-    tx: &NewTransaction,
-    status: OutcomeStatus,
-    hold_id: Option<Uuid>,
-    reason: Option<&str>,
-) -> HttpResponse {
-    decided_body(&tx.id, &tx.account_id, tx.amount, status, hold_id, reason)
-}
-
-/// 201 with the hold, or 402 with the reason and no hold (a denied request holds nothing,
-/// even when a late approval's released hold is linked to its record).
-fn decided_body(
-    id: &str,
-    account_id: &str,
-    amount: Decimal,
-    status: OutcomeStatus,
-    hold_id: Option<Uuid>,
-    reason: Option<&str>,
-) -> HttpResponse {
-    let approved = status == OutcomeStatus::Approved;
-    let code = if approved {
-        StatusCode::CREATED
-    } else {
-        StatusCode::PAYMENT_REQUIRED
-    };
-    HttpResponse::build(code).json(Decided {
-        id,
-        account_id,
-        amount,
-        status: if approved { "approved" } else { "denied" },
-        hold_id: hold_id.filter(|_| approved),
-        reason: if approved { None } else { reason },
-    })
-}
-
-/// 503 `unavailable` when the message surely never reached a queue, else 503
-/// `outcome_unknown`: the broker may have it.
-fn publish_failed(state: &AppState, id: &str, e: &PublishError) -> ApiError {
-    if e.surely_not_accepted() {
-        tracing::warn!(%id, error = %e, "publish failed; answering 503 unavailable");
-        state.unavailable(
-            "the broker did not accept the transaction; nothing was accepted, retry with the same id",
-        )
-    } else {
-        tracing::warn!(%id, error = %e, "publish outcome unknown; answering 503 outcome_unknown");
-        outcome_unknown(
-            state,
-            "the broker may or may not have accepted the transaction; retry with the same id or \
-             read GET /transactions/{id}",
-        )
+    fn at(micros: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_700_000_000_000_000 + micros).unwrap()
     }
-}
 
-fn outcome_unknown(state: &AppState, message: &'static str) -> ApiError {
-    ApiError::OutcomeUnknown {
-        message,
-        retry_after_secs: state.settings.api.retry_after_secs,
+    /// The record the worker would write for `tx`, decided by the copy accepted at `accepted`.
+    fn record(tx: &NewTransaction, status: &str, accepted: DateTime<Utc>) -> TransactionRecord {
+        let approved = status == "approved";
+        TransactionRecord {
+            id: tx.id.clone(),
+            account_id: tx.account_id.clone(),
+            kind: tx.kind.as_str().to_string(),
+            amount: tx.amount,
+            status: status.to_string(),
+            reason: (!approved).then(|| "insufficient_funds".to_string()),
+            hold_id: Some(Uuid::nil()),
+            request_id: None,
+            fingerprint: tx.fingerprint(),
+            seq: 1,
+            balance_after: Decimal::ZERO,
+            occurred_at: accepted,
+            accepted_at: accepted,
+            applied_at: accepted,
+            shard: 0,
+        }
+    }
+
+    fn reply(tx: &NewTransaction, status: OutcomeStatus, reason: Option<&str>) -> Vec<u8> {
+        serde_json::to_vec(&Outcome {
+            id: tx.id.clone(),
+            account_id: tx.account_id.clone(),
+            kind: tx.kind,
+            amount: tx.amount,
+            status,
+            reason: reason.map(str::to_string),
+            hold_id: Some(Uuid::nil()),
+        })
+        .unwrap()
+    }
+
+    fn decision(hold_id: Option<Uuid>, reason: Option<&str>) -> Decision {
+        Decision {
+            id: "t1".into(),
+            account_id: "a1".into(),
+            amount: Decimal::from(10),
+            hold_id,
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_recorded_deposit_is_replayed_and_another_payload_is_id_reused() {
+        let tx = command("deposit", 10);
+        let answer = replayed(&tx, &record(&tx, "applied", at(7)));
+        let Answer::Replayed(receipt) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!((receipt.kind, receipt.accepted_at), (Kind::Deposit, at(7)));
+        let other = command("deposit", 11);
+        assert_eq!(
+            replayed(&other, &record(&tx, "applied", at(7))),
+            Answer::IdReused
+        );
+    }
+
+    #[test]
+    fn a_publish_that_surely_reached_no_queue_is_unavailable_any_other_failure_unknown() {
+        for surely in [
+            PublishError::Unavailable,
+            PublishError::Nacked,
+            PublishError::Unroutable,
+        ] {
+            assert!(matches!(
+                publish_failed("t1", &surely),
+                Answer::Unavailable(_)
+            ));
+        }
+        assert!(matches!(
+            publish_failed("t1", &PublishError::Timeout),
+            Answer::OutcomeUnknown(_)
+        ));
+    }
+
+    #[test]
+    fn a_record_answers_reuse_denial_and_own_approval_but_not_another_attempts_approval() {
+        let tx = command("withdraw_request", 10);
+        let mut attempt = Attempt::new(&tx);
+        let reused = record(&command("withdraw_request", 11), "denied", at(1));
+        assert_eq!(attempt.saw_record(&reused), Some(Answer::IdReused));
+        // A denial is final whoever decided it; it never shows a hold.
+        assert_eq!(
+            attempt.saw_record(&record(&tx, "denied", at(1))),
+            Some(Answer::Denied(decision(None, Some("insufficient_funds"))))
+        );
+        // Before publishing, every approval is another attempt's.
+        assert_eq!(attempt.saw_record(&record(&tx, "approved", at(1))), None);
+        assert!(attempt.approved_elsewhere);
+
+        let mut attempt = Attempt::new(&tx);
+        attempt.own = Some(at(2));
+        assert_eq!(attempt.saw_record(&record(&tx, "approved", at(1))), None);
+        assert_eq!(
+            attempt.saw_record(&record(&tx, "approved", at(2))),
+            Some(Answer::Approved(decision(Some(Uuid::nil()), None)))
+        );
+    }
+
+    #[test]
+    fn a_reply_answers_approval_denial_and_reuse_and_sends_the_rest_to_the_record() {
+        let tx = command("withdraw_request", 10);
+        let attempt = Attempt::new(&tx);
+        let saw = |r: Result<Option<Vec<u8>>, PublishError>| attempt.saw_reply(&r);
+        assert_eq!(
+            saw(Ok(Some(reply(&tx, OutcomeStatus::Approved, None)))),
+            AfterReply::Answer(Answer::Approved(decision(Some(Uuid::nil()), None)))
+        );
+        assert_eq!(
+            saw(Ok(Some(reply(&tx, OutcomeStatus::Denied, Some("limit"))))),
+            AfterReply::Answer(Answer::Denied(decision(None, Some("limit"))))
+        );
+        assert_eq!(
+            saw(Ok(Some(reply(&tx, OutcomeStatus::IdReused, None)))),
+            AfterReply::Answer(Answer::IdReused)
+        );
+        assert!(matches!(
+            saw(Err(PublishError::Unavailable)),
+            AfterReply::Answer(Answer::Unavailable(_))
+        ));
+        assert_eq!(saw(Ok(None)), AfterReply::Poll);
+        assert_eq!(saw(Err(PublishError::Timeout)), AfterReply::LastLook);
+        assert_eq!(saw(Ok(Some(b"{".to_vec()))), AfterReply::LastLook);
+    }
+
+    #[test]
+    fn without_a_decision_an_attempt_voids_itself_unless_it_saw_another_approval() {
+        let tx = command("withdraw_request", 10);
+        let mut attempt = Attempt::new(&tx);
+        assert_eq!(attempt.without_decision(), None);
+        attempt.saw_record(&record(&tx, "approved", at(1)));
+        assert!(matches!(
+            attempt.without_decision(),
+            Some(Answer::OutcomeUnknown(_))
+        ));
+
+        let envelope = Envelope::new(&tx, at(3));
+        assert_eq!(
+            voided(&envelope, true),
+            Answer::Denied(decision(None, Some(DEADLINE_EXCEEDED)))
+        );
+        assert!(matches!(
+            voided(&envelope, false),
+            Answer::OutcomeUnknown(_)
+        ));
+    }
+
+    #[test]
+    fn the_budget_leaves_the_margin_to_the_worker_and_the_last_look_to_the_api() {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let budget = Budget::new(
+            deadline,
+            Duration::from_secs(3),
+            Duration::from_millis(500),
+            at(0),
+        );
+        assert_eq!(budget.decide_by, at(2_500_000));
+        assert_eq!(budget.reply_by, deadline - LAST_LOOK);
+        // A margin over the wait leaves the worker no time rather than a negative one.
+        let tight = Budget::new(
+            deadline,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            at(0),
+        );
+        assert_eq!(tight.decide_by, at(0));
     }
 }

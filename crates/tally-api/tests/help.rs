@@ -17,4 +17,5 @@ fn help(args: &[&str]) -> String {
 fn help_lists_the_subcommands_and_options() {
     let top = help(&[]);
     assert!(top.contains("TALLY_"), "{top}");
+    assert!(top.contains("openapi"), "{top}");
 }

@@ -5,23 +5,17 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use serde::Serialize;
-use tally_core::amount::money_json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::StoreError;
 
 /// Balance of one account as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccountView {
     pub account_id: String,
-    #[serde(with = "money_json")]
     pub balance: Decimal,
-    #[serde(with = "money_json")]
     pub available: Decimal,
-    #[serde(with = "money_json")]
     pub held: Decimal,
 }
 
@@ -52,26 +46,18 @@ pub async fn account(pool: &Pool, account_id: &str) -> Result<AccountView, Store
 }
 
 /// A recorded transaction (any status).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TransactionRecord {
     pub id: String,
     pub account_id: String,
-    #[serde(rename = "type")]
     pub kind: String,
-    #[serde(with = "money_json")]
     pub amount: Decimal,
     pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_id: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    #[serde(skip)]
     pub fingerprint: String,
     pub seq: i64,
-    #[serde(with = "money_json")]
     pub balance_after: Decimal,
     pub occurred_at: DateTime<Utc>,
     pub accepted_at: DateTime<Utc>,
@@ -123,13 +109,10 @@ pub async fn transaction(pool: &Pool, id: &str) -> Result<Option<TransactionReco
 
 /// A command that reused a recorded id with another payload (`id_conflicts`, V6): accepted
 /// by the API while the first command was still queued, then not applied by the worker.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdConflict {
-    #[serde(rename = "type")]
     pub kind: String,
     pub account_id: String,
-    #[serde(with = "money_json")]
     pub amount: Decimal,
     pub accepted_at: DateTime<Utc>,
     /// When the worker found it (the database's clock).
@@ -202,14 +185,11 @@ pub async fn transactions_page(
 }
 
 /// An account row as stored (debug dump).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccountRow {
     pub account_id: String,
     pub user_id: Option<String>,
-    #[serde(with = "money_json")]
     pub balance: Decimal,
-    #[serde(with = "money_json")]
     pub held: Decimal,
     pub version: i64,
     pub created_at: DateTime<Utc>,

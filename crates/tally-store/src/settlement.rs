@@ -31,8 +31,7 @@ use crate::StoreError;
 pub const STALE_AFTER: Duration = Duration::from_secs(15);
 
 /// The true state of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
     Queued,
     Running,

@@ -10,8 +10,6 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use serde::Serialize;
-use tally_core::amount::money_json;
 
 use crate::StoreError;
 
@@ -82,23 +80,18 @@ pub async fn link(pool: &Pool, user_id: &str, account_id: &str) -> Result<Link, 
 }
 
 /// One account of a user.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserAccount {
     pub account_id: String,
-    #[serde(with = "money_json")]
     pub balance: Decimal,
-    #[serde(with = "money_json")]
     pub available: Decimal,
 }
 
 /// One page of a user's accounts, with the total over all of them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserView {
     pub user_id: String,
     /// Sum of the balances of all the user's accounts, not only this page's.
-    #[serde(with = "money_json")]
     pub total: Decimal,
     /// Ordered by account id.
     pub accounts: Vec<UserAccount>,

@@ -8,16 +8,13 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use serde::Serialize;
 use std::time::Duration;
-use tally_core::amount::money_json;
 use uuid::Uuid;
 
 use crate::StoreError;
 
 /// A registration as the API shows it: never the secret.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
     pub account_id: String,
     pub url: String,
@@ -64,14 +61,11 @@ pub async fn delete(pool: &Pool, account_id: &str) -> Result<bool, StoreError> {
 }
 
 /// A delivery as operators see it (`GET /debug/webhooks`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     pub id: i64,
     pub account_id: String,
-    #[serde(with = "money_json")]
     pub balance: Decimal,
-    #[serde(with = "money_json")]
     pub available: Decimal,
     pub version: i64,
     pub changed_at: DateTime<Utc>,

@@ -1,15 +1,29 @@
 //! Reads: an account's balance and one transaction's recorded outcome.
 
 use actix_web::{get, web, HttpResponse};
-use serde::Serialize;
-use tally_store::reads::{IdConflict, TransactionRecord};
 
 use crate::error::ApiError;
 use crate::routes::path_id;
 use crate::state::AppState;
+use crate::{model, openapi};
 
 /// `GET /account/{accountId}` → `{"accountId","balance","available","held"}`; zeros for an
 /// account never used.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "getAccount",
+    summary = "Balance of an account",
+    description = "Balance, available and held of an account as recorded in PostgreSQL (commands still queued are not reflected yet). An account never used answers 200 with zeros. `held` counts only open holds not past their TTL; `available` = `balance` - `held`.",
+    params(
+        ("account_id" = openapi::Identifier, Path, description = "The account id."),
+    ),
+    responses(
+        (status = 200, description = "The account's balances.", body = model::Account, example = json!({"accountId": "acc-1", "balance": 100.5, "available": 70.5, "held": 30})),
+        (status = 400, response = openapi::BadPath),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[get("/account/{account_id}")]
 pub async fn get_account(
     state: web::Data<AppState>,
@@ -20,19 +34,25 @@ pub async fn get_account(
     let view = tally_store::reads::account(&state.pool, &account_id)
         .await
         .map_err(|e| store_error(&state, &e))?;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(model::Account::from(view)))
 }
 
-/// The body of `GET /transactions/{id}`: the record, and every command that reused its id with
-/// another payload (answered 200 while the first was queued, never applied).
-#[derive(Serialize)]
-struct RecordedTransaction {
-    #[serde(flatten)]
-    record: TransactionRecord,
-    conflicts: Vec<IdConflict>,
-}
-
-/// `GET /transactions/{id}` → the recorded transaction once the worker decided it; 404 before.
+#[utoipa::path(
+    tag = "transactions",
+    operation_id = "getTransaction",
+    summary = "Recorded outcome of one transaction",
+    description = "The transaction as the worker recorded it, whatever its status. Before the worker has decided it (still queued, or never posted) the answer is 404 `transaction_not_found`: poll until it appears. When an `Idempotency-Key` header was used, the transaction is recorded under that key. `conflicts` lists the commands that reused the id with another payload while this one was still queued: they were answered 200 but had no effect (see README, Idempotency).",
+    params(
+        ("id" = openapi::Identifier, Path, description = "The transaction id (the idempotency key it was posted with)."),
+    ),
+    responses(
+        (status = 200, description = "The recorded transaction and the conflicting reuses of its id.", body = model::RecordedTransaction),
+        (status = 400, response = openapi::BadPath),
+        (status = 404, description = "No recorded transaction with this id (yet). Code `transaction_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "transaction_not_found", "message": "no applied transaction with id \"t-9\" (yet)"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[get("/transactions/{id}")]
 pub async fn get_transaction(
     state: web::Data<AppState>,
@@ -44,9 +64,10 @@ pub async fn get_transaction(
         .await
         .map_err(|e| store_error(&state, &e))?
     {
-        Some((record, conflicts)) => {
-            Ok(HttpResponse::Ok().json(RecordedTransaction { record, conflicts }))
-        }
+        Some((record, conflicts)) => Ok(HttpResponse::Ok().json(model::RecordedTransaction {
+            record: record.into(),
+            conflicts: conflicts.into_iter().map(Into::into).collect(),
+        })),
         None => Err(ApiError::NotFound {
             code: "transaction_not_found",
             message: format!("no applied transaction with id {id:?} (yet)"),

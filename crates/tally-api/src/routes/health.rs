@@ -1,14 +1,22 @@
 //! Liveness, readiness and the component status.
 
-use actix_web::{get, web, HttpResponse};
-use serde_json::json;
-
+use crate::model::{self, Clock, ComponentState, Liveness, Readiness, Status};
 use crate::state::AppState;
+use actix_web::{get, web, HttpResponse};
 
 /// `GET /health/live`: the process answers.
+#[utoipa::path(
+    tag = "health",
+    operation_id = "getLiveness",
+    summary = "Liveness probe",
+    description = "200 whenever the process answers HTTP; checks no dependency.",
+    responses(
+        (status = 200, description = "The process is alive.", body = model::Liveness, example = json!({"status": "ok"})),
+    ),
+)]
 #[get("/health/live")]
 pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Liveness { status: "ok" })
 }
 
 async fn components(state: &AppState) -> (bool, bool) {
@@ -18,11 +26,23 @@ async fn components(state: &AppState) -> (bool, bool) {
 
 /// `GET /health/ready`: 200 only when both PostgreSQL and RabbitMQ are reachable, so a load
 /// balancer stops sending traffic to a replica that could only answer 503.
+#[utoipa::path(
+    tag = "health",
+    operation_id = "getReadiness",
+    summary = "Readiness probe",
+    description = "200 only when both PostgreSQL and RabbitMQ are reachable, so that a load balancer stops sending traffic to a replica that could only answer 503.",
+    responses(
+        (status = 200, description = "Ready to serve.", body = model::Readiness, example = json!({"status": "ready"})),
+        (status = 503, description = "PostgreSQL or RabbitMQ is unreachable.", body = model::Readiness, example = json!({"status": "not_ready"})),
+    ),
+)]
 #[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match components(&state).await {
-        (true, true) => HttpResponse::Ok().json(json!({ "status": "ready" })),
-        _ => HttpResponse::ServiceUnavailable().json(json!({ "status": "not_ready" })),
+        (true, true) => HttpResponse::Ok().json(Readiness { status: "ready" }),
+        _ => HttpResponse::ServiceUnavailable().json(Readiness {
+            status: "not_ready",
+        }),
     }
 }
 
@@ -30,20 +50,42 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 /// `clock` is this replica's last reading of PostgreSQL's clock: `offsetMs` (database minus
 /// this host), `uncertaintyMs`, and `status` — `ok`, `skewed` (withdraw_requests are refused
 /// past `ledger.max_clock_skew_ms`) or `unknown` (no recent reading).
+#[utoipa::path(
+    tag = "health",
+    operation_id = "getStatus",
+    summary = "Status of the API and of its dependencies",
+    description = "Checks PostgreSQL (a ping) and RabbitMQ (the publisher's connection) on every call, and reports this replica's last reading of PostgreSQL's clock (`clock`): withdraw_requests are decided on PostgreSQL's clock, and refused while this replica's clock is unknown or too far from it.",
+    responses(
+        (status = 200, description = "Every component is up.", body = model::Status, example = json!({"api": "ok", "db": "ok", "rabbitmq": "ok", "clock": {"status": "ok", "offsetMs": 0, "uncertaintyMs": 0}})),
+        (status = 503, description = "At least one component is down; the body says which.", body = model::Status, example = json!({"api": "ok", "db": "ok", "rabbitmq": "down", "clock": {"status": "ok", "offsetMs": 0, "uncertaintyMs": 0}})),
+    ),
+)]
 #[get("/status")]
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let (db, broker) = components(&state).await;
-    let word = |up: bool| if up { "ok" } else { "down" };
     let max = std::time::Duration::from_millis(state.settings.ledger.max_clock_skew_ms);
     let clock = match state.clock.reading() {
-        Some(r) => json!({
-            "status": if r.worst_skew() <= max { "ok" } else { "skewed" },
-            "offsetMs": r.offset.num_milliseconds(),
-            "uncertaintyMs": u64::try_from(r.uncertainty.as_millis()).unwrap_or(u64::MAX),
-        }),
-        None => json!({ "status": "unknown" }),
+        Some(r) => Clock {
+            status: if r.worst_skew() <= max {
+                "ok"
+            } else {
+                "skewed"
+            },
+            offset_ms: Some(r.offset.num_milliseconds()),
+            uncertainty_ms: Some(u64::try_from(r.uncertainty.as_millis()).unwrap_or(u64::MAX)),
+        },
+        None => Clock {
+            status: "unknown",
+            offset_ms: None,
+            uncertainty_ms: None,
+        },
     };
-    let body = json!({ "api": "ok", "db": word(db), "rabbitmq": word(broker), "clock": clock });
+    let body = Status {
+        api: ComponentState::Ok,
+        db: ComponentState::of(db),
+        rabbitmq: ComponentState::of(broker),
+        clock,
+    };
     if db && broker {
         HttpResponse::Ok().json(body)
     } else {

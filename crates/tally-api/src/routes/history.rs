@@ -7,15 +7,15 @@
 
 use actix_web::{get, web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tally_core::Kind;
 use tally_store::history::{Filter, Start};
-use tally_store::reads::TransactionRecord;
 
 use crate::error::ApiError;
 use crate::routes::account::store_error;
 use crate::routes::path_id;
 use crate::state::AppState;
+use crate::{model, openapi};
 
 /// Page size when `limit` is absent.
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -35,14 +35,6 @@ pub struct HistoryQuery {
     kind: Option<String>,
     from: Option<String>,
     to: Option<String>,
-}
-
-/// Body of a history page. `nextCursor` is always present: `null` on the last page.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HistoryPage {
-    items: Vec<TransactionRecord>,
-    next_cursor: Option<String>,
 }
 
 fn bad(code: &'static str, field: &'static str, message: impl Into<String>) -> ApiError {
@@ -154,6 +146,27 @@ pub fn no_expense(whose: &str) -> ApiError {
 /// newest first. `limit` 1..=1000, default 50; `cursor` is the previous page's
 /// `nextCursor`; `page=N` (1-based, `limit` per page, default 10) instead of `cursor` for
 /// simple clients. `type` and `from`/`to` (on `occurredAt`, inclusive) filter.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "listAccountTransactions",
+    summary = "History of an account, newest first",
+    description = "The account's recorded transactions (every status), newest first by `seq`, keyset-paged: pass the previous page's `nextCursor` as `cursor`. Pages never repeat or skip a row while new transactions arrive (new ones get higher `seq`). `page=N` (1-based, 10 per page unless `limit` is given) is offered instead of `cursor` for simple clients; it costs the skipped rows. An account never used answers `{\"items\":[],\"nextCursor\":null}`.",
+    params(
+        ("account_id" = openapi::Identifier, Path, description = "The account id."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size, 1..1000 (else 400 `invalid_limit`). Default 50 (10 with `page`)."),
+        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page (else 400 `invalid_cursor`)."),
+        ("page" = Option<i64>, Query, minimum = 1, description = "1-based page number (else 400 `invalid_page`); not together with `cursor`."),
+        ("type" = Option<model::TransactionType>, Query, description = "Only this type (else 400 `invalid_type`)."),
+        ("from" = Option<String>, Query, format = DateTime, description = "Only transactions with `occurredAt` at or after this RFC 3339 instant."),
+        ("to" = Option<String>, Query, format = DateTime, description = "Only transactions with `occurredAt` at or before this RFC 3339 instant; not before `from` (else 400 `invalid_range`)."),
+    ),
+    responses(
+        (status = 200, description = "One page (possibly empty).", body = model::HistoryPage),
+        (status = 400, description = "A bad parameter: `invalid_limit`, `invalid_cursor`, `invalid_page`, `invalid_type`, `invalid_timestamp`, `invalid_range`, `invalid_id`; `field` names it.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_limit", "message": "`limit` must be an integer between 1 and 1000", "field": "limit"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[get("/account/{account_id}/transactions")]
 pub async fn account_transactions(
     state: web::Data<AppState>,
@@ -213,8 +226,8 @@ pub async fn account_transactions(
     )
     .await
     .map_err(|e| store_error(&state, &e))?;
-    Ok(HttpResponse::Ok().json(HistoryPage {
-        items: page.items,
+    Ok(HttpResponse::Ok().json(model::HistoryPage {
+        items: page.items.into_iter().map(Into::into).collect(),
         next_cursor: page.next.map(|seq| seq.to_string()),
     }))
 }
@@ -222,6 +235,24 @@ pub async fn account_transactions(
 /// `GET /account/{accountId}/largest-expense?from=&to=` → the account's applied withdraw with
 /// the largest amount whose `occurredAt` is in `[from, to]` (ties: the earliest, then the
 /// smallest id); 404 `expense_not_found` when there is none.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "getAccountLargestExpense",
+    summary = "Largest expense of an account in a period",
+    description = "The account's applied withdraw with the largest amount whose `occurredAt` is in `[from, to]` (both inclusive). Ties go to the earliest `occurredAt`, then to the smallest id. Deposits, rejected withdraws and withdraw_requests are never expenses.",
+    params(
+        ("account_id" = openapi::Identifier, Path, description = "The account id."),
+        ("from" = String, Query, format = DateTime, description = "Start of the period, inclusive, RFC 3339 (e.g. `2024-01-01T00:00:00Z`; encode `+` of an offset as `%2B` — an unencoded `+` that arrives as a space before the offset is tolerated)."),
+        ("to" = String, Query, format = DateTime, description = "End of the period, inclusive, RFC 3339. Must not be before `from`."),
+    ),
+    responses(
+        (status = 200, description = "The expense.", body = model::TransactionRecord),
+        (status = 400, description = "Missing or invalid period: `missing_field` (`from` or `to` absent), `invalid_timestamp` (not RFC 3339), `invalid_range` (`from` after `to`, `field` = `from`), or `invalid_id` for the path parameter. `field` names the culprit.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_range", "message": "`from` must not be after `to`", "field": "from"}})),
+        (status = 404, description = "No applied withdraw in the period. Code `expense_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "expense_not_found", "message": "no applied withdraw of account \"acc-1\" in this period"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[get("/account/{account_id}/largest-expense")]
 pub async fn account_largest_expense(
     state: web::Data<AppState>,
@@ -234,6 +265,6 @@ pub async fn account_largest_expense(
     tally_store::history::largest_expense_of_account(&state.pool, &account_id, from, to)
         .await
         .map_err(|e| store_error(&state, &e))?
-        .map(|record| HttpResponse::Ok().json(record))
+        .map(|record| HttpResponse::Ok().json(model::TransactionRecord::from(record)))
         .ok_or_else(|| no_expense(&format!("account {account_id:?}")))
 }

@@ -12,10 +12,9 @@
 
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{Datelike, NaiveDate};
 use futures_util::StreamExt;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use tally_core::settings::Settings;
 use tally_store::settlement::{self, Job, JobStatus};
@@ -27,6 +26,7 @@ use crate::error::ApiError;
 use crate::routes::account::store_error;
 use crate::routes::body::json_object;
 use crate::state::AppState;
+use crate::{model, openapi};
 
 /// A job request is two dates; anything bigger is not one.
 const MAX_BODY_BYTES: usize = 4096;
@@ -50,56 +50,6 @@ impl Downloads {
             pool: tally_store::connect(&database)?,
             permits: Arc::new(Semaphore::new(size)),
         })
-    }
-}
-
-/// What `GET /jobs/{id}` shows.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JobView {
-    job_id: Uuid,
-    status: JobStatus,
-    from: NaiveDate,
-    to: NaiveDate,
-    /// Days of the range done.
-    processed: i64,
-    /// Days in the range.
-    total: i64,
-    /// processed / total, from 0 to 1.
-    progress: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    cancel_requested: bool,
-    /// Workers that claimed it (more than one: it was resumed after losing its worker).
-    attempts: i32,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-impl From<Job> for JobView {
-    fn from(j: Job) -> Self {
-        let progress = if j.total > 0 {
-            // Rounded to 4 places: a ratio for humans and progress bars.
-            ((j.processed as f64 / j.total as f64) * 10_000.0).round() / 10_000.0
-        } else {
-            0.0
-        };
-        Self {
-            job_id: j.id,
-            status: j.status,
-            from: j.from,
-            to: j.to,
-            processed: j.processed,
-            total: j.total,
-            progress,
-            error: j.error,
-            cancel_requested: j.cancel_requested,
-            attempts: j.attempts,
-            created_at: j.created_at,
-            started_at: j.started_at,
-            finished_at: j.finished_at,
-        }
     }
 }
 
@@ -151,6 +101,20 @@ fn day(body: &serde_json::Map<String, Value>, field: &'static str) -> Result<Nai
 /// `{"jobId","status":"QUEUED"}` with `Location: /jobs/{jobId}`. Days are UTC days of the
 /// ledger's `appliedAt`, both ends included, at most `jobs.max_range_days` of them (else 400
 /// `range_too_long`); 429 `too_many_jobs` when `jobs.max_queued` jobs are already waiting.
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "createSettlementJob",
+    summary = "Queue a settlement job",
+    description = "Queues the settlement of the days `[from, to]`: per account per UTC day of `appliedAt`, the applied deposits, applied withdraws, net and count, upserted into the `settlements` table (re-running a range rewrites the same rows). Worker processes run jobs (claimed with `FOR UPDATE SKIP LOCKED`), one day per chunk, aggregating in PostgreSQL: memory does not grow with the range. Watch it with `GET /jobs/{id}`. Bounded: a range covers at most `jobs.max_range_days` days (default 366; longer is a 400 `range_too_long`), and at most `jobs.max_queued` jobs wait to run (default 100; one more is a 429 `too_many_jobs` with `Retry-After`). Not replayed by nginx on another replica once a replica received it (it is not idempotent: a repeat queues a second job).",
+    request_body(content = model::SettlementRequest),
+    responses(
+        (status = 202, description = "Queued.", body = model::JobQueued, headers(("Location" = String, description = "`/jobs/{jobId}`"))),
+        (status = 400, description = "Invalid body: `invalid_json`, `missing_field`, `invalid_date` (not `YYYY-MM-DD`), `invalid_range` (`from` after `to`), `range_too_long` (more than `jobs.max_range_days` days, `field` = `to`), `body_too_large`; `field` names the culprit.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_date", "message": "`from` must be a calendar date YYYY-MM-DD", "field": "from"}})),
+        (status = 429, description = "`jobs.max_queued` jobs are already waiting to run (code `too_many_jobs`). Nothing was queued; retry after `Retry-After` seconds.", body = model::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying (`api.retry_after_secs`, default 1).")), example = json!({"error": {"code": "too_many_jobs", "message": "100 settlement jobs are already waiting to run; retry after the Retry-After delay"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[post("/jobs/settlements")]
 pub async fn create_settlement(
     state: web::Data<AppState>,
@@ -190,7 +154,10 @@ pub async fn create_settlement(
         })?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/jobs/{}", job.id)))
-        .json(json!({"jobId": job.id, "status": job.status})))
+        .json(model::JobQueued {
+            job_id: job.id,
+            status: job.status.into(),
+        }))
 }
 
 fn job_id(value: &str) -> Result<Uuid, ApiError> {
@@ -208,6 +175,21 @@ async fn find(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
 }
 
 /// `GET /jobs/{id}` → the job's true status and progress.
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "getJob",
+    summary = "Status and progress of a job",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The job id returned by `POST /jobs/settlements` (a UUID; anything else is a 400 `invalid_id`)."),
+    ),
+    responses(
+        (status = 200, description = "The job.", body = model::Job),
+        (status = 400, description = "Not a job id. Code `invalid_id`.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_id", "message": "`id` must be a job id (UUID)", "field": "id"}})),
+        (status = 404, description = "No such job. Code `job_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_found", "message": "no job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[get("/jobs/{id}")]
 pub async fn get_job(
     req: HttpRequest,
@@ -216,13 +198,31 @@ pub async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     crate::routes::literal_path_method(&req)?;
     let job = find(&state, job_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(JobView::from(job)))
+    Ok(HttpResponse::Ok().json(model::Job::from(job)))
 }
 
 /// `POST /jobs/{id}/cancel`: a QUEUED job (or one whose worker is gone) is CANCELLED at once
 /// (200); a RUNNING one stops at its next chunk boundary (202, `cancelRequested` true, poll
 /// `GET /jobs/{id}`), keeping the days already done; cancelling a CANCELLED job again is a
 /// 200; a COMPLETED or FAILED job cannot be cancelled (409 `job_finished`).
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "cancelJob",
+    summary = "Cancel a job",
+    description = "A QUEUED job, or a RUNNING one whose worker stopped heartbeating, is CANCELLED at once (200). A RUNNING job stops at its next chunk boundary (202 with `cancelRequested: true` and the true status RUNNING; poll `GET /jobs/{id}`); the days already done stay in `settlements`. Cancelling a CANCELLED job again answers 200.",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The job id returned by `POST /jobs/settlements` (a UUID; anything else is a 400 `invalid_id`)."),
+    ),
+    responses(
+        (status = 200, description = "The job is CANCELLED.", body = model::Job),
+        (status = 202, description = "Cancellation requested; the job stops at its next chunk.", body = model::Job),
+        (status = 400, description = "Not a job id. Code `invalid_id`.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_id", "message": "`id` must be a job id (UUID)", "field": "id"}})),
+        (status = 404, description = "No such job. Code `job_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_found", "message": "no job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69"}})),
+        (status = 409, description = "The job is COMPLETED or FAILED. Code `job_finished`.", body = model::ErrorBody, example = json!({"error": {"code": "job_finished", "message": "job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69 is already COMPLETED"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[post("/jobs/{id}/cancel")]
 pub async fn cancel_job(
     state: web::Data<AppState>,
@@ -237,9 +237,9 @@ pub async fn cancel_job(
             message: format!("no job {id}"),
         })?;
     match job.status {
-        JobStatus::Cancelled => Ok(HttpResponse::Ok().json(JobView::from(job))),
+        JobStatus::Cancelled => Ok(HttpResponse::Ok().json(model::Job::from(job))),
         JobStatus::Queued | JobStatus::Running => {
-            Ok(HttpResponse::Accepted().json(JobView::from(job)))
+            Ok(HttpResponse::Accepted().json(model::Job::from(job)))
         }
         JobStatus::Completed | JobStatus::Failed => Err(ApiError::Conflict {
             code: "job_finished",
@@ -252,6 +252,23 @@ pub async fn cancel_job(
 /// count`, one line per account per day of the job's range, ordered by day then account. 409
 /// `job_not_completed` unless the job is COMPLETED; 503 `downloads_busy` when
 /// `jobs.download_connections` downloads are already streaming from this replica.
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "downloadSettlement",
+    summary = "The settlement file of a completed job (CSV)",
+    description = "Streams `settlements` rows of the job's range as CSV with a header line `account_id,day,deposits,withdraws,net,count`, ordered by day then account. Amounts are exact decimals (`100.25`, `-10`); `net` = deposits - withdraws; days without transactions for an account have no line. Streamed from PostgreSQL (`COPY`): any size, constant memory. At most `jobs.download_connections` downloads (default 2) stream at once from one API replica, each on a PostgreSQL connection of a small pool of their own: a download never takes a connection the ledger's requests need.",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The job id returned by `POST /jobs/settlements` (a UUID; anything else is a 400 `invalid_id`)."),
+    ),
+    responses(
+        (status = 200, description = "The CSV file.", body = String, content_type = "text/csv", headers(("Content-Disposition" = String, description = "`attachment; filename=\"settlements-FROM-TO.csv\"`")), example = json!("account_id,day,deposits,withdraws,net,count\nacc-1,2024-01-01,100.25,30.5,69.75,3\nacc-2,2024-01-01,10,20,-10,2\n")),
+        (status = 400, description = "Not a job id. Code `invalid_id`.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_id", "message": "`id` must be a job id (UUID)", "field": "id"}})),
+        (status = 404, description = "No such job. Code `job_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_found", "message": "no job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69"}})),
+        (status = 409, description = "The job is not COMPLETED (yet). Code `job_not_completed`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_completed", "message": "job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69 is RUNNING: its file is served once it is COMPLETED"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, description = "`downloads_busy`: `jobs.download_connections` downloads are already streaming from this replica; or `unavailable`: PostgreSQL is unreachable. Retry after `Retry-After` seconds.", body = model::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying (`api.retry_after_secs`, default 1).")), example = json!({"error": {"code": "downloads_busy", "message": "2 settlement downloads are in progress on this server; retry after the Retry-After delay"}})),
+    ),
+)]
 #[get("/jobs/{id}/download")]
 pub async fn download(
     state: web::Data<AppState>,

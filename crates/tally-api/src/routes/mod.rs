@@ -14,13 +14,15 @@ pub mod webhooks;
 
 use actix_web::dev::ResourceDef;
 use actix_web::{web, HttpRequest, HttpResponse};
-use std::sync::LazyLock;
+use utoipa::openapi::path::PathItem;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
-/// Registers every route; debug routes only when `debug.enabled`.
-pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
+/// Registers every route; the debug routes only when `debug` (`debug.enabled`). Each handler
+/// carries its `#[utoipa::path]`: registering it here also documents it ([`crate::openapi`]),
+/// and tells [`Allowed`] its method.
+pub fn configure(cfg: &mut ServiceConfig, debug: bool) {
     cfg.service(transaction::post_transaction)
         .service(account::get_account)
         .service(account::get_transaction)
@@ -39,7 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(metrics::get_metrics);
     cfg.service(webhooks::put_webhook)
         .service(webhooks::delete_webhook);
-    if state.settings.debug.enabled {
+    if debug {
         cfg.service(debug::accounts)
             .service(debug::transactions)
             .service(debug::conservation)
@@ -65,39 +67,55 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     .default_service(web::to(not_found));
 }
 
-/// Paths and their methods as documented in openapi.json, which the drift test
-/// (`tests/api/openapi.rs`) keeps equal to the routes registered above. Used only to tell a
-/// wrong method (405 + Allow) from a wrong path (404), which the route macros cannot.
-static DOCUMENTED: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
-    let spec: serde_json::Value =
-        serde_json::from_str(include_str!("../../../../openapi.json")).unwrap_or_default();
-    let Some(paths) = spec["paths"].as_object() else {
-        tracing::error!("openapi.json has no paths: every unknown method answers 404");
-        return Vec::new();
-    };
-    paths
-        .iter()
-        .map(|(path, operations)| {
-            let mut methods: Vec<String> = operations
-                .as_object()
-                .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
-                .unwrap_or_default();
-            methods.sort();
-            // OpenAPI's `{name}` templates are actix's pattern syntax.
-            (ResourceDef::new(path.as_str()), methods)
-        })
-        .collect()
-});
+/// The registered paths and their methods, as [`configure`] registered them (the operations
+/// `utoipa_actix_web` collected while registering). The route macros cannot tell a wrong
+/// method (405 + `Allow`) from a wrong path (404): this can.
+pub struct Allowed(Vec<(ResourceDef, Vec<&'static str>)>);
 
-/// A route with a template can also match a documented literal path: `GET /jobs/{id}` matches
-/// `GET /jobs/settlements`, which is the POST-only collection. Handlers of such templates call
-/// this first, so the answer is 405 (wrong method) rather than "malformed id".
-pub fn literal_path_method(req: &HttpRequest) -> Result<(), ApiError> {
-    let literal = DOCUMENTED
-        .iter()
-        .find(|(def, _)| !def.pattern().unwrap_or("{").contains('{') && def.is_match(req.path()));
-    match literal {
-        Some((_, methods)) if !methods.iter().any(|m| m == req.method().as_str()) => {
+impl Allowed {
+    pub fn of(registered: &utoipa::openapi::OpenApi) -> Self {
+        let routes = registered
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| (ResourceDef::new(path.as_str()), methods(item)))
+            .collect();
+        Self(routes)
+    }
+
+    /// The methods of the first registered path matching `path` (literal paths only when
+    /// `literal`).
+    fn methods(&self, path: &str, literal: bool) -> Option<&[&'static str]> {
+        self.0
+            .iter()
+            .find(|(def, _)| {
+                (!literal || !def.pattern().unwrap_or("{").contains('{')) && def.is_match(path)
+            })
+            .map(|(_, methods)| methods.as_slice())
+    }
+}
+
+fn methods(item: &PathItem) -> Vec<&'static str> {
+    let operations = [
+        ("DELETE", item.delete.is_some()),
+        ("GET", item.get.is_some()),
+        ("HEAD", item.head.is_some()),
+        ("OPTIONS", item.options.is_some()),
+        ("PATCH", item.patch.is_some()),
+        ("POST", item.post.is_some()),
+        ("PUT", item.put.is_some()),
+        ("TRACE", item.trace.is_some()),
+    ];
+    operations
+        .into_iter()
+        .filter_map(|(method, registered)| registered.then_some(method))
+        .collect()
+}
+
+/// 405 with `Allow` when `methods` are known for the path and the request's is not one.
+fn wrong_method(req: &HttpRequest, methods: Option<&[&'static str]>) -> Result<(), ApiError> {
+    match methods {
+        Some(methods) if !methods.contains(&req.method().as_str()) => {
             Err(ApiError::MethodNotAllowed {
                 method: req.method().to_string(),
                 allow: methods.join(", "),
@@ -107,21 +125,25 @@ pub fn literal_path_method(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let path = req.path();
-    // Debug routes are not registered when off; their paths must not show through as 405.
-    let visible = state.settings.debug.enabled || !path.starts_with("/debug/");
-    if let Some((_, methods)) = DOCUMENTED.iter().find(|(def, _)| def.is_match(path)) {
-        if visible && !methods.iter().any(|m| m == req.method().as_str()) {
-            return Err(ApiError::MethodNotAllowed {
-                method: req.method().to_string(),
-                allow: methods.join(", "),
-            });
-        }
-    }
+fn allowed(req: &HttpRequest) -> Option<&Allowed> {
+    req.app_data::<web::Data<Allowed>>().map(|a| a.get_ref())
+}
+
+/// A route with a template can also match a registered literal path: `GET /jobs/{id}` matches
+/// `GET /jobs/settlements`, which is the POST-only collection. Handlers of such templates call
+/// this first, so the answer is 405 (wrong method) rather than "malformed id".
+pub fn literal_path_method(req: &HttpRequest) -> Result<(), ApiError> {
+    wrong_method(req, allowed(req).and_then(|a| a.methods(req.path(), true)))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    wrong_method(
+        &req,
+        allowed(&req).and_then(|a| a.methods(req.path(), false)),
+    )?;
     Err(ApiError::NotFound {
         code: "not_found",
-        message: format!("no route for {} {}", req.method(), path),
+        message: format!("no route for {} {}", req.method(), req.path()),
     })
 }
 

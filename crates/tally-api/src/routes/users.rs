@@ -1,5 +1,5 @@
 //! Users: linking accounts to a user, a user's accounts (paged) and total, and a user's
-//! largest expense; plus [`check_owner`], the rule `POST /transaction` applies to a `userId`.
+//! largest expense; plus [`owned_by_another`], the rule `POST /transaction` applies to a `userId`.
 //!
 //! Invariant: an account has at most one owner and keeps it. The owner is the explicit link
 //! if there is one, else the `userId` of the account's first transaction; linking an account
@@ -8,8 +8,7 @@
 //! writes links itself (never the `accounts` rows, which only the shard worker writes).
 
 use actix_web::{get, put, web, HttpResponse};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tally_store::users::Link;
 
 use crate::error::ApiError;
@@ -17,6 +16,7 @@ use crate::routes::account::store_error;
 use crate::routes::history::{no_expense, page_limit, RangeQuery, DEFAULT_LIMIT};
 use crate::routes::path_id;
 use crate::state::AppState;
+use crate::{model, openapi};
 
 const OWNED_BY_ANOTHER: &str = "account_owned_by_another_user";
 
@@ -27,19 +27,24 @@ fn user_not_found(user_id: &str) -> ApiError {
     }
 }
 
-/// Body of a link answer.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Linked<'a> {
-    user_id: &'a str,
-    account_id: &'a str,
-    linked_at: DateTime<Utc>,
-}
-
-/// `PUT /users/{userId}/accounts/{accountId}`: links the account to the user. 201 when the
-/// link is new, 200 when it already existed (idempotent); 409
-/// `account_owned_by_another_user` when another user owns the account. The account need not
-/// have been used yet.
+#[utoipa::path(
+    tag = "users",
+    operation_id = "linkAccount",
+    summary = "Link an account to a user",
+    description = "Makes the user the account's owner. Idempotent: linking the same pair again answers 200 with the original `linkedAt`. An account has one owner for good: if another user owns it (by link, or by the `userId` of its first transaction) the answer is 409 `account_owned_by_another_user` and nothing changes. The account need not have been used yet. Once owned, a `POST /transaction` for the account carrying another `userId` is refused with 422 `account_owned_by_another_user`.",
+    params(
+        ("user_id" = openapi::Identifier, Path, description = "The user id."),
+        ("account_id" = openapi::Identifier, Path, description = "The account id."),
+    ),
+    responses(
+        (status = 201, description = "Linked now.", body = model::AccountLink),
+        (status = 200, description = "Already linked to this user.", body = model::AccountLink),
+        (status = 400, response = openapi::BadPath),
+        (status = 409, description = "Another user owns the account. Code `account_owned_by_another_user`.", body = model::ErrorBody, example = json!({"error": {"code": "account_owned_by_another_user", "message": "account \"acc-1\" is owned by another user"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[put("/users/{user_id}/accounts/{account_id}")]
 pub async fn link_account(
     state: web::Data<AppState>,
@@ -61,9 +66,9 @@ pub async fn link_account(
             })
         }
     };
-    Ok(response.json(Linked {
-        user_id: &user_id,
-        account_id: &account_id,
+    Ok(response.json(model::AccountLink {
+        user_id,
+        account_id,
         linked_at,
     }))
 }
@@ -81,6 +86,24 @@ pub struct UserQuery {
 /// (`limit` 1..=1000, default 50; `cursor` is the previous page's `nextCursor`, the last
 /// account id shown), `total` the sum of the balances of all of them. 404 `user_not_found`
 /// for a user who owns no account.
+#[utoipa::path(
+    tag = "users",
+    operation_id = "getUser",
+    summary = "A user's accounts (paged) and total",
+    description = "One page of the accounts the user owns, ordered by account id, with their balances, and `total`, the sum of the balances of **all** the user's accounts (not only this page's; one aggregate in PostgreSQL, read from the same snapshot as the page). Keyset-paged like every list: pass the previous page's `nextCursor` as `cursor`; `nextCursor` is `null` on the last page. A user exists while they own at least one account: by explicit link, or because a transaction with their `userId` was the first to name the account with a `userId`.",
+    params(
+        ("user_id" = openapi::Identifier, Path, description = "The user id."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size, 1..1000 (else 400 `invalid_limit`). Default 50."),
+        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page: the last account id it showed (else 400 `invalid_cursor`)."),
+    ),
+    responses(
+        (status = 200, description = "The user.", body = model::User),
+        (status = 400, description = "A bad path or query parameter: `invalid_id` (userId), `invalid_limit`, `invalid_cursor`; `field` names it.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_limit", "message": "`limit` must be an integer between 1 and 1000", "field": "limit"}})),
+        (status = 404, description = "The user owns no account. Code `user_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "user_not_found", "message": "user \"bob\" owns no account"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[get("/users/{user_id}")]
 pub async fn get_user(
     state: web::Data<AppState>,
@@ -103,13 +126,31 @@ pub async fn get_user(
     tally_store::users::user(&state.pool, &user_id, cursor, limit)
         .await
         .map_err(|e| store_error(&state, &e))?
-        .map(|view| HttpResponse::Ok().json(view))
+        .map(|view| HttpResponse::Ok().json(model::User::from(view)))
         .ok_or_else(|| user_not_found(&user_id))
 }
 
 /// `GET /users/{userId}/largest-expense?from=&to=` → the applied withdraw with the largest
 /// amount over all the user's accounts whose `occurredAt` is in `[from, to]` (ties: the
 /// earliest, then the smallest id). 404 `user_not_found` or `expense_not_found`.
+#[utoipa::path(
+    tag = "users",
+    operation_id = "getUserLargestExpense",
+    summary = "Largest expense of a user in a period",
+    description = "Like `GET /account/{accountId}/largest-expense`, over every account the user owns: the applied withdraw with the largest amount whose `occurredAt` is in `[from, to]`; ties go to the earliest, then to the smallest id.",
+    params(
+        ("user_id" = openapi::Identifier, Path, description = "The user id."),
+        ("from" = String, Query, format = DateTime, description = "Start of the period, inclusive, RFC 3339 (e.g. `2024-01-01T00:00:00Z`; encode `+` of an offset as `%2B` — an unencoded `+` that arrives as a space before the offset is tolerated)."),
+        ("to" = String, Query, format = DateTime, description = "End of the period, inclusive, RFC 3339. Must not be before `from`."),
+    ),
+    responses(
+        (status = 200, description = "The expense.", body = model::TransactionRecord),
+        (status = 400, description = "Missing or invalid period: `missing_field` (`from` or `to` absent), `invalid_timestamp` (not RFC 3339), `invalid_range` (`from` after `to`, `field` = `from`), or `invalid_id` for the path parameter. `field` names the culprit.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_range", "message": "`from` must not be after `to`", "field": "from"}})),
+        (status = 404, description = "`user_not_found` (the user owns no account) or `expense_not_found` (no applied withdraw in the period).", body = model::ErrorBody, example = json!({"error": {"code": "expense_not_found", "message": "no applied withdraw of user \"alice\" in this period"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[get("/users/{user_id}/largest-expense")]
 pub async fn user_largest_expense(
     state: web::Data<AppState>,
@@ -123,7 +164,7 @@ pub async fn user_largest_expense(
         .await
         .map_err(|e| store_error(&state, &e))?;
     if let Some(record) = found {
-        return Ok(HttpResponse::Ok().json(record));
+        return Ok(HttpResponse::Ok().json(model::TransactionRecord::from(record)));
     }
     // No expense: say whether the user is unknown or just had none in the period.
     let exists = tally_store::users::exists(&state.pool, &user_id)
@@ -137,30 +178,30 @@ pub async fn user_largest_expense(
 }
 
 /// The ownership rule of `POST /transaction`: a transaction carrying `userId` for an account
-/// another user owns is refused with 422 `account_owned_by_another_user`, before anything is
-/// published. Without `userId`, or for an account without owner, it passes (the worker then
-/// records the first `userId` as the owner).
+/// another user owns is refused with 422 `account_owned_by_another_user`
+/// ([`owned_by_another_error`]), before anything is published. Without `userId`, or for an
+/// account without owner, it passes (the worker then records the first `userId` as the owner).
 ///
 /// When PostgreSQL cannot be asked the transaction passes too: like the idempotency
 /// pre-check, this check must not make accepting writes depend on the database; the worker's
 /// own check is the backstop.
-pub async fn check_owner(
-    state: &AppState,
-    account_id: &str,
-    user_id: Option<&str>,
-) -> Result<(), ApiError> {
+pub async fn owned_by_another(state: &AppState, account_id: &str, user_id: Option<&str>) -> bool {
     let Some(user_id) = user_id else {
-        return Ok(());
+        return false;
     };
     match tally_store::users::owner(&state.pool, account_id).await {
-        Ok(Some(owner)) if owner != user_id => Err(ApiError::Unprocessable {
-            code: OWNED_BY_ANOTHER,
-            message: format!("account {account_id:?} is owned by another user"),
-        }),
-        Ok(_) => Ok(()),
+        Ok(owner) => owner.is_some_and(|owner| owner != user_id),
         Err(e) => {
             tracing::warn!(account_id, error = %e, "ownership pre-check skipped");
-            Ok(())
+            false
         }
+    }
+}
+
+/// The 422 of a transaction refused by [`owned_by_another`].
+pub fn owned_by_another_error(account_id: &str) -> ApiError {
+    ApiError::Unprocessable {
+        code: OWNED_BY_ANOTHER,
+        message: format!("account {account_id:?} is owned by another user"),
     }
 }

@@ -18,6 +18,7 @@ use crate::routes::account::store_error;
 use crate::routes::body::json_object;
 use crate::routes::path_id;
 use crate::state::AppState;
+use crate::{model, openapi};
 
 /// A registration is three short fields; anything bigger is not one.
 const MAX_BODY_BYTES: usize = 8192;
@@ -131,6 +132,22 @@ fn delay_ms(body: &Map<String, Value>) -> Result<i32, ApiError> {
 /// `PUT /account/{accountId}/webhook {"url","secret","delayMs"?}` → 200 with the stored
 /// registration (without the secret). Replaces an existing one. The account need not exist.
 /// 400 `non_public_target` for a non-public target unless configuration allows them.
+#[utoipa::path(
+    tag = "webhooks",
+    operation_id = "putWebhook",
+    summary = "Register (or replace) the account's balance webhook",
+    description = "After every committed change of the account's `balance` or `available` (a deposit, a withdraw, a hold placed, released or expired), a worker POSTs a `WebhookPayload` to `url`, `delayMs` after the change. A newer change before it is sent supersedes it: the older delivery is recorded as `superseded` and never sent, so a burst of changes yields one delivery of the latest state. Each POST carries `Content-Type: application/json`, `X-Tally-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes, keyed by secret>` and `X-Tally-Delivery: <delivery id>` (the same on every attempt of a delivery: deduplicate on it, delivery is at-least-once). Any 2xx answer is success; anything else (redirects included, they are not followed) or no answer within the timeout is retried with exponential back-off up to a limit, then recorded as `failed` (see `GET /debug/webhooks`, which shows the last HTTP status and a short classification of the failure, never the receiver's answer). Deliveries are kept in PostgreSQL and survive worker restarts. The account need not exist yet. The secret is never shown back. Replacing the registration applies its URL and secret to deliveries still pending. Targets: unless `webhooks.allow_private_targets` is on (only the `local` profile), a URL whose host is a loopback, private (RFC 1918, 100.64/10, fc00::/7), link-local (169.254/16, fe80::/10), unspecified, multicast or other special-purpose address, or a `localhost` name, is refused with 400 `non_public_target`; a name is resolved at every attempt and the delivery fails (`lastError` `non_public_target`, no retry) if any of its addresses is not public. A receiver that is slow or hangs holds at most `webhooks.per_receiver` of a worker's sending slots: other receivers' deliveries are not delayed by it. Not replayed by nginx on another replica (nor is `DELETE`).",
+    params(
+        ("account_id" = openapi::Identifier, Path, description = "The account id."),
+    ),
+    request_body(content = model::WebhookRequest),
+    responses(
+        (status = 200, description = "Stored (created or replaced).", body = model::Webhook),
+        (status = 400, description = "Invalid request: `invalid_id` (accountId), `invalid_json`, `body_too_large`, `missing_field` / `invalid_field` (url or secret absent or not a string), `invalid_url` (not an absolute http(s) URL with a host, credentials in it, or longer than 2048 characters), `non_public_target` (the host is a non-public address or a `localhost` name, and `webhooks.allow_private_targets` is off), `invalid_secret` (empty or longer than 256 characters), `invalid_delay` (delayMs not an integer from 0 to 86400000). Nothing is stored.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_url", "message": "`url` must be an absolute http(s) URL with a host", "field": "url"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[put("/account/{account_id}/webhook")]
 pub async fn put_webhook(
     state: web::Data<AppState>,
@@ -149,11 +166,27 @@ pub async fn put_webhook(
     let stored = tally_store::webhooks::put(&state.pool, &account_id, url, secret, delay_ms)
         .await
         .map_err(|e| store_error(&state, &e))?;
-    Ok(HttpResponse::Ok().json(stored))
+    Ok(HttpResponse::Ok().json(model::Webhook::from(stored)))
 }
 
 /// `DELETE /account/{accountId}/webhook` → 204; 404 `webhook_not_found` when there is none.
 /// Deliveries still pending are not sent.
+#[utoipa::path(
+    tag = "webhooks",
+    operation_id = "deleteWebhook",
+    summary = "Remove the account's balance webhook",
+    description = "Stops deliveries: those still pending are not sent (a sender records them as `failed` with `lastError` `webhook_deleted`).",
+    params(
+        ("account_id" = openapi::Identifier, Path, description = "The account id."),
+    ),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 400, response = openapi::BadPath),
+        (status = 404, description = "The account has no webhook. Code `webhook_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "webhook_not_found", "message": "account \"acc-1\" has no webhook"}})),
+        (status = 500, response = openapi::Internal),
+        (status = 503, response = openapi::Unavailable),
+    ),
+)]
 #[delete("/account/{account_id}/webhook")]
 pub async fn delete_webhook(
     state: web::Data<AppState>,

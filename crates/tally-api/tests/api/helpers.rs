@@ -9,6 +9,7 @@ use lapin::BasicProperties;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use tally_api::state::AppState;
 use tally_api::Application;
 use tally_bus::Topology;
 use tally_core::settings::{Secret, Settings};
@@ -60,6 +61,8 @@ pub struct TestApp {
     /// Pool on the test's database, for assertions.
     pub pool: Pool,
     pub topology: Topology,
+    /// The first replica's shared state, for tests that call its functions directly.
+    pub state: AppState,
     /// Declared last: dropped after everything that uses it.
     shutdown: CancellationToken,
     api_task: Option<JoinHandle<std::io::Result<()>>>,
@@ -130,6 +133,7 @@ impl TestApp {
             "API did not connect to RabbitMQ"
         );
         let port = app.port();
+        let state = app.state().clone();
         let api_task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let pool = tally_store::connect(&direct_database).expect("pool");
 
@@ -139,6 +143,7 @@ impl TestApp {
             settings,
             pool,
             topology,
+            state,
             shutdown,
             api_task: Some(api_task),
             api_ports: vec![port],

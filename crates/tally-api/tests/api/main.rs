@@ -16,6 +16,7 @@ mod metrics;
 mod security;
 mod shutdown;
 mod startup;
+mod submit;
 mod through_nginx;
 mod users;
 mod webhooks;
