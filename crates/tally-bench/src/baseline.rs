@@ -20,7 +20,8 @@ use crate::procs::{self, CpuSnapshot};
 use crate::stats::{round1, Latency};
 use crate::workload::{run_id, Gen, Workload, HOT_ACCOUNT};
 use crate::{bus, db};
-use tally_tools::rng::Zipf;
+use tally_testkit::database;
+use tally_testkit::rng::Zipf;
 
 #[derive(Debug, Clone)]
 pub struct OneCommitSpec {
@@ -55,7 +56,7 @@ const SCHEMA: &str = "
     CREATE INDEX history_by_account ON history (account_id, created_at);";
 
 pub async fn one_commit(spec: OneCommitSpec) -> Result<Value> {
-    let url = db::with_db_name(&spec.admin_database_url, &spec.database);
+    let url = database::with_name(&spec.admin_database_url, &spec.database);
     db::recreate_database(&spec.admin_database_url, &spec.database).await?;
     let setup = db::connect(&url).await?;
     setup.batch_execute(SCHEMA).await?;
@@ -103,6 +104,14 @@ pub async fn one_commit(spec: OneCommitSpec) -> Result<Value> {
     }))
 }
 
+/// What the clients of one level count together.
+#[derive(Default)]
+struct Counts {
+    done: AtomicU64,
+    errors: AtomicU64,
+    latency: Mutex<Latency>,
+}
+
 async fn one_level(
     spec: &OneCommitSpec,
     url: &str,
@@ -111,9 +120,7 @@ async fn one_level(
     concurrency: usize,
 ) -> Result<Value> {
     let run = run_id();
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let latency = Arc::new(Mutex::new(Latency::new()));
+    let counts = Arc::new(Counts::default());
     let mut clients = Vec::new();
     for _ in 0..concurrency {
         clients.push(db::connect(url).await?);
@@ -121,60 +128,20 @@ async fn one_level(
     let cpu_start = CpuSnapshot::take();
     let start = Instant::now();
     let end = start + spec.duration;
-    let mut tasks = Vec::new();
-    for (i, mut client) in clients.into_iter().enumerate() {
-        let mut gen = Gen::new(
-            workload,
-            zipf.clone(),
-            format!("o{run}-{i}"),
-            spec.seed.wrapping_add(i as u64),
-            0.0,
-        );
-        let (done, errors, latency) = (done.clone(), errors.clone(), latency.clone());
-        tasks.push(tokio::spawn(async move {
-            let update = client
-                .prepare(
-                    "UPDATE accounts SET balance = balance + $2, version = version + 1, \
-                     updated_at = now() WHERE id = $1 RETURNING balance",
-                )
-                .await?;
-            let insert = client
-                .prepare(
-                    "INSERT INTO history (id, account_id, amount, balance_after) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .await?;
-            let mut local = Latency::new();
-            while Instant::now() < end {
-                let tx = gen.next_tx();
-                let amount = tx.amount();
-                let t = Instant::now();
-                let outcome: Result<(), tokio_postgres::Error> = async {
-                    let db_tx = client.transaction().await?;
-                    let row = db_tx.query_one(&update, &[&tx.account, &amount]).await?;
-                    let balance: rust_decimal::Decimal = row.get(0);
-                    db_tx
-                        .execute(&insert, &[&tx.id, &tx.account, &amount, &balance])
-                        .await?;
-                    db_tx.commit().await
-                }
-                .await;
-                match outcome {
-                    Ok(()) => {
-                        local.record(t.elapsed());
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            if let Ok(mut l) = latency.lock() {
-                l.add(&local);
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let gen = Gen::new(
+                workload,
+                zipf.clone(),
+                format!("o{run}-{i}"),
+                spec.seed.wrapping_add(i as u64),
+                0.0,
+            );
+            tokio::spawn(one_commit_client(client, gen, end, counts.clone()))
+        })
+        .collect();
     // CPU is read while the connections are still open: a PostgreSQL backend that exits
     // when its client is dropped would take its share of the window with it.
     tokio::time::sleep_until(end.into()).await;
@@ -183,20 +150,72 @@ async fn one_level(
         t.await.context("one-commit task")??;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let n = done.load(Ordering::Relaxed);
-    let latency = latency
+    let n = counts.done.load(Ordering::Relaxed);
+    let latency = counts
+        .latency
         .lock()
         .map(|l| l.clone())
         .unwrap_or_else(|_| Latency::new());
     Ok(json!({
         "concurrency": concurrency,
         "transfers": n,
-        "errors": errors.load(Ordering::Relaxed),
+        "errors": counts.errors.load(Ordering::Relaxed),
         "per_s": round1(n as f64 / elapsed),
         "latency": latency.summary(),
         "line": latency.line(),
         "cpu": cpu,
     }))
+}
+
+/// One connection of the baseline: until `end`, each transfer is its own transaction
+/// (update the balance, insert the history row, commit).
+async fn one_commit_client(
+    mut client: tokio_postgres::Client,
+    mut gen: Gen,
+    end: Instant,
+    counts: Arc<Counts>,
+) -> Result<()> {
+    let update = client
+        .prepare(
+            "UPDATE accounts SET balance = balance + $2, version = version + 1, \
+             updated_at = now() WHERE id = $1 RETURNING balance",
+        )
+        .await?;
+    let insert = client
+        .prepare(
+            "INSERT INTO history (id, account_id, amount, balance_after) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .await?;
+    let mut local = Latency::new();
+    while Instant::now() < end {
+        let tx = gen.next_tx();
+        let amount = tx.amount();
+        let t = Instant::now();
+        let outcome: Result<(), tokio_postgres::Error> = async {
+            let db_tx = client.transaction().await?;
+            let row = db_tx.query_one(&update, &[&tx.account, &amount]).await?;
+            let balance: rust_decimal::Decimal = row.get(0);
+            db_tx
+                .execute(&insert, &[&tx.id, &tx.account, &amount, &balance])
+                .await?;
+            db_tx.commit().await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                local.record(t.elapsed());
+                counts.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    if let Ok(mut l) = counts.latency.lock() {
+        l.add(&local);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]

@@ -4,9 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::time::{Duration, Instant};
 use tally_bus::Topology;
@@ -31,26 +29,9 @@ pub fn topology(prefix: &str, shards: u16) -> Topology {
 /// Deletes every queue and exchange of `topology` (missing ones are fine), so a run starts
 /// from empty queues whatever an earlier, interrupted run left behind.
 pub async fn delete_topology(conn: &Connection, topology: &Topology) -> Result<()> {
-    let ch = conn.create_channel().await?;
-    for shard in 0..topology.shard_count {
-        ch.queue_delete(
-            topology.shard_queue(shard).into(),
-            QueueDeleteOptions::default(),
-        )
+    tally_testkit::queues::delete_topology(conn, topology)
         .await
-        .context("deleting a shard queue")?;
-    }
-    ch.queue_delete(topology.dead_queue().into(), QueueDeleteOptions::default())
-        .await?;
-    ch.exchange_delete(topology.exchange().into(), ExchangeDeleteOptions::default())
-        .await?;
-    ch.exchange_delete(
-        topology.dead_exchange().into(),
-        ExchangeDeleteOptions::default(),
-    )
-    .await?;
-    let _ = ch.close(200, "done".into()).await;
-    Ok(())
+        .with_context(|| format!("deleting the queues of {}", topology.prefix))
 }
 
 /// Ready messages over all shard queues, or None if they cannot be read (not declared yet).

@@ -22,7 +22,8 @@ use crate::procs::{self, CpuSnapshot, RssTracker};
 use crate::stats::round1;
 use crate::workload::{run_id, Gen, Workload};
 use crate::{bus, db};
-use tally_tools::rng::Zipf;
+use tally_testkit::database;
+use tally_testkit::rng::Zipf;
 
 #[derive(Debug, Clone)]
 pub struct DrainSpec {
@@ -72,7 +73,7 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
             spec.worker_bin.display()
         );
     }
-    let db_url = db::with_db_name(&spec.admin_database_url, &spec.database);
+    let db_url = database::with_name(&spec.admin_database_url, &spec.database);
     let env = worker_env(&spec, &db_url);
     std::fs::create_dir_all(&spec.log_dir)?;
 
@@ -90,9 +91,77 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
     let conn = bus::connect(&spec.broker_url, "tally-bench-drain").await?;
     let topology = bus::topology(&spec.prefix, spec.shards);
     bus::delete_topology(&conn, &topology).await?;
-    let setup = conn.create_channel().await?;
-    topology.declare(&setup).await?;
-    let channel = bus::confirm_channel(&conn).await?;
+    topology.declare(&conn.create_channel().await?).await?;
+    let published_wall = Utc::now();
+    let published = prefill(&spec, &conn, &topology).await?;
+
+    // 3. Start the workers and wait until every envelope is a row.
+    let cpu_start = CpuSnapshot::take();
+    let started_wall = Utc::now();
+    let started = Instant::now();
+    let mut children = spawn_workers(&spec, &env)?;
+    let outcome = watch(&spec, &ledger, &conn, &topology, &children, started).await;
+    let cpu = cpu_start.delta_json(&CpuSnapshot::take());
+    let (rss, balanced_at) = match &outcome {
+        Ok((rss, balanced_at)) => (rss.json(), *balanced_at),
+        Err(_) => (json!(null), None),
+    };
+    stop_workers(&mut children).await;
+    outcome?;
+
+    // 4. Results from the rows; 5. clean up.
+    let mut result = json!({
+        "kind": "drain",
+        "label": spec.label,
+        "messages": spec.messages,
+        "hot": spec.hot,
+        "workers": spec.workers,
+        "shards": spec.shards,
+        "batch_max": spec.batch_max,
+        "prefetch": spec.prefetch,
+        "publish": {
+            "per_s": round1(published.confirmed as f64 / published.elapsed.as_secs_f64()),
+            "seconds": round1(published.elapsed.as_secs_f64()),
+            "window": spec.window,
+            "confirm_latency": published.latency.summary(),
+        },
+        "batches": db::batches_since(&ledger, published_wall).await?,
+        "cpu": cpu,
+        "rss": rss,
+    });
+    applied_result(
+        &ledger,
+        published_wall,
+        started_wall,
+        balanced_at,
+        &mut result,
+    )
+    .await?;
+    if spec.progress {
+        print_result(&result);
+    }
+
+    drop(ledger);
+    clean_up(&spec, conn, &topology).await;
+    Ok(result)
+}
+
+/// Removes what only this run used: its queues and (unless kept) its database.
+async fn clean_up(spec: &DrainSpec, conn: lapin::Connection, topology: &tally_bus::Topology) {
+    let _ = bus::delete_topology(&conn, topology).await;
+    let _ = conn.close(200, "done".into()).await;
+    if !spec.keep_database {
+        let _ = db::drop_database(&spec.admin_database_url, &spec.database).await;
+    }
+}
+
+/// Publishes the run's envelopes to the shard queues, `window` unconfirmed at a time.
+async fn prefill(
+    spec: &DrainSpec,
+    conn: &lapin::Connection,
+    topology: &tally_bus::Topology,
+) -> Result<bus::Published> {
+    let channel = bus::confirm_channel(conn).await?;
     let workload = if spec.hot {
         Workload::Hot
     } else {
@@ -105,7 +174,6 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
         spec.seed,
         0.0,
     );
-    let published_wall = Utc::now();
     let mut left = spec.messages;
     if spec.progress {
         println!(
@@ -116,7 +184,7 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
             spec.prefix
         );
     }
-    let published = bus::publish_window(&channel, &topology, spec.window, None, || {
+    let published = bus::publish_window(&channel, topology, spec.window, None, || {
         if left == 0 {
             return None;
         }
@@ -130,48 +198,48 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
         })
     })
     .await?;
-    let publish_rate = published.confirmed as f64 / published.elapsed.as_secs_f64();
     if spec.progress {
         println!(
             "  published {} in {:.1}s ({:.0}/s, confirm {})",
             published.confirmed,
             published.elapsed.as_secs_f64(),
-            publish_rate,
+            published.confirmed as f64 / published.elapsed.as_secs_f64(),
             published.latency.line()
         );
     }
+    Ok(published)
+}
 
-    // 3. Start the workers and wait until every envelope is a row.
-    let cpu_start = CpuSnapshot::take();
-    let started_wall = Utc::now();
-    let started = Instant::now();
-    let mut children = Vec::new();
-    for i in 1..=spec.workers {
-        let log =
-            std::fs::File::create(spec.log_dir.join(format!("{}-worker-{i}.log", spec.label)))?;
-        let child = Command::new(&spec.worker_bin)
-            .arg("run")
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Never leave a worker behind if the bench dies.
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting tally-worker run")?;
-        children.push(child);
-    }
-    let outcome = watch(&spec, &ledger, &conn, &topology, &children, started).await;
-    let cpu = cpu_start.delta_json(&CpuSnapshot::take());
-    let (rss, balanced_at) = match &outcome {
-        Ok((rss, balanced_at)) => (rss.json(), *balanced_at),
-        Err(_) => (json!(null), None),
-    };
-    stop_workers(&mut children).await;
-    outcome?;
+/// `tally-worker run` × `spec.workers`, each logging to a file of its own.
+fn spawn_workers(spec: &DrainSpec, env: &[(String, String)]) -> Result<Vec<Child>> {
+    (1..=spec.workers)
+        .map(|i| {
+            let log =
+                std::fs::File::create(spec.log_dir.join(format!("{}-worker-{i}.log", spec.label)))?;
+            Command::new(&spec.worker_bin)
+                .arg("run")
+                .envs(env.iter().cloned())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                // Never leave a worker behind if the bench dies.
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting tally-worker run")
+        })
+        .collect()
+}
 
-    // 4. Results from the rows.
-    let (count, first, last) = db::applied_since(&ledger, published_wall).await?;
+/// The applied rows of the run: how many, how fast overall, from the first commit, and
+/// once the leases were balanced.
+async fn applied_result(
+    ledger: &tokio_postgres::Client,
+    published_wall: DateTime<Utc>,
+    started_wall: DateTime<Utc>,
+    balanced_at: Option<DateTime<Utc>>,
+    result: &mut Value,
+) -> Result<()> {
+    let (count, first, last) = db::applied_since(ledger, published_wall).await?;
     let (Some(first), Some(last)) = (first, last) else {
         bail!("no rows applied");
     };
@@ -179,66 +247,41 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
         |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6;
     let wall = secs(started_wall, last).max(1e-3);
     let steady = secs(first, last).max(1e-3);
-    let after_balance = match balanced_at {
+    result["after_balance"] = match balanced_at {
         Some(at) if at < last => {
             let n =
-                db::applied_between(&ledger, at, last + chrono::Duration::milliseconds(1)).await?;
-            Some(json!({
+                db::applied_between(ledger, at, last + chrono::Duration::milliseconds(1)).await?;
+            json!({
                 "balanced_after_s": round1(secs(started_wall, at)),
                 "applied": n,
                 "per_s": round1(n as f64 / secs(at, last).max(1e-3)),
-            }))
+            })
         }
-        _ => None,
+        _ => Value::Null,
     };
-    let batches = db::batches_since(&ledger, published_wall).await?;
-    let result = json!({
-        "kind": "drain",
-        "label": spec.label,
-        "messages": spec.messages,
-        "hot": spec.hot,
-        "workers": spec.workers,
-        "shards": spec.shards,
-        "batch_max": spec.batch_max,
-        "prefetch": spec.prefetch,
-        "publish": {
-            "per_s": round1(publish_rate),
-            "seconds": round1(published.elapsed.as_secs_f64()),
-            "window": spec.window,
-            "confirm_latency": published.latency.summary(),
-        },
-        "applied": count,
-        "wall_s": round1(wall),
-        "applied_per_s": round1(count as f64 / wall),
-        "first_applied_after_s": round1(secs(started_wall, first)),
-        "steady_per_s": round1(count as f64 / steady),
-        "after_balance": after_balance,
-        "batches": batches,
-        "cpu": cpu,
-        "rss": rss,
-    });
-    if spec.progress {
-        println!(
-            "  applied {count} in {wall:.2}s after the workers started: {:.0}/s overall, {:.0}/s from the first commit{}",
-            count as f64 / wall,
-            count as f64 / steady,
-            result["after_balance"]["per_s"]
-                .as_f64()
-                .map_or(String::new(), |r| format!(", {r:.0}/s once leases were balanced")),
-        );
-        println!("  batches {}", result["batches"]);
-        println!("  cpu: {}", procs::cpu_line(&result["cpu"]));
-        println!("  worker peak RSS {} MB", result["rss"]["worker_peak_mb"]);
-    }
+    result["applied"] = json!(count);
+    result["wall_s"] = json!(round1(wall));
+    result["applied_per_s"] = json!(round1(count as f64 / wall));
+    result["first_applied_after_s"] = json!(round1(secs(started_wall, first)));
+    result["steady_per_s"] = json!(round1(count as f64 / steady));
+    Ok(())
+}
 
-    // 5. Clean up what only this run used.
-    let _ = bus::delete_topology(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
-    drop(ledger);
-    if !spec.keep_database {
-        let _ = db::drop_database(&spec.admin_database_url, &spec.database).await;
-    }
-    Ok(result)
+fn print_result(result: &Value) {
+    let f = |key: &str| result[key].as_f64().unwrap_or(0.0);
+    println!(
+        "  applied {} in {:.1}s after the workers started: {:.0}/s overall, {:.0}/s from the first commit{}",
+        result["applied"],
+        f("wall_s"),
+        f("applied_per_s"),
+        f("steady_per_s"),
+        result["after_balance"]["per_s"]
+            .as_f64()
+            .map_or(String::new(), |r| format!(", {r:.0}/s once leases were balanced")),
+    );
+    println!("  batches {}", result["batches"]);
+    println!("  cpu: {}", procs::cpu_line(&result["cpu"]));
+    println!("  worker peak RSS {} MB", result["rss"]["worker_peak_mb"]);
 }
 
 /// Polls until every message is applied; returns the workers' peak RSS and when the shard

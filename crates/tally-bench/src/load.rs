@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tally_core::{Kind, Reason};
+use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
 use crate::http::{Conn, Target};
@@ -29,7 +30,7 @@ use crate::procs::{self, CpuSnapshot, RssTracker};
 use crate::stats::{round1, Latency};
 use crate::workload::{run_id, Gen, Tx, Workload};
 use crate::{bus, db};
-use tally_tools::rng::Zipf;
+use tally_testkit::rng::Zipf;
 
 /// Open or closed loop.
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +216,67 @@ async fn send(shared: &Shared, conn: &mut Conn, tx: &Tx, due: Instant) -> bool {
     }
 }
 
+/// What a run watches besides its own requests: the ledger database (applied counts, lag),
+/// the broker (queue depth) and the stack's processes (RSS).
+struct Probes {
+    ledger: Option<tokio_postgres::Client>,
+    broker: Option<(lapin::Connection, tally_bus::Topology)>,
+    stack: Vec<(String, u32)>,
+}
+
+impl Probes {
+    /// Opens what the spec names; a probe that cannot be opened is left out (with a warning
+    /// for the ledger, whose figures the result would otherwise have).
+    async fn open(spec: &LoadSpec) -> Self {
+        let ledger = match &spec.database_url {
+            Some(url) => match db::connect(url).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!(
+                        "warning: no ledger database ({e:#}); applied counts and lag omitted"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let broker = match &spec.broker {
+            Some((url, prefix, shards)) => bus::connect(url, "tally-bench-load")
+                .await
+                .ok()
+                .map(|c| (c, bus::topology(prefix, *shards))),
+            None => None,
+        };
+        let stack = spec
+            .pids_dir
+            .as_deref()
+            .map(procs::stack_pids)
+            .unwrap_or_default();
+        Self {
+            ledger,
+            broker,
+            stack,
+        }
+    }
+}
+
+/// What the once-a-second watcher collected over the run.
+struct Watched {
+    progress: Vec<Value>,
+    rss: RssTracker,
+    /// CPU at the end of the nominal window (stragglers after it are not the steady state).
+    cpu_end: Option<CpuSnapshot>,
+}
+
+/// Connections the mode opens (at least one).
+fn connection_count(mode: Mode) -> usize {
+    match mode {
+        Mode::Open { connections, .. } => connections,
+        Mode::Closed { concurrency } => concurrency,
+    }
+    .max(1)
+}
+
 /// Runs one load measurement and returns its JSON result.
 pub async fn run(spec: LoadSpec) -> Result<Value> {
     let target = Target::parse(&spec.url)?;
@@ -223,100 +285,60 @@ pub async fn run(spec: LoadSpec) -> Result<Value> {
         .request("GET", "/health/live", None)
         .await
         .with_context(|| format!("{} does not answer /health/live", spec.url))?;
-
-    let ledger = match &spec.database_url {
-        Some(url) => match db::connect(url).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("warning: no ledger database ({e:#}); applied counts and lag omitted");
-                None
-            }
-        },
-        None => None,
-    };
-    let broker = match &spec.broker {
-        Some((url, prefix, shards)) => bus::connect(url, "tally-bench-load")
-            .await
-            .ok()
-            .map(|c| (c, bus::topology(prefix, *shards))),
-        None => None,
-    };
-    let stack = spec
-        .pids_dir
-        .as_deref()
-        .map(procs::stack_pids)
-        .unwrap_or_default();
-
-    let connections = match spec.mode {
-        Mode::Open { connections, .. } => connections,
-        Mode::Closed { concurrency } => concurrency,
-    }
-    .max(1);
-    let zipf = Arc::new(Zipf::new(spec.accounts, spec.zipf_s));
-    let run = run_id();
+    let probes = Probes::open(&spec).await;
     let started_wall: DateTime<Utc> = Utc::now();
-    let start = Instant::now() + Duration::from_millis(20);
-    let shared = Arc::new(Shared {
-        spec: spec.clone(),
-        start,
-        end: start + spec.duration,
-        hard_stop: start + spec.duration + Duration::from_secs(5).max(spec.duration / 4),
-        next_slot: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
-        new_sent: AtomicU64::new(0),
-        stats: Mutex::new(Stats::default()),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(spec.clone()));
     let cpu_start = CpuSnapshot::take();
-    let mut tasks = Vec::with_capacity(connections);
-    for c in 0..connections {
-        let gen = Gen::new(
-            spec.workload,
-            zipf.clone(),
-            format!("b{run}-{c}"),
-            spec.seed.wrapping_add(c as u64 * 7919),
-            spec.request_share,
-        );
-        tasks.push(tokio::spawn(connection(
-            shared.clone(),
-            gen,
-            target.clone(),
-        )));
+    let tasks = spawn_connections(&shared, &target);
+    if spec.progress {
+        print_start(&spec);
+    }
+    let watched = watch(&shared, &tasks, &probes).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    let finished = Instant::now();
+    let ended_wall = Utc::now();
+    let cpu_end = watched.cpu_end.unwrap_or_else(CpuSnapshot::take);
+    let mut result = requests_result(&shared, finished, cpu_start.delta_json(&cpu_end))?;
+    result["progress"] = json!(watched.progress);
+
+    // A fresh connection if ours died during the run (PostgreSQL restarted under us).
+    let ledger = match (probes.ledger, &spec.database_url) {
+        (Some(c), Some(url)) if c.is_closed() => db::connect(url).await.ok(),
+        (c, _) => c,
+    };
+    if let Some(client) = &ledger {
+        applied_result(&spec, client, started_wall, ended_wall, &mut result).await?;
+    }
+    if !probes.stack.is_empty() {
+        result["rss"] = watched.rss.json();
+    }
+    if spec.progress {
+        print_summary(&result);
+    }
+    Ok(result)
+}
+
+impl Shared {
+    fn new(spec: LoadSpec) -> Self {
+        let start = Instant::now() + Duration::from_millis(20);
+        Self {
+            start,
+            end: start + spec.duration,
+            hard_stop: start + spec.duration + Duration::from_secs(5).max(spec.duration / 4),
+            next_slot: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            new_sent: AtomicU64::new(0),
+            stats: Mutex::new(Stats::default()),
+            stop: AtomicBool::new(false),
+            spec,
+        }
     }
 
-    if spec.progress {
-        println!(
-            "load {}: {} {} for {:?} -> {}",
-            spec.label,
-            spec.workload.as_str(),
-            match spec.mode {
-                Mode::Open { rate, connections } =>
-                    format!("open loop {rate:.0}/s over {connections} connections"),
-                Mode::Closed { concurrency } => format!("closed loop, concurrency {concurrency}"),
-            },
-            spec.duration,
-            spec.url
-        );
-    }
-    // Progress, once a second, until every connection is done.
-    let mut rss = RssTracker::default();
-    let mut progress = Vec::new();
-    let mut last_inserted = match &ledger {
-        Some(c) => db::inserted_estimate(c).await.ok(),
-        None => None,
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    let mut second = 0u64;
-    let mut cpu_end = None;
-    loop {
-        let all_done = tasks.iter().all(|t| t.is_finished());
-        if !all_done {
-            tick.tick().await;
-        }
-        second += 1;
-        rss.sample(&stack);
-        let (done, acc, failed, interval) = match shared.stats.lock() {
+    /// The current second's counters and latency, reset for the next one.
+    fn take_interval(&self) -> (u64, u64, u64, Latency) {
+        match self.stats.lock() {
             Ok(mut s) => {
                 let snap = (
                     s.interval_done,
@@ -331,22 +353,72 @@ pub async fn run(spec: LoadSpec) -> Result<Value> {
                 snap
             }
             Err(_) => (0, 0, 0, Latency::new()),
-        };
-        let applied = match (&ledger, last_inserted) {
-            (Some(c), Some(prev)) => match db::inserted_estimate(c).await {
-                Ok(now) => {
-                    last_inserted = Some(now);
-                    Some(now - prev)
-                }
-                Err(_) => None,
-            },
-            _ => None,
-        };
-        let queued = match &broker {
+        }
+    }
+}
+
+/// One task per connection, each with its own transfers (id space and seed).
+fn spawn_connections(shared: &Arc<Shared>, target: &Target) -> Vec<JoinHandle<()>> {
+    let spec = &shared.spec;
+    let zipf = Arc::new(Zipf::new(spec.accounts, spec.zipf_s));
+    let run = run_id();
+    (0..connection_count(spec.mode))
+        .map(|c| {
+            let gen = Gen::new(
+                spec.workload,
+                zipf.clone(),
+                format!("b{run}-{c}"),
+                spec.seed.wrapping_add(c as u64 * 7919),
+                spec.request_share,
+            );
+            tokio::spawn(connection(shared.clone(), gen, target.clone()))
+        })
+        .collect()
+}
+
+fn print_start(spec: &LoadSpec) {
+    println!(
+        "load {}: {} {} for {:?} -> {}",
+        spec.label,
+        spec.workload.as_str(),
+        match spec.mode {
+            Mode::Open { rate, connections } =>
+                format!("open loop {rate:.0}/s over {connections} connections"),
+            Mode::Closed { concurrency } => format!("closed loop, concurrency {concurrency}"),
+        },
+        spec.duration,
+        spec.url
+    );
+}
+
+/// Once a second until every connection is done: a progress line (printed and kept), RSS
+/// samples, and the CPU snapshot at the end of the nominal window. Past the hard stop plus
+/// one request timeout the connections are told to stop.
+async fn watch(shared: &Shared, tasks: &[JoinHandle<()>], probes: &Probes) -> Watched {
+    let mut watched = Watched {
+        progress: Vec::new(),
+        rss: RssTracker::default(),
+        cpu_end: None,
+    };
+    let mut last_inserted = match &probes.ledger {
+        Some(c) => db::inserted_estimate(c).await.ok(),
+        None => None,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    for second in 1u64.. {
+        let all_done = tasks.iter().all(|t| t.is_finished());
+        if !all_done {
+            tick.tick().await;
+        }
+        watched.rss.sample(&probes.stack);
+        let (done, acc, failed, interval) = shared.take_interval();
+        let applied = applied_estimate(probes, &mut last_inserted).await;
+        let queued = match &probes.broker {
             Some((c, t)) => bus::ready_total(c, t).await,
             None => None,
         };
-        if spec.progress && (done > 0 || !all_done) {
+        if shared.spec.progress && (done > 0 || !all_done) {
             println!(
                 "[{second:>3}s] done {done:>6}/s accepted {acc:>6} failed {failed:>4} | {} | applied {} queued {}",
                 interval.line(),
@@ -354,133 +426,141 @@ pub async fn run(spec: LoadSpec) -> Result<Value> {
                 queued.map_or("-".into(), |q| q.to_string()),
             );
         }
-        progress.push(json!({
+        watched.progress.push(json!({
             "t": second, "done": done, "accepted": acc, "failed": failed,
             "p50_ms": interval.ms(0.5), "p99_ms": interval.ms(0.99),
             "applied_estimate": applied, "queued": queued,
         }));
-        if Instant::now() >= shared.end && cpu_end.is_none() {
-            // CPU over the run's nominal window (stragglers after it are not the steady state).
-            cpu_end = Some(CpuSnapshot::take());
+        if Instant::now() >= shared.end && watched.cpu_end.is_none() {
+            watched.cpu_end = Some(CpuSnapshot::take());
         }
         if all_done {
             break;
         }
-        if Instant::now() > shared.hard_stop + spec.request_timeout {
+        if Instant::now() > shared.hard_stop + shared.spec.request_timeout {
             shared.stop.store(true, Ordering::Relaxed);
         }
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let finished = Instant::now();
-    let ended_wall = Utc::now();
-    let cpu_end = cpu_end.unwrap_or_else(CpuSnapshot::take);
-    let cpu = cpu_start.delta_json(&cpu_end);
+    watched
+}
 
+/// Rows inserted since the last call (from the statistics collector), if the ledger is read.
+async fn applied_estimate(probes: &Probes, last: &mut Option<i64>) -> Option<i64> {
+    let (Some(c), Some(prev)) = (&probes.ledger, *last) else {
+        return None;
+    };
+    let now = db::inserted_estimate(c).await.ok()?;
+    *last = Some(now);
+    Some(now - prev)
+}
+
+/// The result as the clients saw it: what was offered, sent and accepted, outcomes and
+/// latency per kind.
+fn requests_result(shared: &Shared, finished: Instant, cpu: Value) -> Result<Value> {
+    let spec = &shared.spec;
+    let stats = shared
+        .stats
+        .lock()
+        .map_err(|_| anyhow::anyhow!("stats lock poisoned"))?;
+    let new_sent = shared.new_sent.load(Ordering::Relaxed);
     let nominal = spec.duration.as_secs_f64();
-    // The lock is released before the database is queried below.
-    let (mut result, accepted_total, accepted_per_s) = {
-        let stats = shared
-            .stats
-            .lock()
-            .map_err(|_| anyhow::anyhow!("stats lock poisoned"))?;
-        let sent = shared.sent.load(Ordering::Relaxed);
-        let new_sent = shared.new_sent.load(Ordering::Relaxed);
-        let mut latency = Map::new();
-        let mut all = Latency::new();
-        for (i, k) in KINDS.iter().enumerate() {
-            if stats.total[i].count() > 0 {
-                latency.insert(k.as_str().into(), stats.total[i].summary());
-                all.add(&stats.total[i]);
-            }
-        }
-        latency.insert("all".into(), all.summary());
-        let mut outcomes = Map::new();
-        let mut accepted_total = 0u64;
-        for ((k, label), n) in &stats.outcomes {
-            let entry = outcomes
-                .entry(KINDS[*k].as_str().to_string())
-                .or_insert_with(|| json!({}));
-            entry[label.as_str()] = json!(n);
-            if label.starts_with("200") || label.starts_with("201") || label.starts_with("402") {
-                accepted_total += n;
-            }
-        }
-        // Accepted per second over the nominal duration: the schedule's window (open loop) or the
-        // time connections kept sending (closed loop).
-        let accepted_per_s = accepted_total as f64 / nominal;
-        let (offered, scheduled) = match spec.mode {
-            Mode::Open { rate, .. } => {
-                let scheduled = (rate * nominal).ceil() as u64;
-                (rate, Some(scheduled))
-            }
-            Mode::Closed { .. } => (new_sent as f64 / nominal, None),
-        };
-        let result = json!({
-            "kind": "load",
-            "label": spec.label,
-            "url": spec.url,
-            "workload": spec.workload.as_str(),
-            "mode": match spec.mode { Mode::Open { .. } => "open", Mode::Closed { .. } => "closed" },
-            "rate": match spec.mode { Mode::Open { rate, .. } => Some(rate), Mode::Closed { .. } => None },
-            "connections": connections,
-            "duration_s": nominal,
-            "wall_s": round1(finished.duration_since(start).as_secs_f64()),
-            "offered_per_s": round1(offered),
-            "scheduled": scheduled,
-            "sent": sent,
-            // Due but never sent: the run hit its hard stop (the system fell far behind).
-            "not_sent": scheduled.map(|s| s.saturating_sub(new_sent)),
-            "accepted": accepted_total,
-            "accepted_per_s": round1(accepted_per_s),
-            "outcomes": outcomes,
-            "latency": latency,
-            "errors_sample": stats.errors,
-            "cpu": cpu,
-            "progress": progress,
-        });
-        (result, accepted_total, accepted_per_s)
+    let (outcomes, accepted_total) = outcomes(&stats);
+    // Accepted per second over the nominal duration: the schedule's window (open loop) or the
+    // time connections kept sending (closed loop).
+    let accepted_per_s = accepted_total as f64 / nominal;
+    let (offered, scheduled) = match spec.mode {
+        Mode::Open { rate, .. } => (rate, Some((rate * nominal).ceil() as u64)),
+        Mode::Closed { .. } => (new_sent as f64 / nominal, None),
     };
+    Ok(json!({
+        "kind": "load",
+        "label": spec.label,
+        "url": spec.url,
+        "workload": spec.workload.as_str(),
+        "mode": match spec.mode { Mode::Open { .. } => "open", Mode::Closed { .. } => "closed" },
+        "rate": match spec.mode { Mode::Open { rate, .. } => Some(rate), Mode::Closed { .. } => None },
+        "connections": connection_count(spec.mode),
+        "duration_s": nominal,
+        "wall_s": round1(finished.duration_since(shared.start).as_secs_f64()),
+        "offered_per_s": round1(offered),
+        "scheduled": scheduled,
+        "sent": shared.sent.load(Ordering::Relaxed),
+        // Due but never sent: the run hit its hard stop (the system fell far behind).
+        "not_sent": scheduled.map(|s| s.saturating_sub(new_sent)),
+        "accepted": accepted_total,
+        "accepted_per_s": round1(accepted_per_s),
+        "outcomes": outcomes,
+        "latency": latency(&stats),
+        "errors_sample": stats.errors,
+        "cpu": cpu,
+    }))
+}
 
-    // A fresh connection if ours died during the run (PostgreSQL restarted under us).
-    let ledger = match (ledger, &spec.database_url) {
-        (Some(c), Some(url)) if c.is_closed() => db::connect(url).await.ok(),
-        (c, _) => c,
-    };
-    if let Some(client) = &ledger {
-        // Wait for the workers to apply what was accepted, then read the run's rows.
-        let deadline = Instant::now() + spec.drain_timeout;
-        let mut applied = db::applied_since(client, started_wall).await?;
-        while (applied.0 as u64) < accepted_total && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            applied = db::applied_since(client, started_wall).await?;
+/// Latency summaries per kind sent, and over all of them.
+fn latency(stats: &Stats) -> Map<String, Value> {
+    let mut latency = Map::new();
+    let mut all = Latency::new();
+    for (i, k) in KINDS.iter().enumerate() {
+        if stats.total[i].count() > 0 {
+            latency.insert(k.as_str().into(), stats.total[i].summary());
+            all.add(&stats.total[i]);
         }
-        let (count, _first, last) = applied;
-        let run_end = started_wall
-            + chrono::Duration::from_std(spec.duration)
-                .unwrap_or_else(|_| chrono::Duration::zero());
-        let in_window = db::applied_between(client, started_wall, run_end).await?;
-        let applied_per_s = in_window as f64 / nominal;
-        let drained_after = last.map(|l| (l - ended_wall).num_milliseconds() as f64 / 1000.0);
-        result["applied"] = json!({
-            "count": count,
-            "complete": count as u64 >= accepted_total,
-            "in_window": in_window,
-            "in_window_per_s": round1(applied_per_s),
-            "last_applied_after_run_s": drained_after.map(|d| round1(d.max(0.0))),
-        });
-        result["sustainable_per_s"] = json!(round1(accepted_per_s.min(applied_per_s)));
-        result["e2e_lag"] = db::lag_since(client, started_wall).await?;
-        result["batches"] = db::batches_since(client, started_wall).await?;
     }
-    if !stack.is_empty() {
-        result["rss"] = rss.json();
+    latency.insert("all".into(), all.summary());
+    latency
+}
+
+/// Counts per kind and outcome, and how many the system took (200, 201, 402).
+fn outcomes(stats: &Stats) -> (Map<String, Value>, u64) {
+    let mut outcomes = Map::new();
+    let mut accepted_total = 0u64;
+    for ((k, label), n) in &stats.outcomes {
+        let entry = outcomes
+            .entry(KINDS[*k].as_str().to_string())
+            .or_insert_with(|| json!({}));
+        entry[label.as_str()] = json!(n);
+        if label.starts_with("200") || label.starts_with("201") || label.starts_with("402") {
+            accepted_total += n;
+        }
     }
-    if spec.progress {
-        print_summary(&result);
+    (outcomes, accepted_total)
+}
+
+/// The result as the ledger saw it: waits for the workers to apply what was accepted, then
+/// reads the run's rows (applied in the window, lag, batches) into `result`.
+async fn applied_result(
+    spec: &LoadSpec,
+    client: &tokio_postgres::Client,
+    started_wall: DateTime<Utc>,
+    ended_wall: DateTime<Utc>,
+    result: &mut Value,
+) -> Result<()> {
+    let accepted_total = result["accepted"].as_u64().unwrap_or(0);
+    let nominal = spec.duration.as_secs_f64();
+    let accepted_per_s = accepted_total as f64 / nominal;
+    let deadline = Instant::now() + spec.drain_timeout;
+    let mut applied = db::applied_since(client, started_wall).await?;
+    while (applied.0 as u64) < accepted_total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        applied = db::applied_since(client, started_wall).await?;
     }
-    Ok(result)
+    let (count, _first, last) = applied;
+    let run_end = started_wall
+        + chrono::Duration::from_std(spec.duration).unwrap_or_else(|_| chrono::Duration::zero());
+    let in_window = db::applied_between(client, started_wall, run_end).await?;
+    let applied_per_s = in_window as f64 / nominal;
+    let drained_after = last.map(|l| (l - ended_wall).num_milliseconds() as f64 / 1000.0);
+    result["applied"] = json!({
+        "count": count,
+        "complete": count as u64 >= accepted_total,
+        "in_window": in_window,
+        "in_window_per_s": round1(applied_per_s),
+        "last_applied_after_run_s": drained_after.map(|d| round1(d.max(0.0))),
+    });
+    result["sustainable_per_s"] = json!(round1(accepted_per_s.min(applied_per_s)));
+    result["e2e_lag"] = db::lag_since(client, started_wall).await?;
+    result["batches"] = db::batches_since(client, started_wall).await?;
+    Ok(())
 }
 
 /// A few lines summing up a load result.

@@ -27,7 +27,7 @@ use tally_settings::{DatabaseSettings, Secret};
 
 use crate::db;
 use crate::stats::round1;
-use tally_tools::rng::Rng;
+use tally_testkit::rng::Rng;
 
 /// What to seed.
 pub struct SeedSpec {
@@ -69,15 +69,7 @@ fn pg_time(t: DateTime<Utc>, out: &mut String) {
 
 /// Seeds the database; returns the figures as JSON.
 pub async fn run(spec: SeedSpec) -> Result<Value> {
-    if spec.transactions == 0 || spec.accounts == 0 {
-        bail!("--transactions and --accounts must be positive");
-    }
-    if spec.from > spec.to {
-        bail!("--from must not be after --to");
-    }
-    if !(0.0..1.0).contains(&spec.withdraw_share) {
-        bail!("--withdraw-share must be in [0, 1)");
-    }
+    check(&spec)?;
     let pool = tally_store::connect(&DatabaseSettings {
         url: Secret::new(spec.database_url.clone()),
         pool_size: 4,
@@ -87,6 +79,67 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         .get()
         .await
         .with_context(|| format!("connecting to {}", db::redact(&spec.database_url)))?;
+    let shards = prepare(&pool, &client, &spec).await?;
+    let bar = progress_bar(spec.transactions, spec.progress);
+    let started = Instant::now();
+    let tx = client.transaction().await?;
+    let mut rows = Rows::new(&spec, shards);
+    let copied = copy_transactions(&tx, &mut rows, &bar).await?;
+    let touched = copy_accounts(&tx, &rows.accounts).await?;
+    tx.commit().await?;
+    let load_s = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // Fresh statistics, so the first queries over the rows are planned for their real size.
+    let analyze = Instant::now();
+    client
+        .batch_execute("ANALYZE transactions, accounts")
+        .await?;
+    let analyze_s = analyze.elapsed().as_secs_f64();
+    let withdraws = rows.withdraws;
+    if spec.progress {
+        eprintln!(
+            "seeded {copied} transactions ({withdraws} withdraws) over {touched} accounts in {load_s:.1}s \
+             ({:.0} rows/s), ANALYZE {analyze_s:.1}s",
+            copied as f64 / load_s.max(1e-3)
+        );
+    }
+    Ok(json!({
+        "kind": "seed",
+        "transactions": copied,
+        "withdraws": withdraws,
+        "accounts": touched,
+        "shards": shards,
+        "from": spec.from.to_string(),
+        "to": spec.to.to_string(),
+        "seed": spec.seed,
+        "load_s": round1(load_s),
+        "analyze_s": round1(analyze_s),
+        "total_s": round1(started.elapsed().as_secs_f64()),
+        "rows_per_s": round1(copied as f64 / load_s.max(1e-3)),
+    }))
+}
+
+fn check(spec: &SeedSpec) -> Result<()> {
+    if spec.transactions == 0 || spec.accounts == 0 {
+        bail!("--transactions and --accounts must be positive");
+    }
+    if spec.from > spec.to {
+        bail!("--from must not be after --to");
+    }
+    if !(0.0..1.0).contains(&spec.withdraw_share) {
+        bail!("--withdraw-share must be in [0, 1)");
+    }
+    Ok(())
+}
+
+/// Refuses a ledger that is not empty; returns the shard count to stamp rows with (the
+/// recorded one, or the spec's, then recorded).
+async fn prepare(
+    pool: &tally_store::Pool,
+    client: &tokio_postgres::Client,
+    spec: &SeedSpec,
+) -> Result<u16> {
     let used: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM transactions) OR EXISTS (SELECT 1 FROM accounts)",
@@ -105,43 +158,56 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         )
         .await?
         .map(|r| r.get(0));
-    let shards: u16 = match recorded {
-        Some(k) => k.parse().context("recorded shard_count")?,
+    match recorded {
+        Some(k) => k.parse().context("recorded shard_count"),
         None => {
-            tally_store::meta::ensure_shard_count(&pool, spec.shards)
+            tally_store::meta::ensure_shard_count(pool, spec.shards)
                 .await
                 .context("recording the shard count")?;
-            spec.shards
+            Ok(spec.shards)
         }
-    };
+    }
+}
 
-    let start = spec.from.and_time(NaiveTime::MIN).and_utc();
-    let span_us = ((spec.to - spec.from).num_days() + 1) * 86_400_000_000;
-    let n = spec.transactions;
-    let bar = progress_bar(n, spec.progress);
-    let started = Instant::now();
+/// The generator of the transaction rows, and the accounts they leave behind.
+struct Rows {
+    rng: Rng,
+    accounts: Vec<AccountRow>,
+    withdraws: u64,
+    seed: u64,
+    shards: u16,
+    withdraw_share: f64,
+    start: DateTime<Utc>,
+    span_us: i64,
+    n: u64,
+}
 
-    let tx = client.transaction().await?;
-    let sink = tx
-        .copy_in(
-            "COPY transactions (id, account_id, kind, amount, status, fingerprint, seq, \
-             balance_after, occurred_at, accepted_at, applied_at, shard) FROM STDIN",
-        )
-        .await?;
-    futures_util::pin_mut!(sink);
-    let mut rng = Rng::new(spec.seed);
-    let mut accounts = vec![AccountRow::default(); spec.accounts as usize];
-    let mut buf = String::with_capacity(CHUNK + 1024);
-    let mut time = String::with_capacity(32);
-    let mut withdraws = 0u64;
-    for i in 0..n {
-        let k = rng.range(0, spec.accounts - 1);
+impl Rows {
+    fn new(spec: &SeedSpec, shards: u16) -> Self {
+        Self {
+            rng: Rng::new(spec.seed),
+            accounts: vec![AccountRow::default(); spec.accounts as usize],
+            withdraws: 0,
+            seed: spec.seed,
+            shards,
+            withdraw_share: spec.withdraw_share,
+            start: spec.from.and_time(NaiveTime::MIN).and_utc(),
+            span_us: ((spec.to - spec.from).num_days() + 1) * 86_400_000_000,
+            n: spec.transactions,
+        }
+    }
+
+    /// Draws transaction `i` and appends its COPY line to `buf` (`time` is scratch space).
+    fn write(&mut self, i: u64, buf: &mut String, time: &mut String) {
+        let last = self.accounts.len() as u64 - 1;
+        let k = self.rng.range(0, last);
         let account = account_id(k);
-        let amount = Decimal::new(rng.range(100, 50_000) as i64, 2);
-        let row = &mut accounts[k as usize];
-        let kind = if rng.next_f64() < spec.withdraw_share && row.balance >= amount {
+        let amount = Decimal::new(self.rng.range(100, 50_000) as i64, 2);
+        let withdraw = self.rng.next_f64() < self.withdraw_share;
+        let row = &mut self.accounts[k as usize];
+        let kind = if withdraw && row.balance >= amount {
             row.balance -= amount;
-            withdraws += 1;
+            self.withdraws += 1;
             Kind::Withdraw
         } else {
             row.balance += amount;
@@ -149,13 +215,13 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         };
         row.version += 1;
         // Even spread, in order: i * span / n microseconds after the start (i128: no overflow).
-        let at = start
+        let at = self.start
             + ChronoDuration::microseconds(
-                (i128::from(i) * i128::from(span_us) / i128::from(n)) as i64,
+                (i128::from(i) * i128::from(self.span_us) / i128::from(self.n)) as i64,
             );
         row.first.get_or_insert(at);
         row.last = Some(at);
-        let id = format!("seed{}-{i:010}", spec.seed);
+        let id = format!("seed{}-{i:010}", self.seed);
         let fingerprint = NewTransaction {
             id: id.clone(),
             kind,
@@ -168,15 +234,35 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         }
         .fingerprint();
         time.clear();
-        pg_time(at, &mut time);
+        pg_time(at, time);
         let _ = writeln!(
             buf,
             "{id}\t{account}\t{}\t{amount}\tapplied\t{fingerprint}\t{}\t{}\t{time}\t{time}\t{time}\t{}",
             kind.as_str(),
             row.version,
             row.balance,
-            tally_core::shard_of(&account, shards),
+            tally_core::shard_of(&account, self.shards),
         );
+    }
+}
+
+/// COPYs every transaction row, `CHUNK` bytes at a time; returns the rows copied.
+async fn copy_transactions(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &mut Rows,
+    bar: &ProgressBar,
+) -> Result<u64> {
+    let sink = tx
+        .copy_in(
+            "COPY transactions (id, account_id, kind, amount, status, fingerprint, seq, \
+             balance_after, occurred_at, accepted_at, applied_at, shard) FROM STDIN",
+        )
+        .await?;
+    futures_util::pin_mut!(sink);
+    let mut buf = String::with_capacity(CHUNK + 1024);
+    let mut time = String::with_capacity(32);
+    for i in 0..rows.n {
+        rows.write(i, &mut buf, &mut time);
         if buf.len() >= CHUNK {
             sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
             buf.reserve(CHUNK + 1024);
@@ -184,15 +270,23 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         }
     }
     if !buf.is_empty() {
-        sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
+        sink.send(Bytes::from(buf)).await?;
     }
     let copied = sink.finish().await?;
-    bar.set_position(n);
+    bar.set_position(rows.n);
+    Ok(copied)
+}
 
+/// COPYs the account rows the transactions touched; returns how many.
+async fn copy_accounts(
+    tx: &tokio_postgres::Transaction<'_>,
+    accounts: &[AccountRow],
+) -> Result<u64> {
     let sink = tx
         .copy_in("COPY accounts (id, balance, held, version, created_at, updated_at) FROM STDIN")
         .await?;
     futures_util::pin_mut!(sink);
+    let mut buf = String::with_capacity(CHUNK + 1024);
     let mut touched = 0u64;
     for (k, a) in accounts.iter().enumerate() {
         let (Some(first), Some(last)) = (a.first, a.last) else {
@@ -215,42 +309,10 @@ pub async fn run(spec: SeedSpec) -> Result<Value> {
         }
     }
     if !buf.is_empty() {
-        sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
+        sink.send(Bytes::from(buf)).await?;
     }
     sink.finish().await?;
-    tx.commit().await?;
-    let load_s = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-
-    // Fresh statistics, so the first queries over the rows are planned for their real size.
-    let analyze = Instant::now();
-    client
-        .batch_execute("ANALYZE transactions, accounts")
-        .await?;
-    let analyze_s = analyze.elapsed().as_secs_f64();
-    let total = started.elapsed().as_secs_f64();
-    let result = json!({
-        "kind": "seed",
-        "transactions": copied,
-        "withdraws": withdraws,
-        "accounts": touched,
-        "shards": shards,
-        "from": spec.from.to_string(),
-        "to": spec.to.to_string(),
-        "seed": spec.seed,
-        "load_s": round1(load_s),
-        "analyze_s": round1(analyze_s),
-        "total_s": round1(total),
-        "rows_per_s": round1(copied as f64 / load_s.max(1e-3)),
-    });
-    if spec.progress {
-        eprintln!(
-            "seeded {copied} transactions ({withdraws} withdraws) over {touched} accounts in {load_s:.1}s \
-             ({:.0} rows/s), ANALYZE {analyze_s:.1}s",
-            copied as f64 / load_s.max(1e-3)
-        );
-    }
-    Ok(result)
+    Ok(touched)
 }
 
 fn progress_bar(len: u64, visible: bool) -> ProgressBar {

@@ -24,6 +24,7 @@ use crate::procs;
 use crate::seed::{self, SeedSpec};
 use crate::stats::round1;
 use crate::{bus, db};
+use tally_testkit::database;
 
 pub struct SettleSpec {
     pub label: String,
@@ -54,7 +55,7 @@ pub async fn run(spec: SettleSpec) -> Result<Value> {
     if spec.days == 0 {
         bail!("--days must be positive");
     }
-    let db_url = db::with_db_name(&spec.admin_database_url, &spec.database);
+    let db_url = database::with_name(&spec.admin_database_url, &spec.database);
     let env = db::worker_env(&db_url, &spec.broker_url, &spec.prefix, spec.shards);
     std::fs::create_dir_all(&spec.log_dir)?;
 
@@ -122,7 +123,61 @@ async fn measure(spec: &SettleSpec, db_url: &str, worker: &mut Child) -> Result<
         pool_size: 2,
         timeout_ms: 30_000,
     })?;
-    // Wait until the worker holds its shard leases: it is up and polling for jobs.
+    wait_for_leases(&pool, worker, spec.shards).await?;
+    let base_hwm = procs::rss(pid).map_or(0, |r| r.hwm_kb);
+
+    let today = Utc::now().date_naive();
+    let job = settlement::create(&pool, today - Days::new(spec.days), today - Days::new(1)).await?;
+    let (done, peak_kb) = wait_for_job(spec, &pool, worker, &job, base_hwm).await?;
+    let secs = |a: chrono::DateTime<Utc>, b: chrono::DateTime<Utc>| {
+        (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6
+    };
+    let finished = done.finished_at.context("finished_at")?;
+    let wall = secs(done.created_at, finished);
+    let running = done.started_at.map(|s| secs(s, finished));
+
+    let rows: i64 = pool
+        .get()
+        .await?
+        .query_one("SELECT count(*) FROM settlements", &[])
+        .await?
+        .get(0);
+    let csv = Instant::now();
+    let csv_bytes = csv_size(&pool, &done).await?;
+    let csv_s = csv.elapsed().as_secs_f64();
+
+    if spec.progress {
+        eprintln!(
+            "  settlement of {} days: {wall:.2}s from creation ({:.2}s running), worker peak RSS {:.1} MB, \
+             {rows} settlement rows, CSV {:.1} MB in {csv_s:.1}s",
+            spec.days,
+            running.unwrap_or(0.0),
+            peak_kb as f64 / 1024.0,
+            csv_bytes as f64 / 1e6
+        );
+    }
+    Ok(json!({
+        "kind": "settlement",
+        "label": spec.label,
+        "transactions": spec.transactions,
+        "accounts": spec.accounts,
+        "days": spec.days,
+        "wall_s": (wall * 1000.0).round() / 1000.0,
+        "running_s": running.map(|r| (r * 1000.0).round() / 1000.0),
+        "worker_peak_rss_mb": round1(peak_kb as f64 / 1024.0),
+        "worker_idle_rss_mb": round1(base_hwm as f64 / 1024.0),
+        "settlement_rows": rows,
+        "csv_bytes": csv_bytes,
+        "csv_s": round1(csv_s),
+        "targets": {
+            "wall_le_10s": wall <= 10.0,
+            "peak_rss_le_100mb": peak_kb <= 100 * 1024,
+        },
+    }))
+}
+
+/// Waits until the worker holds all `shards` leases: it is up and polling for jobs.
+async fn wait_for_leases(pool: &tally_store::Pool, worker: &mut Child, shards: u16) -> Result<()> {
     let up = Instant::now();
     loop {
         if let Some(status) = worker.try_wait()? {
@@ -137,31 +192,42 @@ async fn measure(spec: &SettleSpec, db_url: &str, worker: &mut Child) -> Result<
             )
             .await?
             .get(0);
-        if owned >= i64::from(spec.shards) {
-            break;
+        if owned >= i64::from(shards) {
+            return Ok(());
         }
         if up.elapsed() > Duration::from_secs(60) {
             bail!("the worker took no shard lease within 60 s; see its log");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let base_hwm = procs::rss(pid).map_or(0, |r| r.hwm_kb);
+}
 
-    let today = Utc::now().date_naive();
-    let job = settlement::create(&pool, today - Days::new(spec.days), today - Days::new(1)).await?;
+/// Polls the job until it is final, sampling the worker's peak RSS (from `base_hwm` KB);
+/// returns the completed job and the peak. A job that did not complete is an error.
+async fn wait_for_job(
+    spec: &SettleSpec,
+    pool: &tally_store::Pool,
+    worker: &mut Child,
+    job: &settlement::Job,
+    base_hwm: u64,
+) -> Result<(settlement::Job, u64)> {
+    let pid = worker.id().context("worker pid")?;
     let created = Instant::now();
     let mut last_print = Instant::now();
     let mut peak_kb = base_hwm;
-    let done = loop {
+    loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(r) = procs::rss(pid) {
             peak_kb = peak_kb.max(r.hwm_kb);
         }
-        let Some(j) = settlement::get(&pool, job.id).await? else {
+        let Some(j) = settlement::get(pool, job.id).await? else {
             bail!("job {} vanished", job.id);
         };
         if j.status.is_final() {
-            break j;
+            if j.status != JobStatus::Completed {
+                bail!("job ended {}: {:?}", j.status.as_str(), j.error);
+            }
+            return Ok((j, peak_kb));
         }
         if spec.progress && last_print.elapsed() >= Duration::from_secs(1) {
             eprintln!(
@@ -179,61 +245,18 @@ async fn measure(spec: &SettleSpec, db_url: &str, worker: &mut Child) -> Result<
         if let Some(status) = worker.try_wait()? {
             bail!("the worker exited during the job ({status})");
         }
-    };
-    if done.status != JobStatus::Completed {
-        bail!("job ended {}: {:?}", done.status.as_str(), done.error);
     }
-    let secs = |a: chrono::DateTime<Utc>, b: chrono::DateTime<Utc>| {
-        (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6
-    };
-    let finished = done.finished_at.context("finished_at")?;
-    let wall = secs(done.created_at, finished);
-    let running = done.started_at.map(|s| secs(s, finished));
+}
 
-    let client = pool.get().await?;
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM settlements", &[])
-        .await?
-        .get(0);
-    drop(client);
-    let csv = Instant::now();
-    let (_conn, stream) = settlement::csv(&pool, &done).await?;
+/// Bytes of the job's CSV export, streamed to the end.
+async fn csv_size(pool: &tally_store::Pool, job: &settlement::Job) -> Result<u64> {
+    let (_conn, stream) = settlement::csv(pool, job).await?;
     futures_util::pin_mut!(stream);
-    let mut csv_bytes = 0u64;
+    let mut bytes = 0u64;
     while let Some(chunk) = stream.next().await {
-        csv_bytes += chunk?.len() as u64;
+        bytes += chunk?.len() as u64;
     }
-    let csv_s = csv.elapsed().as_secs_f64();
-
-    let result = json!({
-        "kind": "settlement",
-        "label": spec.label,
-        "transactions": spec.transactions,
-        "accounts": spec.accounts,
-        "days": spec.days,
-        "wall_s": (wall * 1000.0).round() / 1000.0,
-        "running_s": running.map(|r| (r * 1000.0).round() / 1000.0),
-        "worker_peak_rss_mb": round1(peak_kb as f64 / 1024.0),
-        "worker_idle_rss_mb": round1(base_hwm as f64 / 1024.0),
-        "settlement_rows": rows,
-        "csv_bytes": csv_bytes,
-        "csv_s": round1(csv_s),
-        "targets": {
-            "wall_le_10s": wall <= 10.0,
-            "peak_rss_le_100mb": peak_kb <= 100 * 1024,
-        },
-    });
-    if spec.progress {
-        eprintln!(
-            "  settlement of {} days: {wall:.2}s from creation ({:.2}s running), worker peak RSS {:.1} MB, \
-             {rows} settlement rows, CSV {:.1} MB in {csv_s:.1}s",
-            spec.days,
-            running.unwrap_or(0.0),
-            peak_kb as f64 / 1024.0,
-            csv_bytes as f64 / 1e6
-        );
-    }
-    Ok(result)
+    Ok(bytes)
 }
 
 /// SIGTERM (graceful), then SIGKILL after 10 s.

@@ -3,17 +3,16 @@
 //! that capture approved ones), which amount, and how they look on each path — a JSON body for
 //! the API, an [`Envelope`] for the shard queues, plain values for the one-commit baseline.
 
-use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use tally_core::command::NewTransaction;
 use tally_core::{Envelope, Kind};
 
-use tally_tools::rng::{Rng, Zipf};
+use tally_testkit::rng::{Rng, Zipf};
 
-/// Which transfers a run sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which transfers a run sends (`--workload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     /// Deposits over N accounts, Zipf-distributed.
     Deposits,
@@ -25,15 +24,6 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "deposits" => Self::Deposits,
-            "hot" => Self::Hot,
-            "mixed" => Self::Mixed,
-            _ => bail!("unknown workload {s:?} (deposits, hot, mixed)"),
-        })
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Deposits => "deposits",

@@ -4,10 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is its failure message
 
-#[allow(dead_code)] // the harness serves many test files; this one needs its databases only
-#[path = "../../tally-api/tests/api/helpers.rs"]
-mod helpers;
-
 use tally_settings::{DatabaseSettings, Secret};
 
 fn seed(url: &str) -> std::process::Output {
@@ -34,7 +30,7 @@ fn seed(url: &str) -> std::process::Output {
 
 #[tokio::test]
 async fn seeded_ledger_passes_the_auditor_and_reads_like_real_history() {
-    let db = helpers::fresh_database().await;
+    let db = tally_testkit::fresh_database().await;
     let out = seed(&db.url);
     assert!(
         out.status.success(),

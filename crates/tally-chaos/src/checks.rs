@@ -41,11 +41,10 @@ pub struct Model {
     pub poisons: Vec<String>,
 }
 
-/// Failures found (empty = the seed passed) and notes worth printing.
+/// Failures found (empty = the seed passed).
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub failures: Vec<String>,
-    pub notes: Vec<String>,
 }
 
 impl Verdict {
@@ -126,24 +125,7 @@ pub async fn settle(
 pub async fn workers_own_shards(cluster: &Cluster, timeout: Duration, v: &mut Verdict) {
     let deadline = Instant::now() + timeout;
     loop {
-        let owners: Vec<String> = match pg_connect(&cluster.db_url).await {
-            Ok(db) => match db
-                .query(
-                    "SELECT owner FROM shard_leases WHERE owner IS NOT NULL AND expires_at > now()",
-                    &[],
-                )
-                .await
-            {
-                Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                    v.notes
-                        .push("no shard_leases table: worker shares not checked".into());
-                    return;
-                }
-                Err(_) => Vec::new(),
-            },
-            Err(_) => Vec::new(),
-        };
+        let owners = lease_owners(&cluster.db_url).await.unwrap_or_default();
         let idle: Vec<String> = cluster
             .workers
             .iter()
@@ -163,6 +145,18 @@ pub async fn workers_own_shards(cluster: &Cluster, timeout: Duration, v: &mut Ve
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Owners of the shard leases not yet expired.
+async fn lease_owners(db_url: &str) -> Result<Vec<String>> {
+    let rows = pg_connect(db_url)
+        .await?
+        .query(
+            "SELECT owner FROM shard_leases WHERE owner IS NOT NULL AND expires_at > now()",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// None when settled, else what is still pending.
@@ -344,8 +338,8 @@ pub async fn verify(
         "GET /transactions/{id} disagrees with the table",
         transaction_reads_differ(http, model, &ledger).await,
     );
-    auditor(http, &db, v).await?;
-    dead_letters(http, &db, model, v).await?;
+    auditor(http, v).await?;
+    dead_letters(http, model, v).await?;
     Ok(())
 }
 
@@ -456,59 +450,32 @@ async fn transaction_reads_differ(http: &Http, model: &Model, ledger: &Ledger) -
     reads
 }
 
-/// The server's own conservation auditor must pass; SQL stand-in while the route is missing.
-async fn auditor(http: &Http, db: &tokio_postgres::Client, v: &mut Verdict) -> Result<()> {
-    match http.get_json("/debug/conservation").await? {
-        (200, body) if body["pass"] == Value::Bool(true) => {}
-        (404, _) => {
-            v.notes
-                .push("GET /debug/conservation missing: invariants checked with SQL".into());
-            let broken: i64 = db
-                .query_one(
-                    "SELECT count(*) FROM accounts a \
-                     LEFT JOIN (SELECT account_id, sum(CASE kind WHEN 'deposit' THEN amount ELSE -amount END) AS net \
-                                FROM transactions WHERE status = 'applied' GROUP BY account_id) t ON t.account_id = a.id \
-                     LEFT JOIN (SELECT account_id, sum(amount) AS open FROM holds WHERE status = 'open' GROUP BY account_id) h \
-                            ON h.account_id = a.id \
-                     WHERE a.balance <> COALESCE(t.net, 0) OR a.held <> COALESCE(h.open, 0)",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if broken > 0 {
-                v.fail(format!(
-                    "{broken} accounts break conservation (SQL stand-in for the auditor)"
-                ));
-            }
-        }
-        (status, body) => {
-            let failed: Vec<String> = body["checks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|c| c["pass"] != Value::Bool(true))
-                .map(|c| format!("{} {}", c["name"], c["offending"]))
-                .collect();
-            v.fail(format!(
-                "auditor: /debug/conservation answered {status}: {}",
-                if failed.is_empty() {
-                    body.to_string()
-                } else {
-                    failed.join("; ")
-                }
-            ));
-        }
+/// The server's own conservation auditor must pass.
+async fn auditor(http: &Http, v: &mut Verdict) -> Result<()> {
+    let (status, body) = http.get_json("/debug/conservation").await?;
+    if status == 200 && body["pass"] == Value::Bool(true) {
+        return Ok(());
     }
+    let failed: Vec<String> = body["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["pass"] != Value::Bool(true))
+        .map(|c| format!("{} {}", c["name"], c["offending"]))
+        .collect();
+    v.fail(format!(
+        "auditor: /debug/conservation answered {status}: {}",
+        if failed.is_empty() {
+            body.to_string()
+        } else {
+            failed.join("; ")
+        }
+    ));
     Ok(())
 }
 
-/// Each poison message archived exactly once, through the route when it exists.
-async fn dead_letters(
-    http: &Http,
-    db: &tokio_postgres::Client,
-    model: &Model,
-    v: &mut Verdict,
-) -> Result<()> {
+/// Each poison message archived exactly once, as `/debug/dead-letters` lists them.
+async fn dead_letters(http: &Http, model: &Model, v: &mut Verdict) -> Result<()> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut total = 0;
     match http.get_json("/debug/dead-letters?limit=1000").await? {
@@ -517,16 +484,6 @@ async fn dead_letters(
             for l in letters {
                 if let Some(id) = l["messageId"].as_str() {
                     *seen.entry(id.to_string()).or_default() += 1;
-                }
-            }
-        }
-        (404, _) => {
-            v.notes
-                .push("GET /debug/dead-letters missing: dead letters read with SQL".into());
-            for r in db.query("SELECT message_id FROM dead_letters", &[]).await? {
-                total += 1;
-                if let Some(id) = r.get::<_, Option<String>>(0) {
-                    *seen.entry(id).or_default() += 1;
                 }
             }
         }

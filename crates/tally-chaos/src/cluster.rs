@@ -16,7 +16,7 @@ use std::time::Duration;
 use tally_bus::lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use tally_bus::lapin::types::FieldTable;
 use tally_bus::Topology;
-use tally_tools::nginx;
+use tally_testkit::{database, nginx, queues};
 use tokio::time::Instant;
 
 /// Lease TTL of the workers (`worker.lease_ttl_ms`, set explicitly so the faults that depend
@@ -59,15 +59,6 @@ pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
     .context("PostgreSQL connect timed out")??;
     tokio::spawn(conn);
     Ok(client)
-}
-
-/// `admin_url` with its database replaced by `name`.
-fn database_url(admin_url: &str, name: &str) -> Result<String> {
-    let slash = admin_url
-        .rfind('/')
-        .filter(|&i| i > "postgres://".len())
-        .context("the admin database URL has no database path")?;
-    Ok(format!("{}/{name}", &admin_url[..slash]))
 }
 
 /// A free TCP port on loopback. Released before use: a tiny race, acceptable on a test box.
@@ -333,12 +324,80 @@ pub struct Cluster {
     pub t0: Instant,
 }
 
+/// The environment every process of a seed gets: its database and prefix, and the time
+/// bounds the checker relies on.
+fn common_env(cfg: &RunConfig, db_url: &str, prefix: &str) -> Vec<(String, String)> {
+    vec![
+        ("TALLY_PROFILE".to_string(), "local".to_string()),
+        ("TALLY_DATABASE__URL".to_string(), db_url.to_string()),
+        ("TALLY_DATABASE__POOL_SIZE".to_string(), "4".to_string()),
+        ("TALLY_BROKER__URL".to_string(), cfg.amqp_url.clone()),
+        ("TALLY_BROKER__PREFIX".to_string(), prefix.to_string()),
+        (
+            "TALLY_LEDGER__SHARD_COUNT".to_string(),
+            cfg.shard_count.to_string(),
+        ),
+        ("NO_COLOR".to_string(), "1".to_string()),
+        (
+            "TALLY_WORKER__LEASE_TTL_MS".to_string(),
+            LEASE_TTL.as_millis().to_string(),
+        ),
+        (
+            "TALLY_API__PUBLISH_TIMEOUT_MS".to_string(),
+            PUBLISH_TIMEOUT.as_millis().to_string(),
+        ),
+        (
+            "TALLY_API__SETTLE_TIMEOUT_MS".to_string(),
+            SETTLE_TIMEOUT.as_millis().to_string(),
+        ),
+        (
+            "TALLY_LEDGER__REQUEST_DEADLINE_MS".to_string(),
+            REQUEST_DEADLINE.as_millis().to_string(),
+        ),
+        (
+            "TALLY_LEDGER__DECISION_MARGIN_MS".to_string(),
+            DECISION_MARGIN.as_millis().to_string(),
+        ),
+        // Several workers per host: each its own free metrics port.
+        (
+            "TALLY_WORKER__METRICS_ADDR".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+    ]
+}
+
+/// The API replicas of a seed, each on a free port of its own; returns them and their ports.
+fn api_procs(
+    cfg: &RunConfig,
+    common: &[(String, String)],
+    log_dir: &Path,
+) -> Result<(Vec<Proc>, Vec<u16>)> {
+    let mut api_ports = Vec::new();
+    let mut apis = Vec::new();
+    for i in 1..=cfg.api_replicas {
+        let port = free_port()?;
+        let mut env = common.to_vec();
+        env.push(("TALLY_API__HOST".into(), "127.0.0.1".into()));
+        env.push(("TALLY_API__PORT".into(), port.to_string()));
+        env.push(("TALLY_API__THREADS".into(), "2".into()));
+        apis.push(Proc::new(
+            &format!("api-{i}"),
+            cfg.bin_dir.join("tally-api"),
+            &[],
+            env,
+            log_dir,
+        ));
+        api_ports.push(port);
+    }
+    Ok((apis, api_ports))
+}
+
 impl Cluster {
     /// Names everything; starts nothing (so teardown can run after a partial start).
     pub fn new(cfg: &RunConfig, seed: u64) -> Result<Self> {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let db_name = format!("tally_chaos_{seed}_{tag}");
-        let db_url = database_url(&cfg.admin_url, &db_name)?;
+        let db_url = database::with_name(&cfg.admin_url, &db_name);
         let log_dir = cfg.out_dir.join(seed.to_string());
         // A previous run's logs of this seed would only confuse.
         let _ = std::fs::remove_dir_all(&log_dir);
@@ -349,60 +408,8 @@ impl Cluster {
             shard_count: cfg.shard_count,
             delivery_limit: 50,
         };
-        let common = vec![
-            ("TALLY_PROFILE".to_string(), "local".to_string()),
-            ("TALLY_DATABASE__URL".to_string(), db_url.clone()),
-            ("TALLY_DATABASE__POOL_SIZE".to_string(), "4".to_string()),
-            ("TALLY_BROKER__URL".to_string(), cfg.amqp_url.clone()),
-            ("TALLY_BROKER__PREFIX".to_string(), topology.prefix.clone()),
-            (
-                "TALLY_LEDGER__SHARD_COUNT".to_string(),
-                cfg.shard_count.to_string(),
-            ),
-            ("NO_COLOR".to_string(), "1".to_string()),
-            (
-                "TALLY_WORKER__LEASE_TTL_MS".to_string(),
-                LEASE_TTL.as_millis().to_string(),
-            ),
-            (
-                "TALLY_API__PUBLISH_TIMEOUT_MS".to_string(),
-                PUBLISH_TIMEOUT.as_millis().to_string(),
-            ),
-            (
-                "TALLY_API__SETTLE_TIMEOUT_MS".to_string(),
-                SETTLE_TIMEOUT.as_millis().to_string(),
-            ),
-            (
-                "TALLY_LEDGER__REQUEST_DEADLINE_MS".to_string(),
-                REQUEST_DEADLINE.as_millis().to_string(),
-            ),
-            (
-                "TALLY_LEDGER__DECISION_MARGIN_MS".to_string(),
-                DECISION_MARGIN.as_millis().to_string(),
-            ),
-            // Several workers per host: each its own free metrics port.
-            (
-                "TALLY_WORKER__METRICS_ADDR".to_string(),
-                "127.0.0.1:0".to_string(),
-            ),
-        ];
-        let mut api_ports = Vec::new();
-        let mut apis = Vec::new();
-        for i in 1..=cfg.api_replicas {
-            let port = free_port()?;
-            let mut env = common.clone();
-            env.push(("TALLY_API__HOST".into(), "127.0.0.1".into()));
-            env.push(("TALLY_API__PORT".into(), port.to_string()));
-            env.push(("TALLY_API__THREADS".into(), "2".into()));
-            apis.push(Proc::new(
-                &format!("api-{i}"),
-                cfg.bin_dir.join("tally-api"),
-                &[],
-                env,
-                &log_dir,
-            ));
-            api_ports.push(port);
-        }
+        let common = common_env(cfg, &db_url, &topology.prefix);
+        let (apis, api_ports) = api_procs(cfg, &common, &log_dir)?;
         let workers = (1..=cfg.workers)
             .map(|i| {
                 Proc::new(
@@ -628,23 +635,7 @@ impl Cluster {
     async fn delete_topology(&self, cfg: &RunConfig) -> Result<()> {
         let conn = tally_bus::connect(&cfg.amqp_url, "tally-chaos-cleanup", Duration::from_secs(5))
             .await?;
-        let ch = conn.create_channel().await?;
-        for shard in 0..self.topology.shard_count {
-            ch.queue_delete(
-                self.topology.shard_queue(shard).into(),
-                QueueDeleteOptions::default(),
-            )
-            .await?;
-        }
-        ch.queue_delete(
-            self.topology.dead_queue().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await?;
-        for exchange in [self.topology.exchange(), self.topology.dead_exchange()] {
-            ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await?;
-        }
+        queues::delete_topology(&conn, &self.topology).await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(())
     }

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use crate::cluster::{pg_connect, Cluster, RunConfig, LEASE_TTL, PUBLISH_TIMEOUT};
 use crate::host::{self, broker_serving, host, wait_until, Services};
 use crate::model::{Command, Http, Kind, Op, Origin, Policy, Stats, Traffic};
-use tally_tools::rng::Rng;
+use tally_testkit::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FaultKind {

@@ -8,6 +8,7 @@
 //! the test suite (`make test` runs a short chaos run after the tests, not beside them).
 
 mod checks;
+mod cli;
 mod cluster;
 mod faults;
 mod host;
@@ -16,121 +17,27 @@ mod replay;
 mod scoring;
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use checks::{Model, Verdict};
+use cli::Options;
 use cluster::{Cluster, RunConfig};
 use faults::{Ctx, FaultKind};
 use host::Services;
-use model::{Answer, Client, Http, Origin, Stats, Traffic};
+use model::{Answer, Client, ClientLog, Http, Origin, Stats, Traffic};
 use tally_core::Reason;
-use tally_tools::rng::Rng;
-
-const USAGE: &str =
-    "usage: tally-chaos [--seeds A..B | --seeds N] [--seed N]... [--fail-fast] [--no-faults] [--kinds K,K] [--no-wait]
-                   [--clients 8] [--accounts 20] [--bin-dir DIR]
-
-  --seeds A..B   run seeds A to B-1 (--seeds N means 0..N); default 0..5
-  --seed N       run only seed N (repeatable): the replay of a failing seed
-  --fail-fast    stop at the first failing seed (default: run all, then exit non-zero)
-  --no-faults    the same workload and checks without faults (tells harness from system)
-  --kinds K,K    inject only these kinds: kill-worker, kill-api, poison-message,
-                 pause-worker, restart-workers, skew-worker touch only the seed's own
-                 processes; rabbitmq-restart, postgres-restart, pause-rabbitmq stop or
-                 pause the shared services
-  --bin-dir DIR  where tally-api and tally-worker are (default: next to this binary)
-  --no-wait      start seeds even while `cargo nextest`/`cargo test` runs against our
-                 servers (by default each seed waits up to 30 min for such a run: it
-                 restarts the services it uses; runs whose TALLY_TEST_DATABASE_URL and
-                 TALLY_TEST_AMQP_URL both name other servers are not waited for)
-
-Env: TALLY_CHAOS_ADMIN_URL (default postgres://tally:tally@127.0.0.1:5432/tally),
-     TALLY_CHAOS_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
-Logs and a report per seed: target/chaos/<seed>/.";
+use tally_testkit::rng::Rng;
 
 /// Load after the last fault has recovered.
 const AFTER_LAST_FAULT: Duration = Duration::from_secs(2);
-
-struct Options {
-    seeds: Vec<u64>,
-    fail_fast: bool,
-    no_faults: bool,
-    /// The kinds to draw from (all unless `--kinds`).
-    kinds: Vec<FaultKind>,
-    no_wait: bool,
-    clients: u64,
-    accounts: usize,
-    bin_dir: Option<PathBuf>,
-}
-
-fn parse_args() -> Result<Options> {
-    let mut o = Options {
-        seeds: Vec::new(),
-        fail_fast: false,
-        no_faults: false,
-        kinds: faults::ALL.to_vec(),
-        no_wait: false,
-        clients: 8,
-        accounts: 20,
-        bin_dir: None,
-    };
-    let mut args = std::env::args().skip(1);
-    let mut range = None;
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--seeds" => {
-                let v = value()?;
-                let (a, b) = match v.split_once("..") {
-                    Some((a, b)) => (a.parse()?, b.parse()?),
-                    None => (0, v.parse()?),
-                };
-                range = Some(a..b);
-            }
-            "--seed" => o.seeds.push(value()?.parse()?),
-            "--fail-fast" => o.fail_fast = true,
-            "--no-faults" => o.no_faults = true,
-            "--no-wait" => o.no_wait = true,
-            "--kinds" => {
-                let names = value()?;
-                let kinds = names
-                    .split(',')
-                    .map(|n| {
-                        faults::ALL
-                            .into_iter()
-                            .find(|k| k.name() == n.trim())
-                            .with_context(|| format!("unknown fault kind {n:?}\n{USAGE}"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                o.kinds = kinds;
-            }
-            "--clients" => o.clients = value()?.parse()?,
-            "--accounts" => o.accounts = value()?.parse()?,
-            "--bin-dir" => o.bin_dir = Some(value()?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    if o.seeds.is_empty() {
-        o.seeds = range.unwrap_or(0..5).collect();
-    }
-    if o.clients == 0 || o.accounts == 0 {
-        bail!("--clients and --accounts must be at least 1");
-    }
-    Ok(o)
-}
 
 /// One seed's result.
 struct SeedResult {
@@ -145,7 +52,8 @@ struct SeedResult {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let opts = parse_args()?;
+    let opts = Options::parse();
+    let seeds = opts.seeds();
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let bin_dir = match &opts.bin_dir {
         Some(dir) => dir.clone(),
@@ -178,7 +86,9 @@ async fn main() -> Result<()> {
         shard_count: 4,
     };
     let services = Services::detect()?;
-    if !opts.no_faults && opts.kinds.contains(&FaultKind::SkewWorker) && services.faketime.is_none()
+    if !opts.no_faults
+        && opts.kinds().contains(&FaultKind::SkewWorker)
+        && services.faketime.is_none()
     {
         bail!("{}", faults::FAKETIME_MISSING);
     }
@@ -194,13 +104,13 @@ async fn main() -> Result<()> {
     let mut results = Vec::new();
     println!(
         "chaos: {} seed(s) {}, {} clients over {} accounts; logs in {}",
-        opts.seeds.len(),
-        describe_seeds(&opts.seeds),
+        seeds.len(),
+        describe_seeds(&seeds),
         opts.clients,
         opts.accounts,
         cfg.out_dir.display()
     );
-    for &seed in &opts.seeds {
+    for &seed in &seeds {
         let result = run_seed(&cfg, &services, &opts, seed).await;
         let failed = !result.failures.is_empty();
         results.push(result);
@@ -276,9 +186,6 @@ async fn run_seed(cfg: &RunConfig, services: &Services, opts: &Options, seed: u6
         "seed {seed:>3} {status} {:>5.1}s  {summary_line}",
         t.elapsed().as_secs_f64()
     );
-    for note in &verdict.notes {
-        println!("         note: {note}");
-    }
     for f in &verdict.failures {
         println!("         FAILED: {f}");
     }
@@ -315,11 +222,15 @@ async fn drive(
         .context("starting the installation")?;
     let seed = cluster.seed;
     let load = Rng::stream(seed, 0).millis(10_000, 15_000);
-    let kinds: &[FaultKind] = if opts.no_faults { &[] } else { &opts.kinds };
+    let kinds = if opts.no_faults {
+        Vec::new()
+    } else {
+        opts.kinds()
+    };
     let plan = faults::plan(
         seed,
         load,
-        kinds,
+        &kinds,
         cfg.api_replicas,
         cfg.workers,
         cfg.shard_count,
@@ -334,10 +245,47 @@ async fn drive(
         Duration::from_secs(90),
         load_start,
     )?);
+    let traffic = Arc::new(Traffic::default());
+    let clients = spawn_clients(seed, opts, &http, &traffic);
+    let ctx = Ctx {
+        cfg,
+        services,
+        http: &http,
+        traffic: &traffic,
+    };
+    let mut outcome = faults::inject(cluster, &ctx, &plan, load_start).await;
+    // Load goes on for the planned time and at least a little after the last fault recovered,
+    // so every fault happens under load and recovery is seen by fresh traffic.
+    tokio::time::sleep_until((load_start + load).max(Instant::now() + AFTER_LAST_FAULT)).await;
+    traffic.stop.store(true, Ordering::Relaxed);
+    let faults = describe_faults(&outcome.injected, injected, lines);
+    verdict
+        .failures
+        .extend(std::mem::take(&mut outcome.problems));
+    let (model, stats) = collect(outcome, clients).await?;
+    let load_took = load_start.elapsed();
+
+    check(cluster, cfg, &http, &model, &stats, verdict, lines).await?;
+    let settled = load_start.elapsed();
+    Ok(format!(
+        "load {:.1}s (+{:.1}s to settle)  faults: {}  {}",
+        load_took.as_secs_f64(),
+        (settled - load_took).as_secs_f64(),
+        faults,
+        describe_answers(&model, &stats)
+    ))
+}
+
+/// The seed's clients, each on its own stream of the seed's random numbers.
+fn spawn_clients(
+    seed: u64,
+    opts: &Options,
+    http: &Arc<Http>,
+    traffic: &Arc<Traffic>,
+) -> Vec<JoinHandle<ClientLog>> {
     let accounts: Arc<Vec<String>> =
         Arc::new((0..opts.accounts).map(|i| format!("acct-{i}")).collect());
-    let traffic = Arc::new(Traffic::default());
-    let clients: Vec<_> = (0..opts.clients)
+    (0..opts.clients)
         .map(|number| {
             tokio::spawn(
                 Client {
@@ -351,18 +299,15 @@ async fn drive(
                 .run(),
             )
         })
-        .collect();
-    let ctx = Ctx {
-        cfg,
-        services,
-        http: &http,
-        traffic: &traffic,
-    };
-    let outcome = faults::inject(cluster, &ctx, &plan, load_start).await;
-    // Load goes on for the planned time and at least a little after the last fault recovered,
-    // so every fault happens under load and recovery is seen by fresh traffic.
-    tokio::time::sleep_until((load_start + load).max(Instant::now() + AFTER_LAST_FAULT)).await;
-    traffic.stop.store(true, Ordering::Relaxed);
+        .collect()
+}
+
+/// Every operation and attempt of the load: the fault injector's canaries and poisons, then
+/// each client's log.
+async fn collect(
+    outcome: faults::Outcome,
+    clients: Vec<JoinHandle<ClientLog>>,
+) -> Result<(Model, Stats)> {
     let mut model = Model {
         ops: outcome.canaries,
         poisons: outcome.poisons,
@@ -374,9 +319,17 @@ async fn drive(
         model.ops.extend(log.ops);
         stats.absorb(log.stats);
     }
-    let load_took = load_start.elapsed();
-    verdict.failures.extend(outcome.problems);
-    for i in &outcome.injected {
+    Ok((model, stats))
+}
+
+/// A report line per injected fault, each fault's kind and whether it went as planned (into
+/// `injected`); returns the faults in one line (`kind@start`).
+fn describe_faults(
+    done: &[faults::Injected],
+    injected: &mut Vec<(FaultKind, bool)>,
+    lines: &mut Vec<String>,
+) -> String {
+    for i in done {
         injected.push((i.fault.kind, !i.note.starts_with("FAILED")));
         lines.push(format!(
             "+{:>5.1}s {:<17} {:.1}s  {}",
@@ -386,15 +339,29 @@ async fn drive(
             i.note
         ));
     }
+    let faults: Vec<String> = done
+        .iter()
+        .map(|i| format!("{}@{:.1}s", i.fault.kind.name(), i.began.as_secs_f64()))
+        .collect();
+    faults.join(" ")
+}
 
-    checks::settle(cluster, cfg, &model, Duration::from_secs(60), verdict).await;
+/// After the load: settle, every worker owns shards again, the ledger against the model,
+/// and no HTTP attempt slower than the outage bound.
+async fn check(
+    cluster: &mut Cluster,
+    cfg: &RunConfig,
+    http: &Http,
+    model: &Model,
+    stats: &Stats,
+    verdict: &mut Verdict,
+    lines: &mut Vec<String>,
+) -> Result<()> {
+    checks::settle(cluster, cfg, model, Duration::from_secs(60), verdict).await;
     checks::workers_own_shards(cluster, Duration::from_secs(20), verdict).await;
-    let settled = load_start.elapsed();
-    let mut details = Vec::new();
-    checks::verify(cluster, &http, &model, verdict, &mut details)
+    checks::verify(cluster, http, model, verdict, lines)
         .await
         .context("verifying")?;
-    lines.extend(details);
     // Issue 4: during an outage the answer is a fast 503, never a hang over 5 s.
     if !stats.slow.is_empty() {
         verdict.failures.push(format!(
@@ -407,19 +374,7 @@ async fn drive(
         lines.push("slow attempts:".into());
         lines.extend(stats.slow.iter().map(|s| format!("  {s}")));
     }
-
-    let faults: Vec<String> = outcome
-        .injected
-        .iter()
-        .map(|i| format!("{}@{:.1}s", i.fault.kind.name(), i.began.as_secs_f64()))
-        .collect();
-    Ok(format!(
-        "load {:.1}s (+{:.1}s to settle)  faults: {}  {}",
-        load_took.as_secs_f64(),
-        (settled - load_took).as_secs_f64(),
-        faults.join(" "),
-        describe_answers(&model, &stats)
-    ))
+    Ok(())
 }
 
 /// What the clients were told, in one line.
@@ -452,9 +407,6 @@ fn write_report(dir: &std::path::Path, seed: u64, verdict: &Verdict, lines: &[St
         text.push_str(l);
         text.push('\n');
     }
-    for n in &verdict.notes {
-        text.push_str(&format!("note: {n}\n"));
-    }
     for f in &verdict.failures {
         text.push_str(&format!("FAILED: {f}\n"));
     }
@@ -472,7 +424,7 @@ fn summary(opts: &Options, results: &[SeedResult], wall: Duration) {
         "chaos: {} of {} seed(s) passed ({}), wall time {}m{:02}s",
         results.len() - failed.len(),
         results.len(),
-        describe_seeds(&opts.seeds),
+        describe_seeds(&opts.seeds()),
         wall.as_secs() / 60,
         wall.as_secs() % 60
     );

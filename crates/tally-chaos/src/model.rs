@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use tally_tools::rng::Rng;
+use tally_testkit::rng::Rng;
 
 /// Cents of every plain withdraw_request amount.
 const REQUEST_CENTS: i64 = 37;

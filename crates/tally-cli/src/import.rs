@@ -27,11 +27,13 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{self, Checkpoint};
 use crate::input::{self, Format, Line};
 use crate::send::{Outcome, Sender};
-use tally_tools::args::Args;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which way lines go (`--via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Via {
+    /// `POST /transaction`, one request a line.
     Api,
+    /// Published straight to the shard queues with publisher confirms.
     Queue,
 }
 
@@ -47,41 +49,6 @@ pub struct ImportSpec {
     pub prefix: Option<String>,
     pub database_url: Option<String>,
     pub progress: bool,
-}
-
-impl ImportSpec {
-    pub fn from_args(args: &Args) -> Result<Self> {
-        let [path] = args.positional.as_slice() else {
-            bail!("expected exactly one FILE (see tally import --help)");
-        };
-        let path = PathBuf::from(path);
-        let via = match args.opt_str("via").as_deref() {
-            None | Some("api") => Via::Api,
-            Some("queue") => Via::Queue,
-            Some(other) => bail!("--via {other:?}: api or queue"),
-        };
-        let concurrency: usize = args.num_or("concurrency", 64)?;
-        if concurrency == 0 {
-            bail!("--concurrency must be positive");
-        }
-        Ok(Self {
-            format: Format::pick(args.opt_str("format").as_deref(), &path)?,
-            checkpoint: args
-                .opt_str("checkpoint")
-                .map_or_else(|| checkpoint::default_path(&path), PathBuf::from),
-            path,
-            via,
-            url: args
-                .opt_str("url")
-                .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
-            concurrency,
-            retry_for: args.duration_or("retry-for", Duration::from_secs(120))?,
-            broker_url: args.opt_str("broker-url"),
-            prefix: args.opt_str("prefix"),
-            database_url: args.opt_str("database-url"),
-            progress: !args.flag("quiet"),
-        })
-    }
 }
 
 /// What one run did with the file's lines.
@@ -106,14 +73,8 @@ enum Status {
     },
 }
 
-pub async fn run(spec: ImportSpec) -> Result<Summary> {
-    let (file_hash, line_count) = input::file_hash(&spec.path)?;
-    let previous = checkpoint::load(&spec.checkpoint, &file_hash)?.unwrap_or_default();
-    let mut state = Checkpoint {
-        file_sha256: file_hash.clone(),
-        ..previous.clone()
-    };
-
+/// The processes' settings (files and TALLY_* variables) with the command line's overrides.
+fn settings(spec: &ImportSpec) -> Result<Settings> {
     let mut settings = Settings::load().context("loading settings")?;
     if let Some(url) = &spec.broker_url {
         settings.broker.url = Secret::new(url.clone());
@@ -124,9 +85,12 @@ pub async fn run(spec: ImportSpec) -> Result<Summary> {
     if let Some(url) = &spec.database_url {
         settings.database.url = Secret::new(url.clone());
     }
-    let rules = settings.ledger.amount_rules();
-    let stop = CancellationToken::new();
-    let sender = match spec.via {
+    Ok(settings)
+}
+
+/// The way out `--via` names: the API's endpoint, or a publisher on the shard queues.
+async fn sender(spec: &ImportSpec, settings: &Settings, stop: CancellationToken) -> Result<Sender> {
+    Ok(match spec.via {
         Via::Api => Sender::Api {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -135,11 +99,46 @@ pub async fn run(spec: ImportSpec) -> Result<Summary> {
             retry_for: spec.retry_for,
         },
         Via::Queue => Sender::Queue {
-            publisher: connect_queue(&settings, stop.clone()).await?,
+            publisher: connect_queue(settings, stop).await?,
             retry_for: spec.retry_for,
         },
+    })
+}
+
+/// Counts what became of line `number` and moves the checkpoint past it.
+fn count(
+    summary: &mut Summary,
+    state: &mut Checkpoint,
+    number: u64,
+    status: Status,
+    bar: &ProgressBar,
+) {
+    match status {
+        Status::Sent => summary.sent += 1,
+        Status::Skipped => summary.skipped += 1,
+        Status::Rejected { reason, by_server } => {
+            summary.rejected += 1;
+            if by_server {
+                state.rejected_by_server += 1;
+            }
+            bar.suspend(|| eprintln!("line {number}: {reason}"));
+        }
+    }
+    state.done_through_line = state.done_through_line.max(number);
+}
+
+pub async fn run(spec: ImportSpec) -> Result<Summary> {
+    let (file_hash, line_count) = input::file_hash(&spec.path)?;
+    let previous = checkpoint::load(&spec.checkpoint, &file_hash)?.unwrap_or_default();
+    let mut state = Checkpoint {
+        file_sha256: file_hash.clone(),
+        ..previous.clone()
     };
-    let sender = Arc::new(sender);
+
+    let settings = settings(&spec)?;
+    let rules = settings.ledger.amount_rules();
+    let stop = CancellationToken::new();
+    let sender = Arc::new(sender(&spec, &settings, stop.clone()).await?);
 
     let bar = progress_bar(line_count, spec.progress);
     let lines = input::read(&spec.path, spec.format)?;
@@ -161,18 +160,7 @@ pub async fn run(spec: ImportSpec) -> Result<Summary> {
             Ok(x) => x,
             Err(e) => break Err(e),
         };
-        match status {
-            Status::Sent => summary.sent += 1,
-            Status::Skipped => summary.skipped += 1,
-            Status::Rejected { reason, by_server } => {
-                summary.rejected += 1;
-                if by_server {
-                    state.rejected_by_server += 1;
-                }
-                bar.suspend(|| eprintln!("line {number}: {reason}"));
-            }
-        }
-        state.done_through_line = state.done_through_line.max(number);
+        count(&mut summary, &mut state, number, status, &bar);
         bar.inc(1);
         if saved_at.elapsed() >= Duration::from_millis(200) {
             checkpoint::save(&spec.checkpoint, &state)?;

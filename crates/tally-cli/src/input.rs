@@ -10,30 +10,29 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the file is written (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// JSON lines: each line the body of `POST /transaction`.
+    #[value(name = "jsonl", alias = "json", alias = "ndjson")]
     JsonLines,
+    /// CSV under a header naming the same fields.
     Csv,
 }
 
 impl Format {
     /// `--format`, else the extension: `.csv` is CSV, anything else JSON lines.
-    pub fn pick(flag: Option<&str>, path: &Path) -> Result<Self> {
-        match flag {
-            Some("jsonl" | "json" | "ndjson") => Ok(Format::JsonLines),
-            Some("csv") => Ok(Format::Csv),
-            Some(other) => bail!("--format {other:?}: jsonl or csv"),
-            None => Ok(
-                match path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase)
-                {
-                    Some(e) if e == "csv" => Format::Csv,
-                    _ => Format::JsonLines,
-                },
-            ),
-        }
+    pub fn pick(flag: Option<Format>, path: &Path) -> Self {
+        flag.unwrap_or_else(|| {
+            match path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+            {
+                Some(e) if e == "csv" => Format::Csv,
+                _ => Format::JsonLines,
+            }
+        })
     }
 }
 

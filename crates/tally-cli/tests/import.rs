@@ -1,19 +1,83 @@
 //! `tally import` end to end: the real binary against an in-process API and worker on a
-//! fresh database and queue prefix (the API tests' harness), killed mid-way and run again.
+//! fresh database and queue prefix (from the test kit), killed mid-way and run again.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is its failure message
 
-#[allow(dead_code)] // the harness serves many test files; these tests use part of it
-#[path = "../../tally-api/tests/api/helpers.rs"]
-mod helpers;
-
-use helpers::{amqp_url, eventually, TestApp};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
+use tally_bus::Topology;
+use tally_settings::Settings;
+use tally_testkit::{amqp_url, eventually, fresh_database, queues, test_settings, TestDb};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// An API and a worker in this process on a database and broker prefix of their own, all
+/// removed on drop.
+struct TestApp {
+    address: String,
+    settings: Settings,
+    pool: tally_store::Pool,
+    topology: Topology,
+    stop: CancellationToken,
+    _db: TestDb,
+}
+
+impl TestApp {
+    async fn spawn() -> Self {
+        let db = fresh_database().await;
+        let settings = test_settings(&db.url, &queues::test_prefix());
+        let stop = CancellationToken::new();
+        let api = tally_api::Application::build(settings.clone(), stop.clone())
+            .await
+            .unwrap();
+        assert!(
+            api.publisher()
+                .wait_connected(Duration::from_secs(20))
+                .await
+        );
+        let address = format!("http://127.0.0.1:{}", api.port());
+        tokio::spawn(api.run_until_stopped(stop.clone()));
+        let worker = tally_worker::Worker::build(settings.clone()).await.unwrap();
+        tokio::spawn(worker.run(stop.clone()));
+        Self {
+            address,
+            pool: tally_store::connect(&settings.database).unwrap(),
+            topology: Topology::from_settings(&settings),
+            settings,
+            stop,
+            _db: db,
+        }
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        let client = self.pool.get().await.unwrap();
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Waits until the account's balance (read with SQL) is `expected`.
+    async fn wait_balance(&self, account: &str, expected: &str) {
+        let expected: Decimal = expected.parse().unwrap();
+        let client = self.pool.get().await.unwrap();
+        eventually(Duration::from_secs(15), || async {
+            let row = client
+                .query_opt("SELECT balance FROM accounts WHERE id = $1", &[&account])
+                .await
+                .unwrap();
+            row.filter(|r| r.get::<_, Decimal>(0) == expected)
+        })
+        .await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        queues::delete_test_topology(self.topology.clone());
+    }
+}
 
 /// A file of `lines` deposits and withdraws over `accounts` accounts (no ids: the importer
 /// derives them) and the balances it must produce. Withdraws never overdraw, so the result

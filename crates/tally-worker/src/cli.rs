@@ -1,5 +1,8 @@
-//! The `tally-worker` command line: the subcommands and their parsing, public so that a test
-//! can check that what deploy files run (docker-compose.yml's `command:`) really exists.
+//! The `tally-worker` command line (clap): the subcommands and their `--help`, public so that
+//! a test can check that what deploy files run (docker-compose.yml's `command:`) really
+//! exists.
+
+use clap::{Args, Parser, Subcommand};
 
 /// What `tally-worker` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,34 +19,85 @@ pub enum Command {
     DeadLettersRepublish(Option<Vec<String>>),
 }
 
-pub const USAGE: &str =
-    "run | migrate | audit | dead-letters list | dead-letters republish (--all | ID...)";
+/// The arguments as clap sees them; [`Command`] is what they mean.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tally-worker",
+    version,
+    about = "The tally worker: owns shard queues and applies commands in batches to PostgreSQL.",
+    after_help = "Without a subcommand it runs (`tally-worker run`). Configuration comes from \
+                  the settings files and TALLY_* environment variables (TALLY_CONFIG, \
+                  TALLY_PROFILE), like every tally process."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Consume the shard queues until SIGTERM (the default).
+    Run,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Run the conservation auditor; print its JSON report and exit 1 if it fails.
+    Audit,
+    /// Inspect or replay the dead-letter archive.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetters {
+    /// Print archived dead letters as JSON.
+    List,
+    /// Send pending dead letters back to their shard queue.
+    Republish(Republish),
+}
+
+#[derive(Debug, Args)]
+struct Republish {
+    /// Every pending dead letter.
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    all: bool,
+    /// Only these dead letters (their ids, as `dead-letters list` prints them).
+    ids: Vec<String>,
+}
+
+impl From<Cli> for Command {
+    fn from(cli: Cli) -> Self {
+        match cli.command {
+            None | Some(Sub::Run) => Self::Run,
+            Some(Sub::Migrate) => Self::Migrate,
+            Some(Sub::Audit) => Self::Audit,
+            Some(Sub::DeadLetters(DeadLetters::List)) => Self::DeadLettersList,
+            Some(Sub::DeadLetters(DeadLetters::Republish(r))) => {
+                Self::DeadLettersRepublish((!r.all).then_some(r.ids))
+            }
+        }
+    }
+}
 
 impl Command {
-    /// Parses the arguments after the program name.
+    /// Parses the arguments after the program name (for tests of deploy files; `main` uses
+    /// [`Cli`] directly, so that `--help` prints and exits).
     pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Self, String> {
-        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        match args.as_slice() {
-            [] | ["run"] => Ok(Self::Run),
-            ["migrate"] => Ok(Self::Migrate),
-            ["audit"] => Ok(Self::Audit),
-            ["dead-letters", "list"] => Ok(Self::DeadLettersList),
-            ["dead-letters", "republish", "--all"] => Ok(Self::DeadLettersRepublish(None)),
-            ["dead-letters", "republish", ids @ ..]
-                if !ids.is_empty() && !ids.contains(&"--all") =>
-            {
-                Ok(Self::DeadLettersRepublish(Some(
-                    ids.iter().map(|s| s.to_string()).collect(),
-                )))
-            }
-            other => Err(format!("unknown command {other:?}; expected {USAGE}")),
-        }
+        let argv = std::iter::once("tally-worker").chain(args.iter().map(AsRef::as_ref));
+        Cli::try_parse_from(argv)
+            .map(Self::from)
+            .map_err(|e| e.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Command;
+    use super::{Cli, Command};
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn parses_every_subcommand_and_refuses_the_rest() {

@@ -4,19 +4,22 @@
 //! - `audit`: run the conservation auditor; prints its JSON report, exits 1 if it fails.
 //! - `dead-letters list`: print archived dead letters as JSON.
 //! - `dead-letters republish (--all | ID…)`: send pending dead letters back to their shard.
+//!
+//! `tally-worker --help` (and `--help` of each subcommand) says the same (`tally_worker::cli`).
 
 use anyhow::Context;
+use clap::Parser;
 use tally_settings::Settings;
-use tally_worker::cli::Command;
+use tally_worker::cli::{Cli, Command};
 use tally_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Arguments first: `--help` and a mistyped subcommand need no settings.
+    let command = Command::from(Cli::parse());
     let settings = Settings::load()?;
     tally_telemetry::init(&settings.log);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = Command::parse(&args).map_err(anyhow::Error::msg)?;
     match command {
         Command::Migrate => {
             let applied = tally_store::migrate::run(settings.database.url.expose())

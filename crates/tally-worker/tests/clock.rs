@@ -9,15 +9,11 @@ mod common;
 
 use chrono::{DateTime, Duration, Utc};
 use std::process::{Child, Command, Stdio};
-use tally_bus::lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use tally_bus::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use tally_bus::lapin::BasicProperties;
 use tally_bus::Topology;
 use tally_core::Kind;
-
-fn amqp_url() -> String {
-    std::env::var("TALLY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use tally_testkit::{amqp_url, queues};
 
 /// The worker process, killed when the test ends (even by a failed assertion).
 struct Worker(Child);
@@ -34,38 +30,7 @@ struct Queues(Topology);
 
 impl Drop for Queues {
     fn drop(&mut self) {
-        let topology = self.0.clone();
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(conn) = tally_bus::connect(
-                    &amqp_url(),
-                    "test-cleanup",
-                    std::time::Duration::from_secs(5),
-                )
-                .await
-                else {
-                    return;
-                };
-                if let Ok(ch) = conn.create_channel().await {
-                    for q in [topology.shard_queue(0), topology.dead_queue()] {
-                        let _ = ch
-                            .queue_delete(q.into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                    for x in [topology.exchange(), topology.dead_exchange()] {
-                        let _ = ch.exchange_delete(x.into(), Default::default()).await;
-                    }
-                }
-                let _ = conn.close(200, "done".into()).await;
-            });
-        });
-        let _ = cleanup.join();
+        queues::delete_test_topology(self.0.clone());
     }
 }
 

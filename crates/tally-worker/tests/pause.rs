@@ -12,27 +12,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tally_bus::lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use tally_bus::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use tally_bus::lapin::{BasicProperties, Confirmation};
 use tally_bus::Topology;
 use tally_core::command::NewTransaction;
 use tally_core::{Envelope, Kind};
+use tally_testkit::{amqp_url, fresh_database, queues, TestDb};
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: u16 = 4;
 const LEASE_TTL: Duration = Duration::from_millis(4000);
-
-fn admin_database_url() -> String {
-    std::env::var("TALLY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://tally:tally@127.0.0.1:5432/tally".into())
-}
-
-fn amqp_url() -> String {
-    std::env::var("TALLY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// Polls `check` until it returns `Some`, failing with `what` past `deadline`.
 async fn until<T, F, Fut>(deadline: Instant, what: &str, mut check: F) -> T
@@ -52,41 +43,28 @@ where
 /// Everything this test creates outside itself — worker processes, a database, queues — is
 /// removed when it is dropped, also when an assertion failed.
 struct Fixture {
-    database: String,
     url: String,
     topology: Topology,
     logs: PathBuf,
     workers: Vec<Child>,
+    /// Dropped after the workers are killed (in `drop`).
+    _db: TestDb,
 }
 
 impl Fixture {
     async fn new() -> Self {
-        let database = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
-        let (client, conn) = tokio_postgres::connect(&admin_database_url(), NoTls)
-            .await
-            .expect("connect to the admin database");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .await
-            .expect("create the test database");
-        let base = admin_database_url();
-        let url = format!("{}/{database}", &base[..base.rfind('/').expect("a path")]);
-        let logs = std::env::temp_dir().join(format!("{database}.log"));
+        let db = fresh_database().await;
         let fixture = Self {
-            database,
-            url,
+            url: db.url.clone(),
             topology: Topology {
-                prefix: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+                prefix: queues::test_prefix(),
                 shard_count: SHARDS,
                 delivery_limit: 50,
             },
-            logs,
+            logs: std::env::temp_dir().join(format!("{}.log", db.name)),
             workers: Vec::new(),
+            _db: db,
         };
-        tally_store::migrate::run(&fixture.url)
-            .await
-            .expect("migrate");
         let connection = fixture.broker().await;
         let channel = connection.create_channel().await.expect("channel");
         fixture.topology.declare(&channel).await.expect("topology");
@@ -164,47 +142,7 @@ impl Drop for Fixture {
             }
         }
         let _ = std::fs::remove_file(&self.logs);
-        let (database, topology) = (self.database.clone(), self.topology.clone());
-        // Drop cannot await: clean up on a thread with its own runtime.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&admin_database_url(), NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                        .await;
-                }
-                if let Ok(conn) =
-                    tally_bus::connect(&amqp_url(), "pause-cleanup", Duration::from_secs(5)).await
-                {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let queues = (0..topology.shard_count)
-                            .map(|s| topology.shard_queue(s))
-                            .chain([topology.dead_queue()]);
-                        for queue in queues {
-                            let _ = ch
-                                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                        for exchange in [topology.exchange(), topology.dead_exchange()] {
-                            let _ = ch
-                                .exchange_delete(exchange.into(), Default::default())
-                                .await;
-                        }
-                    }
-                    let _ = conn.close(200, "done".into()).await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        queues::delete_test_topology(self.topology.clone());
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
 use tally_settings::Settings;
-use tally_tools::nginx;
+use tally_testkit::nginx;
 use tally_worker::cli::Command;
 use yaml_rust2::{Yaml, YamlLoader};
 

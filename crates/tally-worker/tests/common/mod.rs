@@ -1,6 +1,6 @@
-//! What the worker's store-level tests share: a fresh migrated database per test (dropped with
-//! its [`TestDb`]), a pool on it, a lease on shard 0, and envelope builders. The batch path
-//! runs for real (fence → load → decide → write → commit) against PostgreSQL.
+//! What the worker's store-level tests share: a fresh migrated database per test (from
+//! `tally-testkit`, dropped with its `TestDb`), a lease on shard 0, and envelope builders.
+//! The batch path runs for real (fence → load → decide → write → commit) against PostgreSQL.
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
@@ -9,78 +9,11 @@ use rust_decimal::Decimal;
 use std::time::Duration;
 use tally_core::command::NewTransaction;
 use tally_core::{Envelope, Kind};
-use tally_settings::{DatabaseSettings, Secret};
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
 
-pub fn admin_database_url() -> String {
-    std::env::var("TALLY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://tally:tally@127.0.0.1:5432/tally".into())
-}
-
-/// A migrated database of one test, dropped with this value.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot await (and may run inside a runtime): clean up on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-impl TestDb {
-    /// A new pool of `size` connections: its statement caches start cold.
-    pub fn pool(&self, size: usize) -> Pool {
-        tally_store::connect(&DatabaseSettings {
-            url: Secret::new(&self.url),
-            pool_size: size,
-            timeout_ms: 5_000,
-        })
-        .expect("pool")
-    }
-}
-
-/// Creates an empty, migrated database of its own.
-pub async fn fresh_database() -> TestDb {
-    let name = format!("tally_wtest_{}", uuid::Uuid::new_v4().simple());
-    let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to the admin database (is PostgreSQL up? `make test` starts it)");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
-    let base = admin_database_url();
-    let url = format!(
-        "{}/{name}",
-        &base[..base.rfind('/').expect("database url has a path")]
-    );
-    tally_store::migrate::run(&url).await.expect("migrate");
-    TestDb { name, url }
-}
+// A fresh migrated database per test, dropped with its `TestDb`, from the test kit.
+pub use tally_testkit::fresh_database;
 
 /// A lease on shard 0 for this test's worker, valid for an hour.
 pub async fn lease(pool: &Pool) -> Lease {

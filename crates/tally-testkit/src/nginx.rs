@@ -1,0 +1,145 @@
+//! `nginx/local.conf.template` rendered as `deploy/local/stack.sh` renders it, for the
+//! programs that run nginx in front of API replicas of their own (tests, the fault suite),
+//! and [`Nginx`]: nginx run from it in the foreground, stopped with its value (tests).
+
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+use crate::services::eventually;
+
+/// The template, compiled in: whoever renders it runs the same config as `make up`.
+pub const TEMPLATE: &str = include_str!("../../../nginx/local.conf.template");
+
+/// stack.sh's default per-client rate limit (`RATE_LIMIT`, `RATE_BURST`): high, since every
+/// local client is 127.0.0.1.
+pub const DEFAULT_RATE: &str = "5000r/s";
+pub const DEFAULT_BURST: u32 = 10_000;
+
+/// The config for nginx on 127.0.0.1:`port` in front of `api_ports`, in the foreground
+/// (`daemon off`: the caller owns the master process), with the given rate limit.
+pub fn local_config(port: u16, api_ports: &[u16], rate: &str, burst: u32) -> String {
+    let servers: String = api_ports
+        .iter()
+        // max_fails=0: see the comment in the template's upstream block.
+        .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
+        .collect();
+    TEMPLATE
+        .replace("@PORT@", &port.to_string())
+        .replace("@UPSTREAM_SERVERS@", &servers)
+        .replace("@RATE_LIMIT@", rate)
+        .replace("@RATE_BURST@", &burst.to_string())
+        .replace("daemon on;", "daemon off;")
+}
+
+/// The first `@NAME@` placeholder left in `config`, if any (stack.sh refuses those too).
+pub fn leftover_placeholder(config: &str) -> Option<&str> {
+    config
+        .split('@')
+        .skip(1)
+        .step_by(2)
+        .find(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+}
+
+/// nginx in front of a test's API replicas, with the project's own config template
+/// (`nginx/local.conf.template`), in the foreground; killed with this value.
+pub struct Nginx {
+    pub address: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    /// With stack.sh's default rate limit (high: every test client is 127.0.0.1).
+    pub async fn start(api_ports: &[u16]) -> Self {
+        Self::start_limited(api_ports, DEFAULT_RATE, DEFAULT_BURST).await
+    }
+
+    /// With the given per-client rate limit (`RATE_LIMIT`/`RATE_BURST` of stack.sh).
+    pub async fn start_limited(api_ports: &[u16], rate: &str, burst: u32) -> Self {
+        let nginx = Self::spawn(api_ports, rate, burst);
+        let client = reqwest::Client::new();
+        let url = format!("{}/health/live", nginx.address);
+        eventually(Duration::from_secs(10), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        nginx
+    }
+
+    /// In front of upstreams that do not serve `/health/live` (stand-ins a test scripts):
+    /// waits only until nginx accepts connections.
+    pub async fn start_unchecked(api_ports: &[u16]) -> Self {
+        let nginx = Self::spawn(api_ports, DEFAULT_RATE, DEFAULT_BURST);
+        let address = nginx.address.trim_start_matches("http://").to_string();
+        eventually(Duration::from_secs(10), || async {
+            TcpStream::connect(&address).await.ok()
+        })
+        .await;
+        nginx
+    }
+
+    fn spawn(api_ports: &[u16], rate: &str, burst: u32) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = local_config(port, api_ports, rate, burst);
+        let dir =
+            std::env::temp_dir().join(format!("tally-nginx-{}", uuid::Uuid::new_v4().simple()));
+        for sub in ["logs", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("nginx dirs");
+        }
+        std::fs::write(dir.join("nginx.conf"), config).expect("nginx.conf");
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .args(["-c", "nginx.conf", "-e", "logs/error.log"])
+            // Its workers must not hold the test runner's output pipes open.
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx (installed by deploy/local/services.sh)");
+        Self {
+            address: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master stops its workers too (SIGKILL would orphan them).
+        let stopped = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .args(["-c", "nginx.conf", "-e", "logs/error.log", "-s", "stop"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_rendered() {
+        let config = local_config(8080, &[8001, 8002], DEFAULT_RATE, DEFAULT_BURST);
+        assert_eq!(leftover_placeholder(&config), None);
+        assert!(config.contains("server 127.0.0.1:8002 max_fails=0;"));
+        assert!(config.contains("daemon off;"));
+        assert_eq!(leftover_placeholder("x @NEW_ONE@ y"), Some("NEW_ONE"));
+    }
+}
