@@ -1,30 +1,23 @@
 //! `tally-chaos --help` exits 0 and names every subcommand and option the deploy files, the
 //! Makefile and the docs use.
 
-#![allow(clippy::unwrap_used)] // a panic in a test is its failure message
+use tally_testkit::help::assert_help_lists;
 
-fn help(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-chaos"))
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?} --help: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_tally-chaos");
 
 #[test]
 fn help_lists_the_subcommands_and_options() {
-    let top = help(&[]);
     // What the Makefile passes.
-    for option in [
-        "--seed ",
-        "--seeds",
-        "--kinds",
-        "--no-faults",
-        "--fail-fast",
-        "--no-wait",
-    ] {
-        assert!(top.contains(option), "{option} missing from:\n{top}");
-    }
+    assert_help_lists(
+        BIN,
+        &[],
+        &[
+            "--seed ",
+            "--seeds",
+            "--kinds",
+            "--no-faults",
+            "--fail-fast",
+            "--no-wait",
+        ],
+    );
 }

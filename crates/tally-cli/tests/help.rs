@@ -1,34 +1,27 @@
 //! `tally --help` exits 0 and names every subcommand and option the deploy files, the
 //! Makefile and the docs use.
 
-#![allow(clippy::unwrap_used)] // a panic in a test is its failure message
+use tally_testkit::help::assert_help_lists;
 
-fn help(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?} --help: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_tally");
 
 #[test]
 fn help_lists_the_subcommands_and_options() {
-    assert!(help(&[]).contains("import"));
-    let import = help(&["import"]);
-    for option in [
-        "--via",
-        "--url",
-        "--format",
-        "--checkpoint",
-        "--concurrency",
-        "--retry-for",
-        "--broker-url",
-        "--prefix",
-        "--database-url",
-        "--quiet",
-    ] {
-        assert!(import.contains(option), "{option} missing from:\n{import}");
-    }
+    assert_help_lists(BIN, &[], &["import"]);
+    assert_help_lists(
+        BIN,
+        &["import"],
+        &[
+            "--via",
+            "--url",
+            "--format",
+            "--checkpoint",
+            "--concurrency",
+            "--retry-for",
+            "--broker-url",
+            "--prefix",
+            "--database-url",
+            "--quiet",
+        ],
+    );
 }

@@ -9,9 +9,11 @@
 //! - [`proxy`]: a TCP proxy a test can cut, restore and stall (a broker or database outage).
 //! - [`nginx`]: `nginx/local.conf.template` rendered as `deploy/local/stack.sh` renders it,
 //!   and nginx run from it in front of a test's API replicas.
+//! - [`help`]: a binary's `--help` names what the Makefile and the docs pass to it.
 //! - [`rng`]: a seeded, reproducible random number generator and a Zipf sampler.
 
 pub mod database;
+pub mod help;
 pub mod nginx;
 pub mod proxy;
 pub mod queues;
