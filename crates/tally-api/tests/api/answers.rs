@@ -90,17 +90,7 @@ async fn a_deposit_whose_confirm_was_lost_is_republished_and_answered_200_with_o
     })
     .await;
     proxy.stall();
-    let post = {
-        let (client, address) = (app.client.clone(), app.address.clone());
-        tokio::spawn(async move {
-            client
-                .post(format!("{address}/transaction"))
-                .json(&tx("lost-confirm", "deposit", json!(100), "settle"))
-                .send()
-                .await
-                .expect("POST")
-        })
-    };
+    let post = app.spawn_post_json(&tx("lost-confirm", "deposit", json!(100), "settle"));
     // The broker has it (the worker, not behind the proxy, applies it) while the API still
     // waits for a confirm that will never come on this connection.
     wait_record(&app, "lost-confirm", "applied").await;
@@ -108,9 +98,8 @@ async fn a_deposit_whose_confirm_was_lost_is_republished_and_answered_200_with_o
     proxy.resume();
     proxy.restore();
 
-    let answer = post.await.expect("join");
-    assert_eq!(answer.status().as_u16(), 200);
-    let body: Value = answer.json().await.expect("json");
+    let (status, body) = post.await.expect("join");
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "accepted");
     // The republished copy is a duplicate: one effect.
     eventually(Duration::from_secs(15), || async {
@@ -174,18 +163,7 @@ async fn a_request_that_may_still_be_approved_is_never_answered_402_without_a_co
     app.wait_balance("late", "100").await;
 
     let blocker = block_hold_inserts(&app).await;
-    let post = {
-        let (client, address) = (app.client.clone(), app.address.clone());
-        tokio::spawn(async move {
-            let r = client
-                .post(format!("{address}/transaction"))
-                .json(&tx("r1", "withdraw_request", json!(60), "late"))
-                .send()
-                .await
-                .expect("POST");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        })
-    };
+    let post = app.spawn_post_json(&tx("r1", "withdraw_request", json!(60), "late"));
     // The worker approved r1 in time and is stuck before its commit; the API loses the broker,
     // so no reply comes and no void can be published.
     wait_worker_blocked(&app).await;
@@ -218,18 +196,7 @@ async fn a_late_approval_is_voided_before_the_402_and_a_retry_gets_402_without_a
 
     let blocker = block_hold_inserts(&app).await;
     let request = tx("r1", "withdraw_request", json!(60), "voided");
-    let post = {
-        let (client, address, body) = (app.client.clone(), app.address.clone(), request.clone());
-        tokio::spawn(async move {
-            let r = client
-                .post(format!("{address}/transaction"))
-                .json(&body)
-                .send()
-                .await
-                .expect("POST");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        })
-    };
+    let post = app.spawn_post_json(&request);
     wait_worker_blocked(&app).await;
     let (status, body) = post.await.expect("join");
     assert_eq!(
@@ -276,20 +243,9 @@ async fn a_retry_is_not_answered_201_while_an_earlier_attempts_void_is_still_que
     // Attempt 1: the worker approves but is stuck before its commit; the attempt voids itself
     // and answers 402.
     let blocker = block_hold_inserts(&app).await;
-    let first = {
-        let (client, address, body) = (app.client.clone(), app.address.clone(), request.clone());
-        tokio::spawn(async move {
-            let r = client
-                .post(format!("{address}/transaction"))
-                .json(&body)
-                .send()
-                .await
-                .expect("POST");
-            r.status().as_u16()
-        })
-    };
+    let first = app.spawn_post_json(&request);
     wait_worker_blocked(&app).await;
-    assert_eq!(first.await.expect("join"), 402);
+    assert_eq!(first.await.expect("join").0, 402);
 
     // Hold the shard's lease row, so the batch after the stuck one (the void) cannot start.
     let (fence, conn) =
@@ -312,20 +268,8 @@ async fn a_retry_is_not_answered_201_while_an_earlier_attempts_void_is_still_que
     // The approval is committed; the void is queued behind it.
     wait_record(&app, "r1", "approved").await;
 
-    let retry = {
-        let (client, address, body) = (app.client.clone(), app.address.clone(), request.clone());
-        tokio::spawn(async move {
-            let r = client
-                .post(format!("{address}/transaction"))
-                .json(&body)
-                .send()
-                .await
-                .expect("POST");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        })
-    };
+    let mut retry = app.spawn_post_json(&request);
     // While the void cannot be applied, the retry has nothing final to say.
-    let mut retry = retry;
     let early = tokio::time::timeout(Duration::from_millis(800), &mut retry).await;
     assert!(
         early.is_err(),
@@ -371,19 +315,7 @@ async fn a_void_denies_an_approval_that_an_earlier_attempt_never_answered() {
     wait_worker_blocked(&app).await;
 
     // Attempt 2 (a retry) sees nothing decided, gets no decision in time: void, 402.
-    let post = {
-        let (client, address, body) = (app.client.clone(), app.address.clone(), request.clone());
-        tokio::spawn(async move {
-            let r = client
-                .post(format!("{address}/transaction"))
-                .json(&body)
-                .send()
-                .await
-                .expect("POST");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        })
-    };
-    let (status, body) = post.await.expect("join");
+    let (status, body) = app.post_json(&request).await;
     assert_eq!(status, 402, "{body}");
     drop(blocker);
 

@@ -212,6 +212,20 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// POSTs from a task of its own, so the test can act (cut the broker, block the worker)
+    /// while the request waits; the task yields (status, JSON body).
+    pub fn spawn_post_json(&self, body: &Value) -> tokio::task::JoinHandle<(u16, Value)> {
+        let request = self
+            .client
+            .post(format!("{}/transaction", self.address))
+            .json(body);
+        tokio::spawn(async move {
+            let response = request.send().await.expect("POST /transaction");
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        })
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .client
