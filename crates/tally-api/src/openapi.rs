@@ -43,7 +43,7 @@ use crate::model;
             Identifier, Money, PositiveMoney, AmountInput, model::TransactionType,
             model::NewTransaction, model::WebhookPayload,
         ),
-        responses(Unavailable, Internal, BadPath, BadPage, Unauthorized),
+        responses(Unavailable, Internal, BadPath, BadPage, BadPeriod, Unauthorized),
     ),
     modifiers(&Shared),
 )]
@@ -223,6 +223,14 @@ shared_response!(
     BadPath => error_response(
         "The path parameter is not a valid identifier (code `invalid_id`, `field` names it).",
         json!({"error": {"code": "invalid_id", "message": "`accountId` may only contain letters, digits and . _ : -", "field": "accountId"}}),
+    )
+);
+
+shared_response!(
+    /// 400 of a bad period of the largest-expense routes ([`crate::routes::history::RangeQuery`]).
+    BadPeriod => error_response(
+        "Missing or invalid period: `missing_field` (`from` or `to` absent), `invalid_timestamp` (not RFC 3339), `invalid_range` (`from` after `to`, `field` = `from`), or `invalid_id` for the path parameter. `field` names the culprit.",
+        json!({"error": {"code": "invalid_range", "message": "`from` must not be after `to`", "field": "from"}}),
     )
 );
 

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tally_core::Kind;
 use tally_store::history::{Filter, Start};
+use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::routes::account::store_error;
@@ -108,10 +109,16 @@ fn optional_range(from: Option<&str>, to: Option<&str>) -> Result<Bounds, ApiErr
     Ok((from, to))
 }
 
-/// Query of the largest-expense routes.
-#[derive(Debug, Deserialize)]
+/// Query of the largest-expense routes. Both bounds are required; they are `Option`s so that a
+/// missing one is our 400 `missing_field`, not actix's query error.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RangeQuery {
+    /// Start of the period, inclusive, RFC 3339 (e.g. `2024-01-01T00:00:00Z`; encode `+` of an offset as `%2B` — an unencoded `+` that arrives as a space before the offset is tolerated).
+    #[param(required = true, value_type = String, format = DateTime)]
     from: Option<String>,
+    /// End of the period, inclusive, RFC 3339. Must not be before `from`.
+    #[param(required = true, value_type = String, format = DateTime)]
     to: Option<String>,
 }
 
@@ -242,12 +249,11 @@ pub async fn account_transactions(
     description = "The account's applied withdraw with the largest amount whose `occurredAt` is in `[from, to]` (both inclusive). Ties go to the earliest `occurredAt`, then to the smallest id. Deposits, rejected withdraws and withdraw_requests are never expenses.",
     params(
         ("account_id" = openapi::Identifier, Path, description = "The account id."),
-        ("from" = String, Query, format = DateTime, description = "Start of the period, inclusive, RFC 3339 (e.g. `2024-01-01T00:00:00Z`; encode `+` of an offset as `%2B` — an unencoded `+` that arrives as a space before the offset is tolerated)."),
-        ("to" = String, Query, format = DateTime, description = "End of the period, inclusive, RFC 3339. Must not be before `from`."),
+        RangeQuery,
     ),
     responses(
         (status = 200, description = "The expense.", body = model::TransactionRecord),
-        (status = 400, description = "Missing or invalid period: `missing_field` (`from` or `to` absent), `invalid_timestamp` (not RFC 3339), `invalid_range` (`from` after `to`, `field` = `from`), or `invalid_id` for the path parameter. `field` names the culprit.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_range", "message": "`from` must not be after `to`", "field": "from"}})),
+        (status = 400, response = openapi::BadPeriod),
         (status = 404, description = "No applied withdraw in the period. Code `expense_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "expense_not_found", "message": "no applied withdraw of account \"acc-1\" in this period"}})),
         (status = 500, response = openapi::Internal),
         (status = 503, response = openapi::Unavailable),

@@ -142,12 +142,11 @@ pub async fn get_user(
     description = "Like `GET /account/{accountId}/largest-expense`, over every account the user owns: the applied withdraw with the largest amount whose `occurredAt` is in `[from, to]`; ties go to the earliest, then to the smallest id.",
     params(
         ("user_id" = openapi::Identifier, Path, description = "The user id."),
-        ("from" = String, Query, format = DateTime, description = "Start of the period, inclusive, RFC 3339 (e.g. `2024-01-01T00:00:00Z`; encode `+` of an offset as `%2B` — an unencoded `+` that arrives as a space before the offset is tolerated)."),
-        ("to" = String, Query, format = DateTime, description = "End of the period, inclusive, RFC 3339. Must not be before `from`."),
+        RangeQuery,
     ),
     responses(
         (status = 200, description = "The expense.", body = model::TransactionRecord),
-        (status = 400, description = "Missing or invalid period: `missing_field` (`from` or `to` absent), `invalid_timestamp` (not RFC 3339), `invalid_range` (`from` after `to`, `field` = `from`), or `invalid_id` for the path parameter. `field` names the culprit.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_range", "message": "`from` must not be after `to`", "field": "from"}})),
+        (status = 400, response = openapi::BadPeriod),
         (status = 404, description = "`user_not_found` (the user owns no account) or `expense_not_found` (no applied withdraw in the period).", body = model::ErrorBody, example = json!({"error": {"code": "expense_not_found", "message": "no applied withdraw of user \"alice\" in this period"}})),
         (status = 500, response = openapi::Internal),
         (status = 503, response = openapi::Unavailable),
