@@ -509,19 +509,15 @@ fn admit(state: &AppState, tx: &NewTransaction) -> Result<u16, Answer> {
 /// enough to decide on (`ledger.max_clock_skew_ms`); else a withdraw_request is refused rather
 /// than given a decide-by instant that may be wrong.
 fn trusted_db_now(state: &AppState) -> Result<DateTime<Utc>, Answer> {
-    let max = Duration::from_millis(state.settings.ledger.max_clock_skew_ms);
-    match state.clock.reading() {
-        Some(reading) if reading.worst_skew() <= max => Ok(Utc::now() + reading.offset),
-        reading => {
-            tracing::warn!(
-                ?reading,
-                "clock too far from PostgreSQL's (or unknown): refusing a withdraw_request"
-            );
-            Err(Answer::Unavailable(
-                "this replica's clock cannot be checked against the ledger's right now; nothing was accepted, retry with the same id",
-            ))
-        }
-    }
+    state.clock.trusted_now().ok_or_else(|| {
+        tracing::warn!(
+            clock = ?state.clock.state(),
+            "clock too far from PostgreSQL's (or unknown): refusing a withdraw_request"
+        );
+        Answer::Unavailable(
+            "this replica's clock cannot be checked against the ledger's right now; nothing was accepted, retry with the same id",
+        )
+    })
 }
 
 /// The deciding steps, one test per answer they give. [`submit`] itself runs against the real

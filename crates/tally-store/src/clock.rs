@@ -58,29 +58,44 @@ pub async fn sample(pool: &Pool) -> Result<ClockSample, StoreError> {
     best.ok_or_else(|| StoreError::Config("no clock reading".into()))
 }
 
-/// The last clock reading of this process, refreshed in the background.
+/// What this process knows of its clock against the database's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClockState {
+    /// Within the allowed skew: decisions may use `Utc::now() + offset`.
+    Trusted(ClockSample),
+    /// Read recently, but possibly farther off than the allowed skew.
+    Skewed(ClockSample),
+    /// No recent reading (the database has been unreachable).
+    Unknown,
+}
+
+/// The last clock reading of this process, refreshed in the background, and the one rule of
+/// whether it may be trusted (`ledger.max_clock_skew_ms`).
 #[derive(Clone)]
 pub struct DbClock {
     latest: Arc<RwLock<Option<ClockSample>>>,
     /// A reading older than this is not trusted (the database has been unreachable).
     fresh_for: Duration,
+    /// The largest skew a trusted reading may have.
+    max_skew: Duration,
 }
 
 impl DbClock {
     /// Takes a first reading (a failure leaves the clock unknown until the next one), then
-    /// refreshes it every `every` until `shutdown`. A reading whose worst skew exceeds `warn`
-    /// is logged as a warning.
+    /// refreshes it every `every` until `shutdown`. A reading whose worst skew exceeds
+    /// `max_skew` is not trusted, and logged as a warning.
     pub async fn start(
         pool: Pool,
         every: Duration,
-        warn: Duration,
+        max_skew: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         let clock = Self {
             latest: Arc::new(RwLock::new(None)),
             fresh_for: every * 3,
+            max_skew,
         };
-        clock.refresh(&pool, warn).await;
+        clock.refresh(&pool).await;
         let task = clock.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -89,18 +104,18 @@ impl DbClock {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => task.refresh(&pool, warn).await,
+                    _ = tick.tick() => task.refresh(&pool).await,
                 }
             }
         });
         clock
     }
 
-    async fn refresh(&self, pool: &Pool, warn: Duration) {
+    async fn refresh(&self, pool: &Pool) {
         match sample(pool).await {
             Ok(reading) => {
                 let offset_ms = reading.offset.num_milliseconds();
-                if reading.worst_skew() > warn {
+                if reading.worst_skew() > self.max_skew {
                     tracing::warn!(offset_ms, uncertainty = ?reading.uncertainty,
                         "this host's clock is far from PostgreSQL's");
                 } else {
@@ -116,14 +131,21 @@ impl DbClock {
         }
     }
 
-    /// The last reading, if it is recent enough to trust.
-    pub fn reading(&self) -> Option<ClockSample> {
-        let latest = *self.latest.read().ok()?;
-        latest.filter(|r| r.taken.elapsed() <= self.fresh_for)
+    /// The last reading judged: recent enough, and within the allowed skew.
+    pub fn state(&self) -> ClockState {
+        let latest = self.latest.read().ok().and_then(|l| *l);
+        match latest.filter(|r| r.taken.elapsed() <= self.fresh_for) {
+            Some(r) if r.worst_skew() <= self.max_skew => ClockState::Trusted(r),
+            Some(r) => ClockState::Skewed(r),
+            None => ClockState::Unknown,
+        }
     }
 
-    /// This host's best estimate of the database's time now, if the clock is known.
-    pub fn db_now(&self) -> Option<DateTime<Utc>> {
-        self.reading().map(|r| Utc::now() + r.offset)
+    /// This host's estimate of the database's time now, only while the clock is trusted.
+    pub fn trusted_now(&self) -> Option<DateTime<Utc>> {
+        match self.state() {
+            ClockState::Trusted(r) => Some(Utc::now() + r.offset),
+            _ => None,
+        }
     }
 }

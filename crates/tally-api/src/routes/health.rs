@@ -3,6 +3,7 @@
 use crate::model::{self, Clock, ComponentState, Liveness, Readiness, Status};
 use crate::state::AppState;
 use actix_web::{get, web, HttpResponse};
+use tally_store::clock::{ClockSample, ClockState};
 
 /// `GET /health/live`: the process answers.
 #[utoipa::path(
@@ -63,18 +64,15 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 #[get("/status")]
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let (db, broker) = components(&state).await;
-    let max = std::time::Duration::from_millis(state.settings.ledger.max_clock_skew_ms);
-    let clock = match state.clock.reading() {
-        Some(r) => Clock {
-            status: if r.worst_skew() <= max {
-                "ok"
-            } else {
-                "skewed"
-            },
-            offset_ms: Some(r.offset.num_milliseconds()),
-            uncertainty_ms: Some(u64::try_from(r.uncertainty.as_millis()).unwrap_or(u64::MAX)),
-        },
-        None => Clock {
+    let reading = |status, r: ClockSample| Clock {
+        status,
+        offset_ms: Some(r.offset.num_milliseconds()),
+        uncertainty_ms: Some(u64::try_from(r.uncertainty.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let clock = match state.clock.state() {
+        ClockState::Trusted(r) => reading("ok", r),
+        ClockState::Skewed(r) => reading("skewed", r),
+        ClockState::Unknown => Clock {
             status: "unknown",
             offset_ms: None,
             uncertainty_ms: None,
