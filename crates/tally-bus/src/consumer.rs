@@ -22,43 +22,49 @@ use crate::BusError;
 #[derive(Debug, Clone)]
 pub struct Tag(Acker);
 
-/// One message as the worker sees it.
+/// One message as the worker sees it. Its properties are read on demand: the shard loop needs
+/// only the body on its hot path, the rest when it logs, replies or archives.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub tag: Tag,
     pub body: Vec<u8>,
-    /// The transaction id (publishers set it; consumers dedupe by it).
-    pub message_id: Option<String>,
-    /// The API's request id ([`headers::REQUEST_ID`]), for log lines.
-    pub request_id: Option<String>,
-    /// Where the publisher waits for a reply (withdraw_request), if it does.
-    pub reply_to: Option<ReplyTo>,
-    /// The broker's record of the first death, on a dead-lettered message.
-    pub death: Option<Death>,
+    properties: lapin::BasicProperties,
 }
 
 impl Delivery {
-    /// The request id for a log line (`-` when the message has none).
-    pub fn request_id_or_dash(&self) -> &str {
-        self.request_id.as_deref().unwrap_or("-")
+    /// The transaction id (publishers set it; consumers dedupe by it).
+    pub fn message_id(&self) -> Option<&str> {
+        self.properties.message_id().as_ref().map(|m| m.as_str())
     }
 
-    fn from_lapin(delivery: lapin::message::Delivery) -> Self {
-        let props = &delivery.properties;
-        let reply_to = match (props.reply_to(), props.correlation_id()) {
+    /// The API's request id ([`headers::REQUEST_ID`]) for a log line; `-` when the message has
+    /// none (or not as UTF-8 text).
+    pub fn request_id_or_dash(&self) -> &str {
+        headers::request_id(&self.properties).unwrap_or("-")
+    }
+
+    /// Where the publisher waits for a reply (withdraw_request), if it does.
+    pub fn reply_to(&self) -> Option<ReplyTo> {
+        let props = &self.properties;
+        match (props.reply_to(), props.correlation_id()) {
             (Some(queue), Some(correlation_id)) => Some(ReplyTo {
                 queue: queue.as_str().to_string(),
                 correlation_id: correlation_id.as_str().to_string(),
             }),
             _ => None,
-        };
+        }
+    }
+
+    /// The broker's record of the first death, on a dead-lettered message.
+    pub fn death(&self) -> Option<Death> {
+        Death::of(&self.properties)
+    }
+
+    fn from_lapin(delivery: lapin::message::Delivery) -> Self {
         Self {
-            message_id: props.message_id().as_ref().map(|m| m.as_str().to_string()),
-            request_id: headers::request_id(props),
-            death: Death::of(props),
-            reply_to,
             tag: Tag(delivery.acker),
             body: delivery.data,
+            properties: delivery.properties,
         }
     }
 }

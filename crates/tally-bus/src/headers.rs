@@ -32,11 +32,11 @@ pub(crate) fn text(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// The request id a message carries, if any.
-pub(crate) fn request_id(properties: &BasicProperties) -> Option<String> {
-    properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(REQUEST_ID))
-        .and_then(text)
+/// The request id a message carries, if any, read in place (no copy per message).
+pub(crate) fn request_id(properties: &BasicProperties) -> Option<&str> {
+    match properties.headers().as_ref()?.inner().get(REQUEST_ID)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
 }

@@ -18,7 +18,7 @@ use crate::shard::ShardError;
 /// What the archive stores for one delivery of the dead-letter queue; `rules` are the ones the
 /// shard loop judged it by, so the detail says why it was refused.
 pub fn letter_of(delivery: &Delivery, rules: &AmountRules) -> DeadLetter {
-    let death = delivery.death.clone().unwrap_or_default();
+    let death = delivery.death().unwrap_or_default();
     let dead_at = death
         .time
         .and_then(|s| Utc.timestamp_opt(s, 0).single())
@@ -42,7 +42,7 @@ pub fn letter_of(delivery: &Delivery, rules: &AmountRules) -> DeadLetter {
         routing_key: death.routing_key.unwrap_or_default(),
         reason: death.reason.unwrap_or_else(|| "unknown".into()),
         detail,
-        message_id: delivery.message_id.clone(),
+        message_id: delivery.message_id().map(str::to_string),
         body: delivery.body.clone(),
         dead_at,
         archived_at: Utc::now(),

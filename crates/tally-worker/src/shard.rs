@@ -101,28 +101,42 @@ async fn process(
 ) -> Result<(), ShardError> {
     let good = decode_or_dead_letter(ctx, lease.shard, consumer, deliveries).await?;
     // The last good delivery acks everything before it (rejected ones are settled).
-    let Some((last, _)) = good.last() else {
+    let Some(last) = good.deliveries.last() else {
         return Ok(());
     };
-    let envelopes: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
+    let size = good.envelopes.len();
     let started = std::time::Instant::now();
-    match apply_retrying(ctx, lease, &envelopes, stop).await {
+    match apply_retrying(ctx, lease, &good.envelopes, stop).await {
         Applied::Done(outcomes) => {
             consumer.ack_through(&last.tag).await?;
-            metrics::batch(good.len(), started.elapsed());
-            tracing::debug!(shard = lease.shard, size = good.len(), elapsed = ?started.elapsed(),
+            metrics::batch(size, started.elapsed());
+            tracing::debug!(shard = lease.shard, size, elapsed = ?started.elapsed(),
                 "batch applied");
-            committed(ctx, lease.shard, &good, &outcomes).await;
+            committed(
+                ctx,
+                lease.shard,
+                &good.deliveries,
+                &good.envelopes,
+                &outcomes,
+            )
+            .await;
             Ok(())
         }
         Applied::Stopped => Ok(()),
         Applied::Fenced(e) => Err(ShardError::Fenced(e)),
         Applied::Permanent(error) => {
-            tracing::warn!(shard = lease.shard, %error, size = good.len(),
+            tracing::warn!(shard = lease.shard, %error, size,
                 "batch failed permanently; applying its commands one by one");
             one_by_one(ctx, lease, consumer, good, stop).await
         }
     }
+}
+
+/// The decodable deliveries of a batch and their envelopes, index-aligned (the envelopes go
+/// to the store as one slice, without a copy).
+struct Decoded {
+    deliveries: Vec<Delivery>,
+    envelopes: Vec<Envelope>,
 }
 
 /// Decodes each delivery; one that can never be applied is dead-lettered (in place: the
@@ -132,13 +146,19 @@ async fn decode_or_dead_letter(
     shard: u16,
     consumer: &Consumer,
     deliveries: Vec<Delivery>,
-) -> Result<Vec<(Delivery, Envelope)>, ShardError> {
-    let mut good = Vec::with_capacity(deliveries.len());
+) -> Result<Decoded, ShardError> {
+    let mut good = Decoded {
+        deliveries: Vec::with_capacity(deliveries.len()),
+        envelopes: Vec::with_capacity(deliveries.len()),
+    };
     for delivery in deliveries {
         match Envelope::decode(&delivery.body, &ctx.amount_rules) {
-            Ok(env) => good.push((delivery, env)),
+            Ok(env) => {
+                good.deliveries.push(delivery);
+                good.envelopes.push(env);
+            }
             Err(reason) => {
-                tracing::error!(shard, %reason, message_id = ?delivery.message_id,
+                tracing::error!(shard, %reason, message_id = ?delivery.message_id(),
                     request_id = delivery.request_id_or_dash(),
                     "dead-lettering a message that can never be applied");
                 consumer.dead_letter(&delivery.tag).await?;
@@ -154,16 +174,17 @@ async fn one_by_one(
     ctx: &ShardContext,
     lease: &Lease,
     consumer: &Consumer,
-    batch: Vec<(Delivery, Envelope)>,
+    batch: Decoded,
     stop: &CancellationToken,
 ) -> Result<(), ShardError> {
-    for (delivery, env) in batch {
+    for (delivery, env) in batch.deliveries.into_iter().zip(batch.envelopes) {
         let started = std::time::Instant::now();
         match apply_retrying(ctx, lease, std::slice::from_ref(&env), stop).await {
             Applied::Done(outcomes) => {
                 consumer.ack(&delivery.tag).await?;
                 metrics::batch(1, started.elapsed());
-                committed(ctx, lease.shard, &[(delivery, env)], &outcomes).await;
+                let (delivery, env) = (std::slice::from_ref(&delivery), std::slice::from_ref(&env));
+                committed(ctx, lease.shard, delivery, env, &outcomes).await;
             }
             Applied::Stopped => return Ok(()),
             Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
@@ -182,11 +203,12 @@ async fn one_by_one(
 async fn committed(
     ctx: &ShardContext,
     shard: u16,
-    batch: &[(Delivery, Envelope)],
+    deliveries: &[Delivery],
+    envelopes: &[Envelope],
     outcomes: &[Outcome],
 ) {
-    log_outcomes(shard, batch, outcomes);
-    reply_all(ctx, batch, outcomes).await;
+    log_outcomes(shard, deliveries, envelopes, outcomes);
+    reply_all(ctx, deliveries, envelopes, outcomes).await;
 }
 
 enum Applied {
@@ -212,7 +234,7 @@ async fn apply_retrying(
         Delays::doubling(Duration::from_millis(50), Duration::from_secs(2)),
         stop,
         || apply_batch(&ctx.pool, lease, envelopes, &ctx.rules),
-        |e: &StoreError| e.is_retryable() && !matches!(e, StoreError::Fenced { .. }),
+        StoreError::is_retryable,
         |e, retry_in| tracing::warn!(shard, error = %e, ?retry_in, "batch failed; retrying"),
     )
     .await;
@@ -226,11 +248,11 @@ async fn apply_retrying(
 
 /// One debug line per committed command, carrying its request id. Skipped as a whole when
 /// debug is off: nothing per message on the hot path.
-fn log_outcomes(shard: u16, batch: &[(Delivery, Envelope)], outcomes: &[Outcome]) {
+fn log_outcomes(shard: u16, deliveries: &[Delivery], envelopes: &[Envelope], outcomes: &[Outcome]) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    for ((delivery, env), outcome) in batch.iter().zip(outcomes) {
+    for ((delivery, env), outcome) in deliveries.iter().zip(envelopes).zip(outcomes) {
         tracing::debug!(
             shard,
             request_id = delivery.request_id_or_dash(),
@@ -243,12 +265,17 @@ fn log_outcomes(shard: u16, batch: &[(Delivery, Envelope)], outcomes: &[Outcome]
 }
 
 /// Sends each withdraw_request's outcome to the API replica that waits for it.
-async fn reply_all(ctx: &ShardContext, batch: &[(Delivery, Envelope)], outcomes: &[Outcome]) {
-    for ((delivery, env), outcome) in batch.iter().zip(outcomes) {
+async fn reply_all(
+    ctx: &ShardContext,
+    deliveries: &[Delivery],
+    envelopes: &[Envelope],
+    outcomes: &[Outcome],
+) {
+    for ((delivery, env), outcome) in deliveries.iter().zip(envelopes).zip(outcomes) {
         if env.kind != Kind::WithdrawRequest {
             continue;
         }
-        let Some(reply_to) = &delivery.reply_to else {
+        let Some(reply_to) = delivery.reply_to() else {
             continue;
         };
         let body = match serde_json::to_vec(outcome) {
@@ -258,7 +285,7 @@ async fn reply_all(ctx: &ShardContext, batch: &[(Delivery, Envelope)], outcomes:
                 continue;
             }
         };
-        if let Err(e) = ctx.replies.send(reply_to, &body).await {
+        if let Err(e) = ctx.replies.send(&reply_to, &body).await {
             tracing::warn!(id = %env.id, request_id = delivery.request_id_or_dash(), error = %e,
                 "reply not sent");
         }
