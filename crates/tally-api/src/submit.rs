@@ -333,6 +333,8 @@ enum AfterReply {
 #[derive(Debug)]
 struct Attempt<'a> {
     tx: &'a NewTransaction,
+    /// The command's fingerprint, computed once: every record seen is compared with it.
+    fingerprint: String,
     /// `acceptedAt` of this attempt's own copy, once it is published: a record carrying it
     /// was decided by this attempt.
     own: Option<DateTime<Utc>>,
@@ -345,6 +347,7 @@ impl<'a> Attempt<'a> {
     fn new(tx: &'a NewTransaction) -> Self {
         Self {
             tx,
+            fingerprint: tx.fingerprint(),
             own: None,
             approved_elsewhere: false,
         }
@@ -353,7 +356,7 @@ impl<'a> Attempt<'a> {
     /// The answer a record of the id allows, if any (an approval this attempt did not decide
     /// allows none, and is remembered).
     fn saw_record(&mut self, record: &TransactionRecord) -> Option<Answer> {
-        if record.fingerprint != self.tx.fingerprint() {
+        if record.fingerprint != self.fingerprint {
             return Some(Answer::IdReused);
         }
         let status = record.status;

@@ -57,11 +57,7 @@ pub fn file_hash(path: &Path) -> Result<(String, u64)> {
         hasher.update(&buf[..n]);
         lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
     }
-    let hash = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = format!("{:x}", hasher.finalize());
     Ok((hash, lines))
 }
 

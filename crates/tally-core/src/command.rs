@@ -215,7 +215,7 @@ impl NewTransaction {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        format!("{:x}", h.finalize())
     }
 }
 

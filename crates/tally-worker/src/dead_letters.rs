@@ -32,10 +32,9 @@ pub fn letter_of(delivery: &Delivery, rules: &AmountRules) -> DeadLetter {
     hash.update(queue.as_bytes());
     hash.update(dead_at.timestamp().to_be_bytes());
     hash.update(&delivery.body);
-    let id = hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // The first 16 bytes of the digest, in hex.
+    let mut id = format!("{:x}", hash.finalize());
+    id.truncate(32);
     DeadLetter {
         id,
         queue,

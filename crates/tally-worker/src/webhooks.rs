@@ -229,11 +229,7 @@ struct Payload<'a> {
 pub fn signature(secret: &[u8], body: &[u8]) -> Result<String, hmac::digest::InvalidLength> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret)?;
     mac.update(body);
-    let mut out = String::from("sha256=");
-    for byte in mac.finalize().into_bytes() {
-        let _ = write!(out, "{byte:02x}");
-    }
-    Ok(out)
+    Ok(format!("sha256={:x}", mac.finalize().into_bytes()))
 }
 
 /// Wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed:
