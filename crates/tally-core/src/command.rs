@@ -292,13 +292,22 @@ impl Envelope {
         struct Version {
             v: u32,
         }
-        let version: Version =
-            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Undecodable(e.to_string()))?;
-        if version.v != ENVELOPE_VERSION {
-            return Err(EnvelopeError::UnknownVersion(version.v));
-        }
-        let mut env: Envelope =
-            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        // One parse for a good message; only a failed one is parsed again, to tell an unknown
+        // version from a malformed body.
+        let parsed = serde_json::from_slice::<Envelope>(bytes);
+        let mut env = match parsed {
+            Ok(env) if env.v == ENVELOPE_VERSION => env,
+            Ok(env) => return Err(EnvelopeError::UnknownVersion(env.v)),
+            Err(malformed) => {
+                let version: Version = serde_json::from_slice(bytes)
+                    .map_err(|e| EnvelopeError::Undecodable(e.to_string()))?;
+                return Err(if version.v == ENVELOPE_VERSION {
+                    EnvelopeError::Malformed(malformed.to_string())
+                } else {
+                    EnvelopeError::UnknownVersion(version.v)
+                });
+            }
+        };
         env.amount = env.check(rules).map_err(EnvelopeError::Invalid)?;
         Ok(env)
     }
