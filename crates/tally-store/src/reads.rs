@@ -3,7 +3,7 @@
 //! writer of ledger state.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 use rust_decimal::Decimal;
 use tally_core::{Kind, OutcomeStatus, Reason};
 use tokio_postgres::Row;
@@ -67,10 +67,20 @@ pub struct TransactionRecord {
     pub shard: i32,
 }
 
-/// The columns [`TransactionRecord::from_row`] reads, in its order.
-pub(crate) const TX_COLUMNS: &str =
-    "id, account_id, kind, amount, status, reason, hold_id, request_id, \
-     fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard";
+/// The columns [`TransactionRecord::from_row`] reads, in its order: a macro, so that fixed
+/// statements are built from it at compile time (`concat!`), not formatted per call.
+macro_rules! tx_columns {
+    () => {
+        "id, account_id, kind, amount, status, reason, hold_id, request_id, \
+         fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard"
+    };
+}
+
+/// [`tx_columns!`] as a value, for statements that vary (history filters).
+pub(crate) const TX_COLUMNS: &str = tx_columns!();
+
+/// One record by id: on the API's path of every write (pre-check, polls, last look).
+const TX_BY_ID: &str = concat!("SELECT ", tx_columns!(), " FROM transactions WHERE id = $1");
 
 impl TransactionRecord {
     /// Maps a row of [`TX_COLUMNS`]; fails on a code this build does not know.
@@ -100,12 +110,11 @@ impl TransactionRecord {
 
 /// The recorded transaction with this id, if the worker has decided it.
 pub async fn transaction(pool: &Pool, id: &str) -> Result<Option<TransactionRecord>, StoreError> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {TX_COLUMNS} FROM transactions WHERE id = $1"
-        ))
-        .await?;
+    record_by_id(&pool.get().await?, id).await
+}
+
+async fn record_by_id(client: &Client, id: &str) -> Result<Option<TransactionRecord>, StoreError> {
+    let stmt = client.prepare_cached(TX_BY_ID).await?;
     client
         .query_opt(&stmt, &[&id])
         .await?
@@ -133,12 +142,7 @@ pub async fn transaction_with_conflicts(
     id: &str,
 ) -> Result<Option<(TransactionRecord, Vec<IdConflict>)>, StoreError> {
     let client = pool.get().await?;
-    let record = client
-        .prepare_cached(&format!(
-            "SELECT {TX_COLUMNS} FROM transactions WHERE id = $1"
-        ))
-        .await?;
-    let Some(row) = client.query_opt(&record, &[&id]).await? else {
+    let Some(record) = record_by_id(&client, id).await? else {
         return Ok(None);
     };
     let conflicts = client
@@ -161,7 +165,7 @@ pub async fn transaction_with_conflicts(
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    Ok(Some((TransactionRecord::from_row(&row)?, conflicts)))
+    Ok(Some((record, conflicts)))
 }
 
 /// How many holds are open, ledger-wide (`/metrics`). The partial indexes on open holds
