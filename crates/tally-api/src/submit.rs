@@ -215,7 +215,6 @@ async fn await_decision(
             &envelope.encode(),
             command_properties(&envelope.id, request_id),
             budget.reply_by,
-            budget.reply_by,
         )
         .await;
     match attempt.saw_reply(&reply) {

@@ -306,23 +306,22 @@ impl Publisher {
     }
 
     /// Publishes a request whose reply comes back on this replica's reply queue (settled like
-    /// [`Publisher::publish_settled`] until `settle_by`), then waits for the reply until
-    /// `reply_by`. `Ok(None)`: the request is in the queue, but no reply came here in time
-    /// (or the reply queue died with its connection): the caller must look elsewhere.
+    /// [`Publisher::publish_settled`]), then waits for the reply; both until `by`. `Ok(None)`:
+    /// the request is in the queue, but no reply came here in time (or the reply queue died
+    /// with its connection): the caller must look elsewhere.
     pub async fn request(
         &self,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-        settle_by: Instant,
-        reply_by: Instant,
+        by: Instant,
     ) -> Result<Option<Vec<u8>>, PublishError> {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let mut reply = None;
         // Every copy asks for its reply on the session it is sent on; the slot is registered
         // before publishing, as a fast worker may reply before the confirm arrives.
         let mut slot = self.inner.waiting.slot(&correlation_id);
-        self.settled(settle_by, || {
+        self.settled(by, || {
             reply = Some(slot.register());
             let properties = properties.clone();
             let correlation_id = correlation_id.clone();
@@ -343,7 +342,7 @@ impl Publisher {
         let Some(rx) = reply else {
             return Ok(None);
         };
-        match tokio::time::timeout_at(reply_by, rx).await {
+        match tokio::time::timeout_at(by, rx).await {
             Ok(Ok(reply)) => Ok(Some(reply)),
             // Sender dropped (session replaced) or deadline passed: no reply will come here.
             Ok(Err(_)) | Err(_) => Ok(None),

@@ -249,14 +249,12 @@ async fn each_reply_reaches_the_request_with_its_correlation_id() {
     let ask = |id: &'static str| {
         let publisher = bus.publisher.clone();
         async move {
-            let now = Instant::now();
             publisher
                 .request(
                     &Topology::routing_key(0),
                     id.as_bytes(),
                     command_properties(id, id),
-                    now + WAIT,
-                    now + WAIT,
+                    Instant::now() + WAIT,
                 )
                 .await
         }
