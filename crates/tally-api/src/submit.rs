@@ -285,10 +285,6 @@ async fn void(
 const LEDGER_AWAY: &str =
     "the ledger cannot decide withdraw requests right now; nothing was accepted, retry with the same id";
 
-/// The reason of the 402 an attempt that voided itself answers: the one the worker records
-/// for the void.
-pub const DEADLINE_EXCEEDED: Reason = VOIDED_REASON;
-
 const POLL: Duration = Duration::from_millis(50);
 
 /// Bound of the last record lookup of a withdraw_request that got no reply; the reply wait
@@ -429,7 +425,7 @@ fn voided(envelope: &Envelope, confirmed: bool) -> Answer {
         account_id: envelope.account_id.clone(),
         amount: envelope.amount,
         hold_id: None,
-        reason: Some(DEADLINE_EXCEEDED),
+        reason: Some(VOIDED_REASON),
     })
 }
 
@@ -693,7 +689,7 @@ mod tests {
         let envelope = Envelope::new(&tx, at(3));
         assert_eq!(
             voided(&envelope, true),
-            Answer::Denied(decision(None, Some(DEADLINE_EXCEEDED)))
+            Answer::Denied(decision(None, Some(VOIDED_REASON)))
         );
         assert!(matches!(
             voided(&envelope, false),

@@ -4,8 +4,9 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use tally_api::submit::{submit, Answer, DEADLINE_EXCEEDED};
+use tally_api::submit::{submit, Answer};
 use tally_core::command::NewTransaction;
+use tally_core::ledger::VOIDED_REASON;
 use tally_core::{AmountRules, Kind, Reason};
 
 use crate::helpers::{broker_address, database_address, eventually, Options, TcpProxy, TestApp};
@@ -102,7 +103,7 @@ async fn a_withdraw_request_nobody_decides_in_time_is_voided_and_denied() {
     let Answer::Denied(decision) = answer else {
         panic!("not denied: {answer:?}")
     };
-    assert_eq!(decision.reason, Some(DEADLINE_EXCEEDED));
+    assert_eq!(decision.reason, Some(VOIDED_REASON));
 }
 
 #[tokio::test]
