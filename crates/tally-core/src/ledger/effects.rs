@@ -170,22 +170,22 @@ impl Effects {
     }
 
     /// Sets the final state of the accounts the batch touched.
-    pub fn set_accounts(&mut self, accounts: Vec<AccountState>) {
+    pub(super) fn set_accounts(&mut self, accounts: Vec<AccountState>) {
         self.accounts = accounts;
     }
 
     /// A new transaction row.
-    pub fn record(&mut self, record: NewRecord) {
+    pub(super) fn record(&mut self, record: NewRecord) {
         self.records.push(record);
     }
 
     /// A new open hold.
-    pub fn place_hold(&mut self, hold: Hold) {
+    pub(super) fn place_hold(&mut self, hold: Hold) {
         self.new_holds.push(NewHold { hold, closed: None });
     }
 
     /// Closes hold `id`: the batch's own new hold if it placed it, else a hold open before.
-    pub fn close_hold(&mut self, id: Uuid, end: HoldEnd, captured_by: Option<String>) {
+    pub(super) fn close_hold(&mut self, id: Uuid, end: HoldEnd, captured_by: Option<String>) {
         let closure = Closure { end, captured_by };
         match self.new_holds.iter_mut().find(|h| h.hold.id == id) {
             Some(new) => new.closed = Some(closure),
@@ -195,7 +195,7 @@ impl Effects {
 
     /// Denies the approved withdraw_request `id` ([`VOIDED_STATUS`], [`VOIDED_REASON`], no
     /// hold): the batch's own new record if it inserted it, else a record from before.
-    pub fn void(&mut self, id: &str) {
+    pub(super) fn void(&mut self, id: &str) {
         match self.records.iter_mut().find(|r| r.id == id) {
             Some(record) => {
                 record.status = VOIDED_STATUS;
@@ -207,7 +207,7 @@ impl Effects {
     }
 
     /// A reuse of a recorded id with another payload (once per id and payload).
-    pub fn conflict(&mut self, conflict: IdConflict) {
+    pub(super) fn conflict(&mut self, conflict: IdConflict) {
         let seen = self
             .conflicts
             .iter()

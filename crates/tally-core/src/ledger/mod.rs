@@ -27,8 +27,8 @@
 mod books;
 mod commands;
 mod decide;
-pub mod effects;
-pub mod state;
+mod effects;
+mod state;
 #[cfg(test)]
 mod tests;
 
