@@ -43,7 +43,7 @@ use crate::model;
             Identifier, Money, PositiveMoney, AmountInput, model::TransactionType,
             model::NewTransaction, model::WebhookPayload,
         ),
-        responses(Unavailable, Internal, BadPath, BadPage, BadPeriod, Unauthorized),
+        responses(Unavailable, Internal, BadPath, BadPage, BadPeriod, BadJobId, JobNotFound, Unauthorized),
     ),
     modifiers(&Shared),
 )]
@@ -231,6 +231,22 @@ shared_response!(
     BadPeriod => error_response(
         "Missing or invalid period: `missing_field` (`from` or `to` absent), `invalid_timestamp` (not RFC 3339), `invalid_range` (`from` after `to`, `field` = `from`), or `invalid_id` for the path parameter. `field` names the culprit.",
         json!({"error": {"code": "invalid_range", "message": "`from` must not be after `to`", "field": "from"}}),
+    )
+);
+
+shared_response!(
+    /// 400 of a job route whose `{id}` is not a job id.
+    BadJobId => error_response(
+        "Not a job id. Code `invalid_id`.",
+        json!({"error": {"code": "invalid_id", "message": "`id` must be a job id (UUID)", "field": "id"}}),
+    )
+);
+
+shared_response!(
+    /// 404 of a job route.
+    JobNotFound => error_response(
+        "No such job. Code `job_not_found`.",
+        json!({"error": {"code": "job_not_found", "message": "no job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69"}}),
     )
 );
 

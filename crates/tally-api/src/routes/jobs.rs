@@ -174,18 +174,21 @@ async fn find(state: &AppState, id: Uuid) -> Result<Job, ApiError> {
         })
 }
 
+/// The `{id}` path parameter of the job routes.
+const JOB_ID: &str = "The job id returned by `POST /jobs/settlements` (a UUID; anything else is a 400 `invalid_id`).";
+
 /// `GET /jobs/{id}` → the job's true status and progress.
 #[utoipa::path(
     tag = "jobs",
     operation_id = "getJob",
     summary = "Status and progress of a job",
     params(
-        ("id" = String, Path, format = Uuid, description = "The job id returned by `POST /jobs/settlements` (a UUID; anything else is a 400 `invalid_id`)."),
+        ("id" = String, Path, format = Uuid, description = JOB_ID),
     ),
     responses(
         (status = 200, description = "The job.", body = model::Job),
-        (status = 400, description = "Not a job id. Code `invalid_id`.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_id", "message": "`id` must be a job id (UUID)", "field": "id"}})),
-        (status = 404, description = "No such job. Code `job_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_found", "message": "no job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69"}})),
+        (status = 400, response = openapi::BadJobId),
+        (status = 404, response = openapi::JobNotFound),
         (status = 500, response = openapi::Internal),
         (status = 503, response = openapi::Unavailable),
     ),
@@ -211,13 +214,13 @@ pub async fn get_job(
     summary = "Cancel a job",
     description = "A QUEUED job, or a RUNNING one whose worker stopped heartbeating, is CANCELLED at once (200). A RUNNING job stops at its next chunk boundary (202 with `cancelRequested: true` and the true status RUNNING; poll `GET /jobs/{id}`); the days already done stay in `settlements`. Cancelling a CANCELLED job again answers 200.",
     params(
-        ("id" = String, Path, format = Uuid, description = "The job id returned by `POST /jobs/settlements` (a UUID; anything else is a 400 `invalid_id`)."),
+        ("id" = String, Path, format = Uuid, description = JOB_ID),
     ),
     responses(
         (status = 200, description = "The job is CANCELLED.", body = model::Job),
         (status = 202, description = "Cancellation requested; the job stops at its next chunk.", body = model::Job),
-        (status = 400, description = "Not a job id. Code `invalid_id`.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_id", "message": "`id` must be a job id (UUID)", "field": "id"}})),
-        (status = 404, description = "No such job. Code `job_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_found", "message": "no job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69"}})),
+        (status = 400, response = openapi::BadJobId),
+        (status = 404, response = openapi::JobNotFound),
         (status = 409, description = "The job is COMPLETED or FAILED. Code `job_finished`.", body = model::ErrorBody, example = json!({"error": {"code": "job_finished", "message": "job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69 is already COMPLETED"}})),
         (status = 500, response = openapi::Internal),
         (status = 503, response = openapi::Unavailable),
@@ -258,12 +261,12 @@ pub async fn cancel_job(
     summary = "The settlement file of a completed job (CSV)",
     description = "Streams `settlements` rows of the job's range as CSV with a header line `account_id,day,deposits,withdraws,net,count`, ordered by day then account. Amounts are exact decimals (`100.25`, `-10`); `net` = deposits - withdraws; days without transactions for an account have no line. Streamed from PostgreSQL (`COPY`): any size, constant memory. At most `jobs.download_connections` downloads (default 2) stream at once from one API replica, each on a PostgreSQL connection of a small pool of their own: a download never takes a connection the ledger's requests need.",
     params(
-        ("id" = String, Path, format = Uuid, description = "The job id returned by `POST /jobs/settlements` (a UUID; anything else is a 400 `invalid_id`)."),
+        ("id" = String, Path, format = Uuid, description = JOB_ID),
     ),
     responses(
         (status = 200, description = "The CSV file.", body = String, content_type = "text/csv", headers(("Content-Disposition" = String, description = "`attachment; filename=\"settlements-FROM-TO.csv\"`")), example = json!("account_id,day,deposits,withdraws,net,count\nacc-1,2024-01-01,100.25,30.5,69.75,3\nacc-2,2024-01-01,10,20,-10,2\n")),
-        (status = 400, description = "Not a job id. Code `invalid_id`.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_id", "message": "`id` must be a job id (UUID)", "field": "id"}})),
-        (status = 404, description = "No such job. Code `job_not_found`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_found", "message": "no job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69"}})),
+        (status = 400, response = openapi::BadJobId),
+        (status = 404, response = openapi::JobNotFound),
         (status = 409, description = "The job is not COMPLETED (yet). Code `job_not_completed`.", body = model::ErrorBody, example = json!({"error": {"code": "job_not_completed", "message": "job 5f0c7c1e-8a43-4a0e-9b7e-2d1f3c4b5a69 is RUNNING: its file is served once it is COMPLETED"}})),
         (status = 500, response = openapi::Internal),
         (status = 503, description = "`downloads_busy`: `jobs.download_connections` downloads are already streaming from this replica; or `unavailable`: PostgreSQL is unreachable. Retry after `Retry-After` seconds.", body = model::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying (`api.retry_after_secs`, default 1).")), example = json!({"error": {"code": "downloads_busy", "message": "2 settlement downloads are in progress on this server; retry after the Retry-After delay"}})),
