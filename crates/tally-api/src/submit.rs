@@ -171,10 +171,10 @@ async fn request(
     let (shard, db_now) =
         match admit(state, tx).and_then(|shard| Ok((shard, trusted_db_now(state)?))) {
             Ok(ready) => ready,
-            Err(answer) => return answer,
+            Err(answer) => return attempt.refused(answer),
         };
     let margin = Duration::from_millis(state.settings.ledger.decision_margin_ms);
-    let budget = Budget::new(deadline, wait, margin, db_now);
+    let budget = Budget::new(deadline, Instant::now(), margin, db_now);
     let mut envelope = Envelope::new(tx, Utc::now());
     envelope.decide_by = Some(budget.decide_by);
     attempt.own = Some(envelope.accepted_at);
@@ -295,7 +295,9 @@ const LAST_LOOK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Budget {
     /// When the worker must have decided, on PostgreSQL's clock (the worker judges it with
-    /// that clock): `wait` less the decision margin, so its commit and reply reach us in time.
+    /// that clock): what is left until the deadline less the decision margin, so its commit
+    /// and reply reach us in time. Time the attempt already spent (its checks) is not given
+    /// to the worker a second time.
     decide_by: DateTime<Utc>,
     /// When this replica stops waiting for the reply, leaving [`LAST_LOOK`] before the
     /// deadline.
@@ -303,8 +305,11 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(deadline: Instant, wait: Duration, margin: Duration, db_now: DateTime<Utc>) -> Self {
-        let left = chrono::Duration::from_std(wait.saturating_sub(margin)).unwrap_or_default();
+    fn new(deadline: Instant, now: Instant, margin: Duration, db_now: DateTime<Utc>) -> Self {
+        let left = deadline
+            .saturating_duration_since(now)
+            .saturating_sub(margin);
+        let left = chrono::Duration::from_std(left).unwrap_or_default();
         Self {
             decide_by: db_now + left,
             reply_by: deadline - LAST_LOOK,
@@ -404,12 +409,24 @@ impl<'a> Attempt<'a> {
     /// The answer when no decision came in time: `outcome_unknown` after seeing another
     /// attempt's approval, else `None`: the attempt must void itself ([`voided`]).
     fn without_decision(&self) -> Option<Answer> {
-        self.approved_elsewhere.then_some(Answer::OutcomeUnknown(
-            "the request was approved by an earlier attempt whose answer is not known here; \
-             retry with the same id or read GET /transactions/{id}",
-        ))
+        self.approved_elsewhere.then_some(APPROVED_ELSEWHERE)
+    }
+
+    /// The answer when a check (admission, clock) keeps this attempt from publishing. "Nothing
+    /// was accepted" is not true of a request this attempt saw approved: that one is unknown.
+    fn refused(&self, answer: Answer) -> Answer {
+        match answer {
+            Answer::Unavailable(_) if self.approved_elsewhere => APPROVED_ELSEWHERE,
+            answer => answer,
+        }
     }
 }
+
+/// What an attempt that saw another attempt's approval, and no decision of its own, may say.
+const APPROVED_ELSEWHERE: Answer = Answer::OutcomeUnknown(
+    "the request was approved by an earlier attempt whose answer is not known here; \
+     retry with the same id or read GET /transactions/{id}",
+);
 
 /// The answer after voiding: 402 `deadline_exceeded` once the broker confirmed the void; if it
 /// could not be confirmed, the request may still be in the queue unanswered: outcome unknown.
@@ -632,6 +649,15 @@ mod tests {
         // Before publishing, every approval is another attempt's.
         assert_eq!(attempt.saw_record(&record(&tx, "approved", at(1))), None);
         assert!(attempt.approved_elsewhere);
+        // Refused by a check after that, it may not say "nothing was accepted".
+        assert!(matches!(
+            attempt.refused(Answer::Unavailable("shed")),
+            Answer::OutcomeUnknown(_)
+        ));
+        assert!(matches!(
+            Attempt::new(&tx).refused(Answer::Unavailable("shed")),
+            Answer::Unavailable(_)
+        ));
 
         let mut attempt = Attempt::new(&tx);
         attempt.own = Some(at(2));
@@ -699,22 +725,17 @@ mod tests {
 
     #[test]
     fn the_budget_leaves_the_margin_to_the_worker_and_the_last_look_to_the_api() {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let budget = Budget::new(
-            deadline,
-            Duration::from_secs(3),
-            Duration::from_millis(500),
-            at(0),
-        );
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(3);
+        let margin = Duration::from_millis(500);
+        let budget = Budget::new(deadline, now, margin, at(0));
         assert_eq!(budget.decide_by, at(2_500_000));
         assert_eq!(budget.reply_by, deadline - LAST_LOOK);
-        // A margin over the wait leaves the worker no time rather than a negative one.
-        let tight = Budget::new(
-            deadline,
-            Duration::from_millis(100),
-            Duration::from_secs(1),
-            at(0),
-        );
+        // Two seconds spent on the checks are not given to the worker again.
+        let late = Budget::new(deadline, now + Duration::from_secs(2), margin, at(0));
+        assert_eq!(late.decide_by, at(500_000));
+        // A margin over what is left leaves the worker no time rather than a negative one.
+        let tight = Budget::new(deadline, deadline, margin, at(0));
         assert_eq!(tight.decide_by, at(0));
     }
 }

@@ -357,6 +357,9 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
         200
     );
     app.wait_balance("skew", "100").await;
+    // A request this (in-process) API gets approved, to be retried on the skewed one.
+    let approved = tx("r0", "withdraw_request", json!(10), "skew");
+    assert_eq!(app.post_json(&approved).await.0, 201);
 
     // The real binary, 5 s ahead of every other clock (libfaketime; timers stay monotonic).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -401,10 +404,13 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
             (r.status().as_u16(), r.json::<Value>().await.expect("json"))
         }
     };
-    // Its decide-by instant could not be trusted: refused, nothing published.
+    // Its decide-by instant could not be trusted: refused, nothing published (checked below,
+    // once a later command of the same shard is applied).
     let answer = post(tx("r1", "withdraw_request", json!(60), "skew")).await;
     assert_eq!(code(&answer), (503, "unavailable"), "{}", answer.1);
-    assert_eq!(record(&app, "r1").await, None);
+    // A retry of an approved request is refused too, but "nothing was accepted" would be false.
+    let answer = post(approved).await;
+    assert_eq!(code(&answer), (503, "outcome_unknown"), "{}", answer.1);
     let (_, status) = app.get("/status").await;
     assert_eq!(
         status["clock"]["status"], "ok",
@@ -427,4 +433,7 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
     // Deposits do not depend on the clock.
     assert_eq!(post(tx("d2", "deposit", json!(1), "skew")).await.0, 200);
     app.wait_balance("skew", "101").await;
+    // d2 went through the account's queue after r1 would have: r1 was never published.
+    assert_eq!(record(&app, "r1").await, None);
+    assert_eq!(record(&app, "r0").await, Some(("approved".into(), None)));
 }
