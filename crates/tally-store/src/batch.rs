@@ -21,6 +21,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use rust_decimal::Decimal;
+use std::collections::HashMap;
 use tally_core::ledger::{
     AccountState, ClosedHold, Effects, Hold, IdConflict, NewHold, NewRecord, Recorded, Snapshot,
     VOIDED_REASON, VOIDED_STATUS,
@@ -43,7 +44,7 @@ pub async fn load(
     let by_id: [&Param<'_>; 1] = [&ids];
     let by_account: [&Param<'_>; 1] = [&accounts];
     // Cached statements: after the first batch, each query is one pipelined round trip.
-    let (q_recorded, q_accounts, q_holds) = tokio::try_join!(
+    let (q_recorded, q_accounts, q_holds, q_links) = tokio::try_join!(
         tx.prepare_cached(
             "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint \
              FROM transactions WHERE id = ANY($1)"
@@ -61,21 +62,37 @@ pub async fn load(
              WHERE h.account_id = ANY($1) AND h.status = 'open' \
              ORDER BY h.account_id, t.seq NULLS FIRST, h.created_at, h.id"
         ),
+        // Explicit links (`PUT /users/…/accounts/…`) win over the `userId` of an account's
+        // first command (V3): one committed while another user's command was still queued
+        // must make the worker refuse that command, account row or not.
+        tx.prepare_cached(
+            "SELECT account_id, user_id FROM account_owners WHERE account_id = ANY($1)"
+        ),
     )?;
-    let (recorded, account_rows, hold_rows) = tokio::try_join!(
+    let (recorded, account_rows, hold_rows, link_rows) = tokio::try_join!(
         tx.query(&q_recorded, &by_id),
         tx.query(&q_accounts, &by_account),
         tx.query(&q_holds, &by_account),
+        tx.query(&q_links, &by_account),
     )?;
+    let mut accounts: HashMap<String, AccountState> = account_rows
+        .iter()
+        .map(|r| {
+            let account = account_of(r);
+            (account.id.clone(), account)
+        })
+        .collect();
+    for link in &link_rows {
+        let id: String = link.get(0);
+        let owner = Some(link.get(1));
+        accounts
+            .entry(id)
+            .or_insert_with_key(|id| AccountState::new(id))
+            .user_id = owner;
+    }
     Ok(Snapshot {
         recorded: recorded.iter().map(recorded_of).collect::<Result<_, _>>()?,
-        accounts: account_rows
-            .iter()
-            .map(|r| {
-                let account = account_of(r);
-                (account.id.clone(), account)
-            })
-            .collect(),
+        accounts,
         holds: hold_rows.iter().map(hold_of).collect(),
     })
 }

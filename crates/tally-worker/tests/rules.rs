@@ -1,11 +1,12 @@
 //! Ledger rules through the real batch path, where an earlier batch set the scene: the void of
 //! an approval decided by another attempt, the void of an approval already captured, and the
-//! `reject_overdraft` policy judging withdraws against `available`.
+//! `reject_overdraft` policy judging withdraws against `available`, and the owner of an account
+//! linked before its first command.
 
 mod common;
 
 use chrono::{Duration, Utc};
-use common::{capture, dec, envelope, fresh_database, lease};
+use common::{by_user, capture, dec, envelope, fresh_database, lease};
 use tally_core::ledger::Rules;
 use tally_core::ledger::WithdrawPolicy;
 use tally_core::{Envelope, Kind, Outcome, OutcomeStatus, Reason};
@@ -169,4 +170,73 @@ async fn reject_overdraft_keeps_money_promised_to_an_approved_request() {
             ("captured".into(), Some("w2".into()))
         )
     );
+}
+
+/// A link (`PUT /users/{userId}/accounts/{accountId}`) committed while another user's first
+/// command for the account was still queued: the API let that command in (the account had no
+/// owner yet), and the worker must refuse it, as the link makes the account the linked user's.
+#[tokio::test]
+async fn a_command_of_another_user_on_a_linked_account_is_refused() {
+    let db = fresh_database().await;
+    // One connection for the batches, one for this test's own reads and writes.
+    let pool = db.pool(2);
+    let lease = lease(&pool).await;
+    let rules = rules(WithdrawPolicy::AlwaysApply);
+    let client = pool.get().await.expect("connection");
+    client
+        .execute(
+            "INSERT INTO account_owners (account_id, user_id) VALUES ('linked', 'alice'), \
+             ('funded', 'alice')",
+            &[],
+        )
+        .await
+        .expect("links");
+    // `funded` has an account row (its first deposit carried no user), `linked` has none.
+    apply(
+        &pool,
+        &lease,
+        &rules,
+        &[envelope(
+            "d0",
+            Kind::Deposit,
+            "funded",
+            dec("100"),
+            Utc::now(),
+        )],
+    )
+    .await;
+
+    let outcomes = apply(
+        &pool,
+        &lease,
+        &rules,
+        &[
+            by_user("bob-d", Kind::Deposit, "linked", dec("5"), "bob"),
+            by_user("bob-w", Kind::Withdraw, "funded", dec("40"), "bob"),
+            by_user("alice-w", Kind::Withdraw, "funded", dec("10"), "alice"),
+        ],
+    )
+    .await;
+    let seen: Vec<_> = outcomes.iter().map(|o| (o.status, o.reason)).collect();
+    let refused = Some(Reason::AccountOwnedByAnotherUser);
+    assert_eq!(
+        seen,
+        vec![
+            (OutcomeStatus::Rejected, refused),
+            (OutcomeStatus::Rejected, refused),
+            (OutcomeStatus::Applied, None),
+        ]
+    );
+    let balance = |account: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT balance FROM accounts WHERE id = $1", &[&account])
+                .await
+                .expect("account")
+                .get::<_, rust_decimal::Decimal>(0)
+        }
+    };
+    assert_eq!(balance("funded").await, dec("90"));
+    assert_eq!(balance("linked").await, dec("0"));
 }

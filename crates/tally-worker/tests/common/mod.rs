@@ -42,6 +42,13 @@ pub fn envelope(
     command(id, kind, account, amount, None, at)
 }
 
+/// A command carrying the `userId` of its sender.
+pub fn by_user(id: &str, kind: Kind, account: &str, amount: Decimal, user: &str) -> Envelope {
+    let mut tx = transaction(id, kind, account, amount, None);
+    tx.user_id = Some(user.into());
+    Envelope::new(&tx, Utc::now())
+}
+
 /// A withdraw capturing the hold of `request`.
 pub fn capture(id: &str, account: &str, amount: Decimal, request: &str) -> Envelope {
     command(
@@ -62,7 +69,17 @@ fn command(
     request: Option<&str>,
     at: DateTime<Utc>,
 ) -> Envelope {
-    let tx = NewTransaction {
+    Envelope::new(&transaction(id, kind, account, amount, request), at)
+}
+
+fn transaction(
+    id: &str,
+    kind: Kind,
+    account: &str,
+    amount: Decimal,
+    request: Option<&str>,
+) -> NewTransaction {
+    NewTransaction {
         id: id.into(),
         kind,
         account_id: account.into(),
@@ -71,8 +88,7 @@ fn command(
         request_id: request.map(str::to_string),
         user_id: None,
         client_id: None,
-    };
-    Envelope::new(&tx, at)
+    }
 }
 
 /// The names of the auditor's failing checks (empty when the ledger is consistent).
