@@ -72,9 +72,14 @@ async fn block_hold_inserts(app: &TestApp) -> tokio_postgres::Client {
     client
 }
 
-fn short_deadline(s: &mut tally_settings::Settings) {
+/// A short deadline, and a worker whose batch may be held inside its transaction (by
+/// [`block_hold_inserts`]) as long as a loaded machine makes the test take: the lease TTL, from
+/// which the worker's `statement_timeout` derives, is far longer than any such hold, so the
+/// held batch is never cancelled and re-run at a later time.
+fn short_deadline_held_batch(s: &mut tally_settings::Settings) {
     s.ledger.request_deadline_ms = 1500;
     s.ledger.decision_margin_ms = 500;
+    s.worker.lease_ttl_ms = 60_000;
 }
 
 #[tokio::test]
@@ -148,7 +153,7 @@ async fn a_request_that_may_still_be_approved_is_never_answered_402_without_a_co
     let app = TestApp::spawn_with(Options {
         broker_proxy: Some(proxy.clone()),
         tweak: |s| {
-            short_deadline(s);
+            short_deadline_held_batch(s);
             s.api.settle_timeout_ms = 500;
         },
         ..Options::default()
@@ -182,7 +187,7 @@ async fn a_request_that_may_still_be_approved_is_never_answered_402_without_a_co
 #[tokio::test]
 async fn a_late_approval_is_voided_before_the_402_and_a_retry_gets_402_without_a_hold() {
     let app = TestApp::spawn_with(Options {
-        tweak: short_deadline,
+        tweak: short_deadline_held_batch,
         ..Options::default()
     })
     .await;
@@ -226,7 +231,7 @@ async fn a_late_approval_is_voided_before_the_402_and_a_retry_gets_402_without_a
 #[tokio::test]
 async fn a_retry_is_not_answered_201_while_an_earlier_attempts_void_is_still_queued() {
     let app = TestApp::spawn_with(Options {
-        tweak: short_deadline,
+        tweak: short_deadline_held_batch,
         ..Options::default()
     })
     .await;
@@ -285,7 +290,7 @@ async fn a_retry_is_not_answered_201_while_an_earlier_attempts_void_is_still_que
 #[tokio::test]
 async fn a_void_denies_an_approval_that_an_earlier_attempt_never_answered() {
     let app = TestApp::spawn_with(Options {
-        tweak: short_deadline,
+        tweak: short_deadline_held_batch,
         ..Options::default()
     })
     .await;
