@@ -104,6 +104,10 @@ async fn a_withdraw_request_nobody_decides_in_time_is_voided_and_denied() {
         panic!("not denied: {answer:?}")
     };
     assert_eq!(decision.reason, Some(VOIDED_REASON));
+    // The 402 went out only once the void was confirmed: the copy and its void are queued
+    // (no worker here), so the worker will record the denial the answer promised.
+    let channel = app.broker().await.create_channel().await.expect("channel");
+    assert_eq!(app.queued(&channel).await, 2);
 }
 
 #[tokio::test]
