@@ -311,10 +311,24 @@ async fn a_database_outage_answers_reads_503_keeps_accepting_writes_and_recovers
     let (status, body) = app
         .post_json(&tx("req", "withdraw_request", json!(1), "pg"))
         .await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("unavailable")),
+        "{body}"
+    );
 
     proxy.restore();
     app.wait_balance("pg", "3").await;
+    // "Nothing was accepted" was true: once a later command of the account is applied, the
+    // request still has no record.
+    assert_eq!(
+        app.post_json(&tx("after", "deposit", json!(1), "pg"))
+            .await
+            .0,
+        200
+    );
+    app.wait_balance("pg", "4").await;
+    assert_eq!(app.get("/transactions/req").await.0, 404);
     assert_eq!(app.get("/health/ready").await.0, 200);
     assert_eq!(conservation(&app).await["pass"], json!(true));
 }
