@@ -51,6 +51,10 @@ async fn a_worker_with_a_clock_a_day_ahead_decides_and_stamps_by_the_database_cl
     let channel = conn.create_channel().await.expect("channel");
     queues.0.declare(&channel).await.expect("topology");
 
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     // libfaketime preloaded into the worker itself (the `faketime` command would fork, and
     // killing it would leave the worker running).
     let worker = Command::new(env!("CARGO_BIN_EXE_tally-worker"))
@@ -65,7 +69,10 @@ async fn a_worker_with_a_clock_a_day_ahead_decides_and_stamps_by_the_database_cl
         .env("TALLY_BROKER__PREFIX", &prefix)
         .env("TALLY_BROKER__DELIVERY_LIMIT", "20")
         .env("TALLY_LEDGER__SHARD_COUNT", "1")
-        .env("TALLY_WORKER__METRICS_ADDR", "127.0.0.1:0")
+        .env(
+            "TALLY_WORKER__METRICS_ADDR",
+            format!("127.0.0.1:{metrics_port}"),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("start tally-worker");
@@ -124,6 +131,23 @@ async fn a_worker_with_a_clock_a_day_ahead_decides_and_stamps_by_the_database_cl
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
+    // The worker's clock really is a day ahead (else this test would prove nothing): the
+    // offset it measured to PostgreSQL's clock, from its /metrics.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let offset: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tally_clock_offset_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("tally_clock_offset_seconds");
+    assert!(
+        offset < -86_000.0,
+        "the worker's clock is not a day ahead: {offset}"
+    );
     let ttl = Duration::seconds(900); // ledger.hold_ttl_secs of the local profile
     for row in &rows {
         let id: String = row.get(0);
