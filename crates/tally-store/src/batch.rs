@@ -46,7 +46,8 @@ pub async fn load(
     // Cached statements: after the first batch, each query is one pipelined round trip.
     let (q_recorded, q_accounts, q_holds, q_links) = tokio::try_join!(
         tx.prepare_cached(
-            "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint \
+            "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint, \
+                 COALESCE(last_copy_at, accepted_at) \
              FROM transactions WHERE id = ANY($1)"
         ),
         tx.prepare_cached(
@@ -110,6 +111,7 @@ fn recorded_of(r: &Row) -> Result<(String, Recorded), StoreError> {
             .transpose()?,
         hold_id: r.get(6),
         fingerprint: r.get(7),
+        last_copy_at: r.get(8),
     };
     Ok((r.get(0), recorded))
 }
@@ -182,12 +184,13 @@ pub async fn write(
 ) -> Result<Written, StoreError> {
     effects.check_disjoint()?;
     let shard = i32::from(shard);
-    let (_, inserted, _, _, _, new_conflicts, superseded) = tokio::try_join!(
+    let (_, inserted, _, _, _, _, new_conflicts, superseded) = tokio::try_join!(
         upsert_accounts(tx, effects.accounts(), now),
         insert_records(tx, effects.records(), now, shard),
         insert_holds(tx, effects.new_holds(), now, shard),
         close_holds(tx, effects.closed_holds(), now),
         void_records(tx, effects.voided()),
+        answer_copies(tx, effects.copies()),
         insert_conflicts(tx, effects.conflicts(), now),
         schedule_webhooks(tx, changed, now),
     )?;
@@ -237,11 +240,11 @@ async fn insert_records(
 ) -> Result<u64, tokio_postgres::Error> {
     const SQL: &str =
         "INSERT INTO transactions (id, account_id, kind, amount, status, reason, hold_id, \
-             request_id, fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, \
-             shard) \
-         SELECT u.*, $14, $15 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
+             request_id, fingerprint, seq, balance_after, occurred_at, accepted_at, \
+             last_copy_at, applied_at, shard) \
+         SELECT u.*, $15, $16 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
              $5::text[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::int8[], \
-             $11::numeric[], $12::timestamptz[], $13::timestamptz[]) AS u \
+             $11::numeric[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[]) AS u \
          ON CONFLICT (id) DO NOTHING";
     let r = records;
     let ids: Vec<&str> = r.iter().map(|x| x.id.as_str()).collect();
@@ -257,7 +260,8 @@ async fn insert_records(
     let after: Vec<Decimal> = r.iter().map(|x| x.balance_after).collect();
     let occurred: Vec<DateTime<Utc>> = r.iter().map(|x| x.occurred_at).collect();
     let accepted: Vec<DateTime<Utc>> = r.iter().map(|x| x.accepted_at).collect();
-    let params: [&Param<'_>; 15] = [
+    let copies: Vec<Option<DateTime<Utc>>> = r.iter().map(|x| x.last_copy_at).collect();
+    let params: [&Param<'_>; 16] = [
         &ids,
         &accounts,
         &kinds,
@@ -271,6 +275,7 @@ async fn insert_records(
         &after,
         &occurred,
         &accepted,
+        &copies,
         &now,
         &shard,
     ];
@@ -348,6 +353,20 @@ async fn void_records(
         &OutcomeStatus::Approved.as_str(),
     ];
     execute_unless_empty(tx, SQL, &params, voided.is_empty()).await
+}
+
+/// Moves `last_copy_at` of records approved before the batch on to a later copy answered
+/// "approved" (never back: a redelivered older copy does not reach here).
+async fn answer_copies(
+    tx: &Transaction<'_>,
+    copies: &[(String, DateTime<Utc>)],
+) -> Result<u64, tokio_postgres::Error> {
+    const SQL: &str = "UPDATE transactions t SET last_copy_at = u.at \
+         FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE t.id = u.id";
+    let ids: Vec<&str> = copies.iter().map(|(id, _)| id.as_str()).collect();
+    let at: Vec<DateTime<Utc>> = copies.iter().map(|(_, at)| *at).collect();
+    let params: [&Param<'_>; 2] = [&ids, &at];
+    execute_unless_empty(tx, SQL, &params, copies.is_empty()).await
 }
 
 /// One row per (id, payload): a redelivered conflicting command adds nothing; returns only

@@ -5,11 +5,12 @@
 //!
 //! The model below is written from the rules as stated (README, `tally_core::ledger`'s module
 //! doc), not from its code. Commands: deposits, withdraws with and without `requestId`,
-//! withdraw_requests (some past their `decide_by`), voids (of sent and never-sent requests),
+//! withdraw_requests (some past their `decide_by`), voids (of sent and never-sent requests, and
+//! older attempts' voids arriving after a retry's copy),
 //! exact resends, and reuses of an id with another payload (ids are drawn from small pools, so
 //! they collide). Time advances between batches, past the hold TTL at times.
 //!
-//! Cases: 64 by default (CI); `PROPTEST_CASES=N` for more. One database per test; each case
+//! Cases: 128 by default (CI); `PROPTEST_CASES=N` for more. One database per test; each case
 //! uses its own account and id names and a later stretch of the fake clock.
 
 mod common;
@@ -28,7 +29,7 @@ use tally_store::Pool;
 use tally_worker::apply::{apply_batch_at, sweep_holds_at};
 
 const TTL_SECS: i64 = 10;
-const DEFAULT_CASES: u32 = 64;
+const DEFAULT_CASES: u32 = 128;
 /// Request ids `r0`…: request `r{slot}` is on account `slot % 2`, for `SLOT_AMOUNTS[slot]`.
 const SLOTS: u8 = 6;
 const SLOT_AMOUNTS: [u32; SLOTS as usize] = [10, 20, 30, 50, 20, 10];
@@ -53,9 +54,12 @@ enum Op {
         slot: u8,
         late: Option<bool>,
     },
-    /// The void of the last request sent in `slot` (or of one never sent).
+    /// The void of the last request sent in `slot` (or of one never sent). `oldest`: of the
+    /// first one instead, as an older attempt's void that reaches the queue late (after a
+    /// retry's copy was answered).
     Void {
         slot: u8,
+        oldest: bool,
     },
     /// An exact copy of a command sent before.
     Resend {
@@ -87,7 +91,7 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         4 => (0..SLOTS, proptest::option::weighted(0.2, any::<bool>()))
             .prop_map(|(slot, late)| Op::Request { slot, late }),
-        1 => (0..SLOTS).prop_map(|slot| Op::Void { slot }),
+        2 => (0..SLOTS, any::<bool>()).prop_map(|(slot, oldest)| Op::Void { slot, oldest }),
         1 => any::<Index>().prop_map(|of| Op::Resend { of }),
         1 => (any::<Index>(), amount()).prop_map(|(of, amount)| Op::Reuse { of, amount }),
     ]
@@ -176,10 +180,15 @@ impl Sender {
                 e.decide_by = late.map(|late| now + Duration::seconds(if late { -1 } else { 1 }));
                 e
             }
-            Op::Void { slot } => {
+            Op::Void { slot, oldest } => {
                 let id = format!("{p}r{slot}");
-                let last = self.sent.iter().rev().find(|e| e.id == id && !e.void);
-                match last {
+                let copy = |e: &&Envelope| e.id == id && !e.void;
+                let sent = if oldest {
+                    self.sent.iter().find(copy)
+                } else {
+                    self.sent.iter().rev().find(copy)
+                };
+                match sent {
                     Some(e) => e.void(),
                     None => {
                         let amount = SLOT_AMOUNTS[usize::from(slot)];
@@ -259,6 +268,12 @@ struct Model {
     holds: Vec<Hold>,
     records: BTreeMap<String, Record>,
     conflicts: BTreeSet<(String, String)>,
+    /// `acceptedAt` of the latest copy of each request answered while approved (the real
+    /// ledger's `last_copy_at`): only a void at least that recent denies an approval. Not
+    /// compared with the ledger's rows, only through the answers it leads to.
+    last_copy: BTreeMap<String, DateTime<Utc>>,
+    /// Voids that came after a later copy was answered "approved", and left the approval.
+    late_voids: u32,
 }
 
 impl Model {
@@ -296,7 +311,14 @@ impl Model {
                     hold: None,
                 };
             }
-            if e.void && r.status == "approved" {
+            let last_copy = self.last_copy[&e.id];
+            if r.status == "approved" && !e.void && e.accepted_at > last_copy {
+                self.last_copy.insert(e.id.clone(), e.accepted_at);
+            }
+            if e.void && r.status == "approved" && e.accepted_at < last_copy {
+                self.late_voids += 1;
+            }
+            if e.void && r.status == "approved" && e.accepted_at >= last_copy {
                 let account = r.account.clone();
                 self.expire(Some(&account), now);
                 for h in &mut self.holds {
@@ -371,6 +393,7 @@ impl Model {
         };
         let answer = Self::answer(&record);
         self.records.insert(e.id.clone(), record);
+        self.last_copy.insert(e.id.clone(), e.accepted_at);
         answer
     }
 }
@@ -499,7 +522,8 @@ struct Harness {
     /// Cases run so far: names and the clock of each case are its own.
     cases: std::cell::Cell<u32>,
     /// How often each kind of event occurred, over all cases: shows the generator reaches
-    /// the interesting paths (captures, releases, expiries, conflicts, late requests).
+    /// the interesting paths (captures, releases, expiries, conflicts, late requests, late
+    /// voids).
     seen: std::cell::RefCell<BTreeMap<String, u32>>,
 }
 
@@ -578,7 +602,8 @@ impl Harness {
                     .values()
                     .map(|r| format!("{} {}", r.status, r.reason.unwrap_or(""))),
             )
-            .chain(model.conflicts.iter().map(|_| "id conflict".to_string()));
+            .chain(model.conflicts.iter().map(|_| "id conflict".to_string()))
+            .chain((0..model.late_voids).map(|_| "late void left the approval".to_string()));
         for event in events {
             *seen.entry(event).or_default() += 1;
         }

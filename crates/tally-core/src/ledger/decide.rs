@@ -58,8 +58,8 @@ fn decide_one(
             id_reused(env)
         }
         Some(rec) => {
-            if env.void && rec.status == OutcomeStatus::Approved {
-                void_approval(&env.id, rec, books, effects, now);
+            if rec.status == OutcomeStatus::Approved {
+                copy_of_approval(env, rec, books, effects, now);
             }
             rec.outcome(&env.id)
         }
@@ -95,6 +95,29 @@ fn id_reused(env: &Envelope) -> Outcome {
         status: OutcomeStatus::IdReused,
         reason: Some(Reason::IdReused),
         hold_id: None,
+    }
+}
+
+/// Another copy of an approved request. A void from the attempt that sent the latest copy
+/// answered (or a later one) denies it: that attempt answers "denied" once its void is
+/// confirmed. A void from an older attempt arrives after a later copy was answered
+/// "approved" (201 to a retry): that attempt answered no denial (its void was not confirmed
+/// before the retry's copy), so the approval stands. A request copy newer than the latest
+/// answered one moves it on: this copy is answered "approved" too.
+fn copy_of_approval(
+    env: &Envelope,
+    rec: &mut Recorded,
+    books: &mut Books,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+) {
+    if env.void {
+        if env.accepted_at >= rec.last_copy_at {
+            void_approval(&env.id, rec, books, effects, now);
+        }
+    } else if env.accepted_at > rec.last_copy_at {
+        rec.last_copy_at = env.accepted_at;
+        effects.copy_answered(&env.id, env.accepted_at);
     }
 }
 
@@ -151,6 +174,7 @@ fn decide_new(
         balance_after: account.balance,
         occurred_at: env.occurred_at,
         accepted_at: env.accepted_at,
+        last_copy_at: None,
     };
     let recorded = Recorded::from(&record);
     effects.record(record);

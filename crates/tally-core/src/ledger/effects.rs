@@ -29,6 +29,9 @@ pub struct NewRecord {
     pub balance_after: Decimal,
     pub occurred_at: DateTime<Utc>,
     pub accepted_at: DateTime<Utc>,
+    /// A later copy of this approved request, answered in the same batch
+    /// ([`Recorded::last_copy_at`]); `None`: the deciding copy.
+    pub last_copy_at: Option<DateTime<Utc>>,
 }
 
 impl From<&NewRecord> for Recorded {
@@ -41,6 +44,7 @@ impl From<&NewRecord> for Recorded {
             reason: r.reason,
             hold_id: r.hold_id,
             fingerprint: r.fingerprint.clone(),
+            last_copy_at: r.last_copy_at.unwrap_or(r.accepted_at),
         }
     }
 }
@@ -138,6 +142,7 @@ pub struct Effects {
     new_holds: Vec<NewHold>,
     closed_holds: Vec<ClosedHold>,
     voided: Vec<String>,
+    copies: Vec<(String, DateTime<Utc>)>,
     conflicts: Vec<IdConflict>,
 }
 
@@ -163,6 +168,12 @@ impl Effects {
     /// Records approved before the batch that it voided.
     pub fn voided(&self) -> &[String] {
         &self.voided
+    }
+
+    /// Records approved before the batch whose latest answered copy is later now
+    /// ([`Recorded::last_copy_at`]).
+    pub fn copies(&self) -> &[(String, DateTime<Utc>)] {
+        &self.copies
     }
 
     pub fn conflicts(&self) -> &[IdConflict] {
@@ -202,7 +213,24 @@ impl Effects {
                 record.reason = Some(VOIDED_REASON);
                 record.hold_id = None;
             }
-            None => self.voided.push(id.to_string()),
+            None => {
+                // Denied now: when its last copy was answered no longer matters.
+                self.copies.retain(|(copy, _)| copy != id);
+                self.voided.push(id.to_string());
+            }
+        }
+    }
+
+    /// A copy of the approved request `id` accepted at `at` was answered "approved"
+    /// ([`Recorded::last_copy_at`]): the batch's own new record if it inserted it, else a
+    /// record from before.
+    pub(super) fn copy_answered(&mut self, id: &str, at: DateTime<Utc>) {
+        if let Some(record) = self.records.iter_mut().find(|r| r.id == id) {
+            record.last_copy_at = record.last_copy_at.max(Some(at));
+        } else if let Some((_, last)) = self.copies.iter_mut().find(|(copy, _)| copy == id) {
+            *last = (*last).max(at);
+        } else {
+            self.copies.push((id.to_string(), at));
         }
     }
 
@@ -240,6 +268,18 @@ impl Effects {
             }
             if !voided.insert(id.as_str()) {
                 return Err(overlap("record voided twice", id.clone()));
+            }
+        }
+        let mut copies = HashSet::new();
+        for (id, _) in &self.copies {
+            if records.contains(id.as_str()) || voided.contains(id.as_str()) {
+                return Err(overlap(
+                    "record inserted or voided, and its copy answered",
+                    id.clone(),
+                ));
+            }
+            if !copies.insert(id.as_str()) {
+                return Err(overlap("copy answered twice", id.clone()));
             }
         }
         let mut holds = HashSet::new();
@@ -291,6 +331,7 @@ mod tests {
             balance_after: Decimal::ONE,
             occurred_at: now,
             accepted_at: now,
+            last_copy_at: None,
         }
     }
 

@@ -19,6 +19,10 @@ pub struct Recorded {
     pub reason: Option<Reason>,
     pub hold_id: Option<Uuid>,
     pub fingerprint: String,
+    /// `acceptedAt` of the latest copy of this request answered with this record's outcome
+    /// while approved (at first, the copy that decided it): a void from an older attempt
+    /// does not deny an approval a later attempt was answered (migrations/V7).
+    pub last_copy_at: DateTime<Utc>,
 }
 
 impl Recorded {

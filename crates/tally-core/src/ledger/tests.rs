@@ -140,6 +140,7 @@ fn recorded_ids_are_skipped_with_their_outcome() {
             reason: None,
             hold_id: Some(hold),
             fingerprint: e.fingerprint.clone(),
+            last_copy_at: e.accepted_at,
         },
     );
     let d = run(&[e], snapshot, &RULES);
@@ -248,6 +249,7 @@ fn approved_before(request: &Envelope) -> (Snapshot, Uuid) {
             reason: None,
             hold_id: Some(hold.id),
             fingerprint: request.fingerprint.clone(),
+            last_copy_at: request.accepted_at,
         },
     );
     let id = hold.id;
@@ -270,6 +272,43 @@ fn a_void_denies_an_approval_whichever_attempt_decided_it() {
     assert_eq!(d.effects.closed_holds()[0].id, hold);
     assert_eq!(closed(&d), [HoldEnd::Released]);
     assert_eq!(d.effects.accounts()[0].held, dec("0"));
+}
+
+/// A void the earlier attempt sent but never saw confirmed (it answered `outcome_unknown`),
+/// reaching the queue only after a retry's copy was answered "approved" (201): the approval
+/// stands. Case B: the approval is from before, the retry's copy a duplicate of it.
+#[test]
+fn a_void_older_than_a_copy_answered_approved_leaves_the_approval() {
+    let request = env("r1", Kind::WithdrawRequest, dec("60"));
+    let mut retry = request.clone();
+    retry.accepted_at = request.accepted_at + Duration::seconds(5);
+    let (snapshot, _) = approved_before(&request);
+    let d = run(&[retry.clone(), request.void()], snapshot, &RULES);
+    use OutcomeStatus::*;
+    assert_eq!(statuses(&d), [Approved, Approved]);
+    assert!(d.effects.voided().is_empty() && d.effects.closed_holds().is_empty());
+    assert_eq!(d.effects.copies(), [("r1".to_string(), retry.accepted_at)]);
+    // The retry's own void (it got no reply in time) still denies it.
+    let (snapshot, _) = approved_before(&request);
+    let d = run(&[retry.clone(), retry.void()], snapshot, &RULES);
+    assert_eq!(statuses(&d), [Approved, Denied]);
+    assert_eq!(d.effects.voided(), ["r1"]);
+    assert!(d.effects.copies().is_empty());
+}
+
+/// Case A: the earlier attempt's copy and void were both delayed; the retry's copy decided
+/// the request "approved" first. The old copy is a duplicate, the old void too late.
+#[test]
+fn a_late_void_of_an_older_attempt_leaves_the_approval_a_retry_decided() {
+    let old = env("r1", Kind::WithdrawRequest, dec("60"));
+    let mut retry = old.clone();
+    retry.accepted_at = old.accepted_at + Duration::seconds(5);
+    let d = run(&[retry, old.clone(), old.void()], funded("100"), &RULES);
+    use OutcomeStatus::*;
+    assert_eq!(statuses(&d), [Approved, Approved, Approved]);
+    assert_eq!(d.effects.records()[0].status, Approved);
+    assert_eq!(d.effects.records()[0].last_copy_at, None);
+    assert_eq!(d.effects.accounts()[0].held, dec("60"));
 }
 
 #[test]
