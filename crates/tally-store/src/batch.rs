@@ -26,11 +26,11 @@ use tally_core::ledger::{
     AccountState, ClosedHold, Effects, Hold, IdConflict, NewHold, NewRecord, Recorded, Snapshot,
     VOIDED_REASON, VOIDED_STATUS,
 };
-use tally_core::{HoldStatus, Kind, OutcomeStatus, Reason};
+use tally_core::{HoldStatus, OutcomeStatus, Reason};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::error::code;
+use crate::reads::record_codes;
 use crate::StoreError;
 
 type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
@@ -98,17 +98,16 @@ pub async fn load(
     })
 }
 
-/// A `transactions` row of [`load`], keyed by its id.
+/// A `transactions` row of [`load`] (its columns start like `reads::TX_COLUMNS`), keyed by
+/// its id.
 fn recorded_of(r: &Row) -> Result<(String, Recorded), StoreError> {
-    let reason: Option<String> = r.get(5);
+    let (kind, status, reason) = record_codes(r)?;
     let recorded = Recorded {
         account_id: r.get(1),
-        kind: code("transactions.kind", r.get(2), Kind::parse)?,
+        kind,
         amount: r.get(3),
-        status: code("transactions.status", r.get(4), OutcomeStatus::parse)?,
-        reason: reason
-            .map(|text| code("transactions.reason", text, Reason::parse))
-            .transpose()?,
+        status,
+        reason,
         hold_id: r.get(6),
         fingerprint: r.get(7),
         last_copy_at: r.get(8),
@@ -488,6 +487,7 @@ pub async fn expire_holds(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_core::Kind;
 
     const SCHEMA: &str = include_str!("../../../migrations/V1__ledger.sql");
 

@@ -82,19 +82,30 @@ pub(crate) const TX_COLUMNS: &str = tx_columns!();
 /// One record by id: on the API's path of every write (pre-check, polls, last look).
 const TX_BY_ID: &str = concat!("SELECT ", tx_columns!(), " FROM transactions WHERE id = $1");
 
+/// The codes of a `transactions` row whose columns start like [`TX_COLUMNS`] (`kind` 2,
+/// `status` 4, `reason` 5); fails on a code this build does not know.
+pub(crate) fn record_codes(r: &Row) -> Result<(Kind, OutcomeStatus, Option<Reason>), StoreError> {
+    let reason: Option<String> = r.get(5);
+    Ok((
+        code("transactions.kind", r.get(2), Kind::parse)?,
+        code("transactions.status", r.get(4), OutcomeStatus::parse)?,
+        reason
+            .map(|text| code("transactions.reason", text, Reason::parse))
+            .transpose()?,
+    ))
+}
+
 impl TransactionRecord {
     /// Maps a row of [`TX_COLUMNS`]; fails on a code this build does not know.
     pub(crate) fn from_row(r: &Row) -> Result<Self, StoreError> {
-        let reason: Option<String> = r.get(5);
+        let (kind, status, reason) = record_codes(r)?;
         Ok(Self {
             id: r.get(0),
             account_id: r.get(1),
-            kind: code("transactions.kind", r.get(2), Kind::parse)?,
+            kind,
             amount: r.get(3),
-            status: code("transactions.status", r.get(4), OutcomeStatus::parse)?,
-            reason: reason
-                .map(|text| code("transactions.reason", text, Reason::parse))
-                .transpose()?,
+            status,
+            reason,
             hold_id: r.get(6),
             request_id: r.get(7),
             fingerprint: r.get(8),
