@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use crate::cluster::{pg_connect, Cluster, RunConfig, LEASE_TTL, PUBLISH_TIMEOUT};
 use crate::host::{self, broker_serving, host, wait_until, Services};
 use crate::model::{Command, Http, Kind, Op, Origin, Policy, Stats, Traffic};
+use tally_testkit::process::skewed_clock;
 use tally_testkit::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -538,7 +539,7 @@ async fn skew_worker(cluster: &mut Cluster, ctx: &Ctx<'_>, fault: &Fault) -> Res
     let w = &mut cluster.workers[fault.target];
     w.mark(&format!("restart with the clock {:+}s", fault.skew_secs));
     w.terminate(Duration::from_secs(10)).await?;
-    for (key, value) in host::skewed_clock(library, fault.skew_secs) {
+    for (key, value) in skewed_clock(library, fault.skew_secs) {
         w.set_env(&key, &value);
     }
     w.spawn()?;

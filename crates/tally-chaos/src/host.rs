@@ -1,6 +1,6 @@
 //! Host-level controls the faults use: the PostgreSQL cluster's version, RabbitMQ's OS
 //! process, signals to processes (kill(1): the workspace forbids `unsafe`, so no libc), and
-//! libfaketime for a worker with a shifted clock.
+//! whether libfaketime is there for a worker with a shifted clock (`tally_testkit::process`).
 //!
 //! What it keeps: a process this suite stops with SIGSTOP is resumed by the same fault, and a
 //! broker left stopped by an interrupted run is resumed at the next start
@@ -13,10 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::cluster::RunConfig;
-
-/// Where Debian's `libfaketime` package puts the multi-threaded preload library, per
-/// architecture (`/usr/lib/<triplet>/faketime/`).
-const FAKETIME_LIB: &str = "faketime/libfaketimeMT.so.1";
+use tally_testkit::process::faketime_library;
 
 /// What the host offers the faults.
 #[derive(Debug, Clone)]
@@ -52,25 +49,6 @@ impl Services {
             faketime: faketime_library(Path::new("/usr/lib")),
         })
     }
-}
-
-/// libfaketime's preload library under `lib` (`lib/<triplet>/faketime/…`), if installed.
-fn faketime_library(lib: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(lib)
-        .ok()?
-        .flatten()
-        .map(|dir| dir.path().join(FAKETIME_LIB))
-        .find(|path| path.is_file())
-}
-
-/// The environment that runs a process with its wall clock shifted by `secs` seconds. Only
-/// the wall clock: timers and timeouts (the monotonic clock) keep real time.
-pub fn skewed_clock(library: &Path, secs: i64) -> Vec<(String, String)> {
-    vec![
-        ("LD_PRELOAD".into(), library.display().to_string()),
-        ("FAKETIME".into(), format!("{secs:+}")),
-        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ]
 }
 
 /// Runs a host command off the async threads (rabbitmqctl alone takes ~0.7 s); its stdout.
@@ -187,26 +165,6 @@ pub async fn broker_serving(cfg: &RunConfig) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_faketime_library_is_found_under_any_triplet() {
-        let root = std::env::temp_dir().join(format!("tally-chaos-ft-{}", std::process::id()));
-        let lib = root.join("some-triplet").join(FAKETIME_LIB);
-        std::fs::create_dir_all(lib.parent().expect("has a parent")).expect("mkdir");
-        assert_eq!(faketime_library(&root), None);
-        std::fs::write(&lib, b"").expect("write");
-        assert_eq!(faketime_library(&root), Some(lib));
-        std::fs::remove_dir_all(&root).expect("cleanup");
-    }
-
-    #[test]
-    fn a_skewed_clock_keeps_monotonic_time_real() {
-        let env = skewed_clock(Path::new("/x/lib.so"), -4);
-        assert!(env.contains(&("LD_PRELOAD".into(), "/x/lib.so".into())));
-        assert!(env.contains(&("FAKETIME".into(), "-4".into())));
-        assert!(env.contains(&("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into())));
-        assert_eq!(skewed_clock(Path::new("/x"), 3)[1].1, "+3");
-    }
 
     #[test]
     fn only_a_stopped_beam_is_a_stopped_broker() {

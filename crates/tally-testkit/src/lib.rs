@@ -10,11 +10,14 @@
 //! - [`nginx`]: `nginx/local.conf.template` rendered as `deploy/local/stack.sh` renders it,
 //!   and nginx run from it in front of a test's API replicas.
 //! - [`help`]: a binary's `--help` names what the Makefile and the docs pass to it.
+//! - [`process`]: a child process killed when the test ends, and libfaketime to shift one's
+//!   wall clock.
 //! - [`rng`]: a seeded, reproducible random number generator and a Zipf sampler.
 
 pub mod database;
 pub mod help;
 pub mod nginx;
+pub mod process;
 pub mod proxy;
 pub mod queues;
 pub mod rng;

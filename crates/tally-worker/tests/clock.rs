@@ -8,22 +8,13 @@
 mod common;
 
 use chrono::{DateTime, Duration, Utc};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use tally_bus::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use tally_bus::lapin::BasicProperties;
 use tally_bus::Topology;
 use tally_core::Kind;
+use tally_testkit::process::{libfaketime, skewed_clock, KillOnDrop};
 use tally_testkit::{amqp_url, queues};
-
-/// The worker process, killed when the test ends (even by a failed assertion).
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The test's queues and exchanges, deleted when the test ends.
 struct Queues(Topology);
@@ -59,10 +50,8 @@ async fn a_worker_with_a_clock_a_day_ahead_decides_and_stamps_by_the_database_cl
     // killing it would leave the worker running).
     let worker = Command::new(env!("CARGO_BIN_EXE_tally-worker"))
         .arg("run")
-        .env("LD_PRELOAD", common::libfaketime())
-        .env("FAKETIME", "+1d")
-        // Timers and timeouts keep the real monotonic clock: only the wall clock is off.
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        // A day ahead; timers and timeouts keep the real monotonic clock.
+        .envs(skewed_clock(&libfaketime(), 86_400))
         .env("TALLY_PROFILE", "local")
         .env("TALLY_DATABASE__URL", &db.url)
         .env("TALLY_BROKER__URL", amqp_url())
@@ -76,7 +65,7 @@ async fn a_worker_with_a_clock_a_day_ahead_decides_and_stamps_by_the_database_cl
         .stdout(Stdio::null())
         .spawn()
         .expect("start tally-worker");
-    let _worker = Worker(worker);
+    let _worker = KillOnDrop(worker);
 
     // Commands as the API publishes them, with its (true) clock.
     let now = Utc::now();

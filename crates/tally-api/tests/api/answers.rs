@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::command::NewTransaction;
 use tally_core::{AmountRules, Envelope};
+use tally_testkit::process::{libfaketime, skewed_clock, KillOnDrop};
 
 use crate::helpers::{broker_address, eventually, Options, TcpProxy, TestApp};
 
@@ -330,28 +331,6 @@ async fn a_void_denies_an_approval_that_an_earlier_attempt_never_answered() {
     assert_eq!(balance["held"], json!(0), "{balance}");
 }
 
-/// libfaketime, preloaded into the process itself (the `faketime` command would fork, and
-/// killing it would leave its child running). Debian package `libfaketime`, installed by
-/// `make test` (deploy/local/services.sh).
-fn libfaketime() -> std::path::PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .expect("/usr/lib")
-        .filter_map(Result::ok)
-        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
-        .find(|lib| lib.exists())
-        .expect("libfaketime (Debian package faketime; `make test` installs it)")
-}
-
-/// A guard that kills the spawned process when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
     let app = TestApp::spawn().await;
@@ -373,11 +352,9 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
         .expect("addr")
         .port();
     let s = &app.settings;
-    let _api = Child(
+    let _api = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_tally-api"))
-            .env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME", "+5s")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .envs(skewed_clock(&libfaketime(), 5))
             .env("TALLY_API__PORT", port.to_string())
             .env("TALLY_DATABASE__URL", s.database.url.expose())
             .env("TALLY_BROKER__URL", s.broker.url.expose())

@@ -100,14 +100,3 @@ pub async fn audit_failures(pool: &Pool) -> Vec<String> {
         .map(|c| format!("{}: {:?}", c.name, c.offending))
         .collect()
 }
-
-/// libfaketime, to preload into a process whose wall clock a test shifts (Debian package
-/// `faketime`, installed by `make test` through deploy/local/services.sh).
-pub fn libfaketime() -> std::path::PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .expect("/usr/lib")
-        .filter_map(Result::ok)
-        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
-        .find(|lib| lib.exists())
-        .expect("libfaketime (Debian package faketime; `make test` installs it)")
-}
