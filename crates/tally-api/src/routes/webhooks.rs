@@ -31,12 +31,19 @@ fn bad(code: &'static str, field: &'static str, message: impl Into<String>) -> A
     ApiError::bad_request(code, field, message)
 }
 
+/// A text field, stored as PostgreSQL `text`, which cannot hold U+0000: refused here (400)
+/// rather than failing the INSERT (500).
 fn string<'a>(body: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Err(bad(
             "missing_field",
             field,
             format!("`{field}` is required"),
+        )),
+        Some(Value::String(s)) if s.contains('\0') => Err(bad(
+            "invalid_field",
+            field,
+            format!("`{field}` must not contain U+0000"),
         )),
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(bad(
@@ -143,7 +150,7 @@ fn delay_ms(body: &Map<String, Value>) -> Result<i32, ApiError> {
     request_body(content = model::WebhookRequest),
     responses(
         (status = 200, description = "Stored (created or replaced).", body = model::Webhook),
-        (status = 400, description = "Invalid request: `invalid_id` (accountId), `invalid_json`, `body_too_large`, `missing_field` / `invalid_field` (url or secret absent or not a string), `invalid_url` (not an absolute http(s) URL with a host, credentials in it, or longer than 2048 characters), `non_public_target` (the host is a non-public address or a `localhost` name, and `webhooks.allow_private_targets` is off), `invalid_secret` (empty or longer than 256 characters), `invalid_delay` (delayMs not an integer from 0 to 86400000). Nothing is stored.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_url", "message": "`url` must be an absolute http(s) URL with a host", "field": "url"}})),
+        (status = 400, description = "Invalid request: `invalid_id` (accountId), `invalid_json`, `body_too_large`, `missing_field` / `invalid_field` (url or secret absent, not a string, or holding U+0000), `invalid_url` (not an absolute http(s) URL with a host, credentials in it, or longer than 2048 characters), `non_public_target` (the host is a non-public address or a `localhost` name, and `webhooks.allow_private_targets` is off), `invalid_secret` (empty or longer than 256 characters), `invalid_delay` (delayMs not an integer from 0 to 86400000). Nothing is stored.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_url", "message": "`url` must be an absolute http(s) URL with a host", "field": "url"}})),
         (status = 500, response = openapi::Internal),
         (status = 503, response = openapi::Unavailable),
     ),

@@ -440,6 +440,17 @@ async fn put_and_delete_validate_their_input_and_never_show_the_secret() {
         ("acc-1", r#"["url"]"#, "invalid_json"),
         ("acc-1", r#"{"secret":"s"}"#, "missing_field"),
         ("acc-1", r#"{"url":7,"secret":"s"}"#, "invalid_field"),
+        // PostgreSQL text cannot hold U+0000 (found by the fuzzer as a 500).
+        (
+            "acc-1",
+            r#"{"url":"http://x.test/h","secret":"a\u0000b"}"#,
+            "invalid_field",
+        ),
+        (
+            "acc-1",
+            r#"{"url":"http://x.test/h\u0000","secret":"s"}"#,
+            "invalid_field",
+        ),
         (
             "acc-1",
             r#"{"url":"ftp://x.test/h","secret":"s"}"#,
