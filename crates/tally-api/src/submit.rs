@@ -536,7 +536,7 @@ fn trusted_db_now(state: &AppState) -> Result<DateTime<Utc>, Answer> {
 }
 
 /// The deciding steps, one test per answer they give. [`submit`] itself runs against the real
-/// PostgreSQL and RabbitMQ in `tests/api/submit.rs`.
+/// PostgreSQL and RabbitMQ in `crates/tally-e2e/tests/e2e/submit.rs`.
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a panic in a test is its failure message

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::command::NewTransaction;
 use tally_core::{AmountRules, Envelope};
-use tally_testkit::process::{libfaketime, skewed_clock, KillOnDrop};
+use tally_testkit::process::{libfaketime, skewed_clock, workspace_binary, KillOnDrop};
 
 use crate::helpers::{broker_address, eventually, Options, TcpProxy, TestApp};
 
@@ -353,7 +353,7 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
         .port();
     let s = &app.settings;
     let _api = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_tally-api"))
+        std::process::Command::new(workspace_binary("tally-api"))
             .envs(skewed_clock(&libfaketime(), 5))
             .env("TALLY_API__PORT", port.to_string())
             .env("TALLY_DATABASE__URL", s.database.url.expose())
