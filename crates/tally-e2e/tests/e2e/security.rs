@@ -9,7 +9,7 @@ use tally_api::Application;
 use tally_settings::{Secret, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Nginx, Options, TestApp};
+use crate::helpers::{eventually, Nginx, Options, TestApp};
 
 const DEBUG_ROUTES: [&str; 4] = [
     "/debug/accounts",
@@ -250,14 +250,16 @@ async fn nginx_rate_limits_each_client_address_with_a_json_429() {
     );
     assert_eq!(served + limited, 30);
     // The budget comes back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let response = app
-        .client
-        .get(format!("{}/health/live", nginx.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    eventually(Duration::from_secs(10), || async {
+        let response = app
+            .client
+            .get(format!("{}/health/live", nginx.address))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16() == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
