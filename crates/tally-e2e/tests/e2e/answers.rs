@@ -213,7 +213,7 @@ async fn a_late_approval_is_voided_before_the_402_and_a_retry_gets_402_without_a
 
     // The approval commits late; the void, confirmed before the 402, then denies it.
     wait_record(&app, "r1", "denied").await;
-    let (_, account) = app.get("/account/voided").await;
+    let account = app.get_ok("/account/voided").await;
     assert_eq!(account["available"], json!(100), "{account}");
     assert_eq!(
         app.count("SELECT count(*) FROM holds WHERE status = 'released'")
@@ -327,7 +327,7 @@ async fn a_void_denies_an_approval_that_an_earlier_attempt_never_answered() {
 
     // The record must end as the only answer given says.
     wait_record(&app, "r1", "denied").await;
-    let (_, balance) = app.get(&format!("/account/{account}")).await;
+    let balance = app.get_ok(&format!("/account/{account}")).await;
     assert_eq!(balance["held"], json!(0), "{balance}");
 }
 
@@ -393,7 +393,7 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
     // A retry of an approved request is refused too, but "nothing was accepted" would be false.
     let answer = post(approved).await;
     assert_eq!(code(&answer), (503, "outcome_unknown"), "{}", answer.1);
-    let (_, status) = app.get("/status").await;
+    let status = app.get_ok("/status").await;
     assert_eq!(
         status["clock"]["status"], "ok",
         "the in-process API: {status}"
