@@ -197,3 +197,33 @@ async fn heartbeats_count_live_workers_and_forget_silent_and_leaving_ones() {
         "a fell silent for longer than the TTL and c left"
     );
 }
+
+#[tokio::test]
+async fn renewing_a_lease_neither_waits_for_nor_blocks_the_owners_batches() {
+    let db = fresh_database().await;
+    let pool = db.pool(3);
+    leases::init(&pool, 1).await.expect("init");
+    let lease = leases::acquire(&pool, "a", 1, LONG)
+        .await
+        .expect("acquire")
+        .remove(0);
+
+    let mut client = pool.get().await.expect("connection");
+    let batch = client.transaction().await.expect("begin");
+    leases::fence(&batch, &lease).await.expect("fence");
+    // The owner's lease tick while that batch is open: it must not queue behind the batch
+    // (nor would the owner's next batches then queue behind the tick).
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(10),
+        leases::renew(&pool, "a", &[0], LONG),
+    )
+    .await
+    .expect("the renewal waited for the open batch")
+    .expect("renew");
+    assert_eq!(renewed, vec![lease.clone()]);
+    let next = tokio::time::timeout(Duration::from_secs(10), fence_result(&pool, &lease))
+        .await
+        .expect("a second batch waited");
+    next.expect("a second batch of the owner passes the fence");
+    batch.commit().await.expect("commit");
+}
