@@ -513,6 +513,7 @@ fn admit(state: &AppState, tx: &NewTransaction) -> Result<u16, Answer> {
     let shard = state.publisher.topology().shard_of(&tx.account_id);
     if state.admission.overloaded(tx.kind, shard) {
         tracing::warn!(id = %tx.id, shard, "shard backlog over the admission threshold; answering 503");
+        tally_telemetry::metrics::shed();
         return Err(Answer::Unavailable(
             "the account's shard is too far behind to take this now; nothing was accepted, retry later with the same id",
         ));
