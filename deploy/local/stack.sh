@@ -24,6 +24,12 @@
 #   NGINX=nginx      nginx binary
 #   RATE_LIMIT=5000r/s, RATE_BURST=10000
 #                    nginx's per-client-address rate limit (limit_req; over it: 429)
+#   AUTH=on          API keys (auth.enabled). On: the first start creates an admin key and a
+#                    read/write key (transactions:write, ledger:read) with `tally keys create`
+#                    and writes them to .run/keys.env (mode 600); later starts keep them while
+#                    they are valid in the database. off: TALLY_AUTH__ENABLED=false, no key
+#                    needed (the API warns at start and on /status).
+#   TALLY_BIN        the `tally` operator binary (default $BIN_DIR/tally)
 #   READY_TIMEOUT=30 seconds to wait for every replica's /health/ready
 #   STOP_TIMEOUT=10  seconds between SIGTERM and SIGKILL when stopping
 #   TALLY_PROFILE=local, TALLY_DATABASE__URL, TALLY_BROKER__URL, RUST_LOG ... are passed
@@ -35,6 +41,8 @@
 #   .run/pids/<name>.pid    api-1..N, worker-1..M (plain pid, one line)
 #   .run/logs/<name>.log    stdout+stderr of each process (previous run: <name>.log.prev)
 #   .run/nginx/             nginx prefix: nginx.conf (rendered), nginx.pid, logs/, tmp/
+#   .run/keys.env           TALLY_ADMIN_KEY=… and TALLY_API_KEY=… (AUTH=on), readable by its
+#                           owner only: `. .run/keys.env` in a shell
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -58,6 +66,9 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR # cargo resolves it from the workspace root
 BIN_DIR=${BIN_DIR:-$TARGET_DIR/release}
 API_BIN=${API_BIN:-$BIN_DIR/tally-api}
+TALLY_BIN=${TALLY_BIN:-$BIN_DIR/tally}
+AUTH=${AUTH:-on}
+KEYS_FILE=$RUN/keys.env
 WORKER_BIN=${WORKER_BIN:-$BIN_DIR/tally-worker}
 
 say() { echo "stack: $*"; }
@@ -189,6 +200,44 @@ cmd_stop() {
   say "stopped (PostgreSQL and RabbitMQ left running)"
 }
 
+# ------------------------------------------------------------------ API keys
+# Whether `tally keys list` shows the key (`tally_<id>_<secret>`) as not revoked (its last
+# column is "-"). The key's text itself is never passed to a command line.
+key_valid() { # key
+  local id; id=$(cut -d_ -f2 <<<"$1")
+  [[ $id =~ ^[0-9a-f]{32}$ ]] || return 1
+  "$TALLY_BIN" keys list 2>/dev/null | awk -v id="$id" '$1 == id && $NF == "-" { found = 1 } END { exit !found }'
+}
+
+# The local stack's two keys: kept while valid, else created (a first start, a new database,
+# or revoked) and written to $KEYS_FILE, readable by its owner only.
+ensure_keys() {
+  [[ -x $TALLY_BIN ]] || die "$TALLY_BIN not found or not executable (build first: make build)"
+  local admin rw
+  if [[ -f $KEYS_FILE ]]; then
+    admin=$(sed -n 's/^TALLY_ADMIN_KEY=//p' "$KEYS_FILE")
+    rw=$(sed -n 's/^TALLY_API_KEY=//p' "$KEYS_FILE")
+    if key_valid "$admin" && key_valid "$rw"; then
+      say "API keys: ${KEYS_FILE#"$ROOT"/} (kept)"
+      return 0
+    fi
+    say "the keys in ${KEYS_FILE#"$ROOT"/} are not valid in this database: creating new ones"
+  fi
+  admin=$("$TALLY_BIN" keys create --name local-admin --scope admin 2>/dev/null) ||
+    die "could not create the admin API key ($TALLY_BIN keys create; is the database migrated?)"
+  rw=$("$TALLY_BIN" keys create --name local-rw --scope transactions:write,ledger:read 2>/dev/null) ||
+    die "could not create the read/write API key"
+  (
+    umask 077
+    printf '# API keys of the local stack, written by `make up`. Use: . %s\n' "${KEYS_FILE#"$ROOT"/}"
+    printf '# admin: every route (links, webhooks, jobs, /debug/*)\nTALLY_ADMIN_KEY=%s\n' "$admin"
+    printf '# read/write: POST /transaction and the reads (also what `tally import` sends)\nTALLY_API_KEY=%s\n' "$rw"
+  ) >"$KEYS_FILE.tmp"
+  chmod 600 "$KEYS_FILE.tmp"
+  mv -f "$KEYS_FILE.tmp" "$KEYS_FILE"
+  say "API keys created: ${KEYS_FILE#"$ROOT"/} (mode 600; TALLY_ADMIN_KEY, TALLY_API_KEY)"
+}
+
 # ------------------------------------------------------------------ start
 validate() {
   local v
@@ -212,6 +261,7 @@ validate() {
   ((WORKERS == 0)) || [[ -x $WORKER_BIN ]] || die "$WORKER_BIN not found or not executable (build first: make build)"
   command -v "$NGINX" >/dev/null || die "nginx not found (deploy/local/services.sh installs it)"
   [[ -f $TEMPLATE ]] || die "$TEMPLATE missing"
+  [[ $AUTH == on || $AUTH == off ]] || die "AUTH must be on or off (got '$AUTH')"
 }
 
 # Start one process in the background, detached from the caller: setsid gives it
@@ -346,6 +396,12 @@ cmd_start() {
   for f in "$LOGS"/*.log; do [[ -f $f ]] && mv -f "$f" "$f.prev"; done
 
   export TALLY_PROFILE=${TALLY_PROFILE:-local}
+  if [[ $AUTH == off ]]; then
+    export TALLY_AUTH__ENABLED=false
+    warn "AUTH=off: the API asks for no key; anyone who can reach 127.0.0.1:$PORT can move money"
+  else
+    ensure_keys
+  fi
   # Logs go to files: no ANSI colour codes in them (tracing honours NO_COLOR).
   # `NO_COLOR= make up` keeps the colours.
   export NO_COLOR=${NO_COLOR-1}
@@ -371,6 +427,7 @@ cmd_start() {
   trap - INT TERM
   ((WORKERS == 0)) || say "worker metrics: http://127.0.0.1:$WORKER_METRICS_BASE_PORT/metrics .. :$((WORKER_METRICS_BASE_PORT + WORKERS - 1))/metrics"
   say "up: http://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
+  [[ $AUTH == off ]] || say "API keys in ${KEYS_FILE#"$ROOT"/}: . ${KEYS_FILE#"$ROOT"/}; curl -H \"Authorization: Bearer \$TALLY_API_KEY\" http://127.0.0.1:$PORT/account/acc-1"
 }
 
 # ------------------------------------------------------------------ status / logs

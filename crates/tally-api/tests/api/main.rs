@@ -5,6 +5,7 @@
 
 mod admission;
 mod answers;
+mod auth;
 mod deploy;
 mod faults;
 mod helpers;

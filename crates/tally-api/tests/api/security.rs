@@ -1,6 +1,7 @@
-//! What SECURITY.md promises: debug routes off in production and behind a bearer token when
-//! on, no open debug routes on a public address, capped bodies, identifiers validated wherever
-//! they enter, and nginx's per-client rate limit.
+//! What SECURITY.md promises: debug routes off in production, behind an admin key when on
+//! (or, with auth off, behind the debug token), no open debug routes on a public address,
+//! capped bodies, identifiers validated wherever they enter, and nginx's per-client rate
+//! limit. API keys themselves: `auth.rs`.
 
 use std::time::Duration;
 
@@ -56,17 +57,18 @@ async fn debug_routes_do_not_exist_in_the_production_profile() {
         let (status, body) = status_of(&app, path, None).await;
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
-        // Not even with a token: the routes are not registered at all.
-        let (status, _) = status_of(&app, path, Some("anything")).await;
-        assert_eq!(status, 404, "{path} with a token");
+        // Not even with the admin key: the routes are not registered at all.
+        let (status, _) = status_of(&app, path, Some(app.keys.admin.as_str())).await;
+        assert_eq!(status, 404, "{path} with the admin key");
     }
 }
 
 #[tokio::test]
-async fn debug_routes_require_the_bearer_token_when_one_is_set() {
+async fn with_auth_off_debug_routes_require_the_bearer_token_when_one_is_set() {
     let app = TestApp::spawn_with(Options {
         worker: false,
         tweak: |s| {
+            s.auth.enabled = false;
             s.debug.enabled = true;
             s.debug.token = Secret::new("s3cret-token");
         },
@@ -93,7 +95,7 @@ async fn debug_routes_require_the_bearer_token_when_one_is_set() {
 }
 
 #[tokio::test]
-async fn the_api_refuses_to_serve_open_debug_routes_on_a_public_address() {
+async fn with_auth_off_the_api_refuses_to_serve_open_debug_routes_on_a_public_address() {
     let probe = TestApp::spawn_with(Options {
         worker: false,
         ..Options::default()
@@ -103,13 +105,18 @@ async fn the_api_refuses_to_serve_open_debug_routes_on_a_public_address() {
     settings.api.host = "0.0.0.0".into();
     settings.debug.enabled = true;
     settings.debug.token = Secret::new("");
+    // With auth on, the debug routes need an admin key: nothing is open.
+    let stop = CancellationToken::new();
+    let app = Application::build(settings.clone(), stop.clone()).await;
+    assert!(app.is_ok(), "with auth on: {:?}", app.err());
+    drop(app);
+    settings.auth.enabled = false;
     let refused = Application::build(settings.clone(), CancellationToken::new()).await;
     let message = refused.err().expect("must refuse").to_string();
     assert!(message.contains("debug.token"), "{message}");
 
     // Any one of: a token, debug off, or loopback makes it acceptable.
     settings.debug.token = Secret::new("t");
-    let stop = CancellationToken::new();
     let app = Application::build(settings.clone(), stop.clone()).await;
     assert!(app.is_ok(), "with a token: {:?}", app.err());
     drop(app);
