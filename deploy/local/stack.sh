@@ -24,6 +24,8 @@
 #   NGINX=nginx      nginx binary
 #   RATE_LIMIT=5000r/s, RATE_BURST=10000
 #                    nginx's per-client-address rate limit (limit_req; over it: 429)
+#   KEY_RATE_LIMIT=2000r/s, KEY_RATE_BURST=4000
+#                    nginx's per-API-key rate limit, in addition (keyed by the key's id)
 #   AUTH=on          API keys (auth.enabled). On: the first start creates an admin key and a
 #                    read/write key (transactions:write, ledger:read) with `tally keys create`
 #                    and writes them to .run/keys.env (mode 600); later starts keep them while
@@ -62,6 +64,8 @@ STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 NGINX=${NGINX:-nginx}
 RATE_LIMIT=${RATE_LIMIT:-5000r/s}
 RATE_BURST=${RATE_BURST:-10000}
+KEY_RATE_LIMIT=${KEY_RATE_LIMIT:-2000r/s}
+KEY_RATE_BURST=${KEY_RATE_BURST:-4000}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR # cargo resolves it from the workspace root
 BIN_DIR=${BIN_DIR:-$TARGET_DIR/release}
@@ -201,41 +205,12 @@ cmd_stop() {
 }
 
 # ------------------------------------------------------------------ API keys
-# Whether `tally keys list` shows the key (`tally_<id>_<secret>`) as not revoked (its last
-# column is "-"). The key's text itself is never passed to a command line.
-key_valid() { # key
-  local id; id=$(cut -d_ -f2 <<<"$1")
-  [[ $id =~ ^[0-9a-f]{32}$ ]] || return 1
-  "$TALLY_BIN" keys list 2>/dev/null | awk -v id="$id" '$1 == id && $NF == "-" { found = 1 } END { exit !found }'
-}
-
-# The local stack's two keys: kept while valid, else created (a first start, a new database,
-# or revoked) and written to $KEYS_FILE, readable by its owner only.
+# The local stack's two keys (`tally keys init`): kept while valid in the database, else
+# created (a first start, a new database, a revoked key) and written to $KEYS_FILE, mode 600.
 ensure_keys() {
   [[ -x $TALLY_BIN ]] || die "$TALLY_BIN not found or not executable (build first: make build)"
-  local admin rw
-  if [[ -f $KEYS_FILE ]]; then
-    admin=$(sed -n 's/^TALLY_ADMIN_KEY=//p' "$KEYS_FILE")
-    rw=$(sed -n 's/^TALLY_API_KEY=//p' "$KEYS_FILE")
-    if key_valid "$admin" && key_valid "$rw"; then
-      say "API keys: ${KEYS_FILE#"$ROOT"/} (kept)"
-      return 0
-    fi
-    say "the keys in ${KEYS_FILE#"$ROOT"/} are not valid in this database: creating new ones"
-  fi
-  admin=$("$TALLY_BIN" keys create --name local-admin --scope admin 2>/dev/null) ||
-    die "could not create the admin API key ($TALLY_BIN keys create; is the database migrated?)"
-  rw=$("$TALLY_BIN" keys create --name local-rw --scope transactions:write,ledger:read 2>/dev/null) ||
-    die "could not create the read/write API key"
-  (
-    umask 077
-    printf '# API keys of the local stack, written by `make up`. Use: . %s\n' "${KEYS_FILE#"$ROOT"/}"
-    printf '# admin: every route (links, webhooks, jobs, /debug/*)\nTALLY_ADMIN_KEY=%s\n' "$admin"
-    printf '# read/write: POST /transaction and the reads (also what `tally import` sends)\nTALLY_API_KEY=%s\n' "$rw"
-  ) >"$KEYS_FILE.tmp"
-  chmod 600 "$KEYS_FILE.tmp"
-  mv -f "$KEYS_FILE.tmp" "$KEYS_FILE"
-  say "API keys created: ${KEYS_FILE#"$ROOT"/} (mode 600; TALLY_ADMIN_KEY, TALLY_API_KEY)"
+  "$TALLY_BIN" keys init --out "$KEYS_FILE" --name-prefix local ||
+    die "could not set up the API keys ($TALLY_BIN keys init; is the database migrated?)"
 }
 
 # ------------------------------------------------------------------ start
@@ -334,6 +309,8 @@ render_nginx() {
   local servers='' i conf
   [[ $RATE_LIMIT =~ ^[0-9]+r/[sm]$ ]] || die "RATE_LIMIT must look like 50r/s or 600r/m, not '$RATE_LIMIT'"
   [[ $RATE_BURST =~ ^[0-9]+$ ]] || die "RATE_BURST must be a whole number, not '$RATE_BURST'"
+  [[ $KEY_RATE_LIMIT =~ ^[0-9]+r/[sm]$ ]] || die "KEY_RATE_LIMIT must look like 50r/s or 600r/m, not '$KEY_RATE_LIMIT'"
+  [[ $KEY_RATE_BURST =~ ^[0-9]+$ ]] || die "KEY_RATE_BURST must be a whole number, not '$KEY_RATE_BURST'"
   for ((i = 0; i < API_REPLICAS; i++)); do
     # max_fails=0: see the comment in the upstream block of the template.
     servers+="        server 127.0.0.1:$((API_BASE_PORT + i)) max_fails=0;"$'\n'
@@ -342,6 +319,10 @@ render_nginx() {
   conf=$(<"$TEMPLATE")
   conf=${conf//@PORT@/$PORT}
   conf=${conf//@UPSTREAM_SERVERS@/$servers}
+  # The KEY_ placeholders first: @RATE_LIMIT@ is not a substring of them, but keep the
+  # order obvious.
+  conf=${conf//@KEY_RATE_LIMIT@/$KEY_RATE_LIMIT}
+  conf=${conf//@KEY_RATE_BURST@/$KEY_RATE_BURST}
   conf=${conf//@RATE_LIMIT@/$RATE_LIMIT}
   conf=${conf//@RATE_BURST@/$RATE_BURST}
   # A placeholder left over means the template and this script disagree.

@@ -255,8 +255,7 @@ pub struct Nginx {
 impl Nginx {
     fn start(dir: &Path, api_ports: &[u16]) -> Result<Self> {
         let port = free_port()?;
-        let config =
-            nginx::local_config(port, api_ports, nginx::DEFAULT_RATE, nginx::DEFAULT_BURST);
+        let config = nginx::local_config(port, api_ports, nginx::DEFAULT_LIMITS);
         for sub in ["logs", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }

@@ -63,6 +63,17 @@ pub enum KeysCommand {
     },
     /// List every key (id, name, scopes, created, revoked), never their texts.
     List,
+    /// Make sure FILE holds an admin key and a read/write key valid in this database: kept
+    /// when they are, else both created and FILE written (mode 600) as `TALLY_ADMIN_KEY=…`
+    /// and `TALLY_API_KEY=…` lines. What `make up` and compose run at start.
+    Init {
+        /// The env file to keep the keys in.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// The keys are named <PREFIX>-admin and <PREFIX>-rw.
+        #[arg(long, default_value = "local")]
+        name_prefix: String,
+    },
     /// Revoke a key by its id (from `create` or `list`).
     Revoke {
         /// The key's id.

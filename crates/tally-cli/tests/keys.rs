@@ -96,3 +96,54 @@ async fn a_key_is_shown_once_listed_without_its_text_and_revoked_once() {
         2
     );
 }
+
+#[tokio::test]
+async fn init_writes_two_working_keys_once_and_replaces_them_when_revoked() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = fresh_database().await;
+    let dir = std::env::temp_dir().join(format!("tally-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.env");
+    let out = file.to_str().unwrap();
+    let init = tally(&db.url, &["init", "--out", out, "--name-prefix", "t"]).await;
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    assert!(init.stdout.is_empty(), "keys go to the file only");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = std::fs::read_to_string(&file).unwrap();
+    let value = |text: &str, var: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=")))
+            .unwrap()
+            .to_string()
+    };
+    let (admin, rw) = (
+        value(&first, "TALLY_ADMIN_KEY"),
+        value(&first, "TALLY_API_KEY"),
+    );
+    assert!(!text(&init.stderr).contains(&admin[40..]));
+    let listed = text(&tally(&db.url, &["list"]).await.stdout);
+    assert!(
+        listed.contains("t-admin") && listed.contains("t-rw"),
+        "{listed}"
+    );
+
+    // Valid: kept as they are.
+    assert!(tally(&db.url, &["init", "--out", out])
+        .await
+        .status
+        .success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+
+    // One revoked: both replaced.
+    let id = rw.split('_').nth(1).unwrap();
+    assert!(tally(&db.url, &["revoke", id]).await.status.success());
+    assert!(tally(&db.url, &["init", "--out", out])
+        .await
+        .status
+        .success());
+    let second = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(value(&second, "TALLY_API_KEY"), rw);
+    assert_ne!(value(&second, "TALLY_ADMIN_KEY"), admin);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -28,10 +28,15 @@ async fn call(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A new key, once the test's first replica has taken it up (within `auth.refresh_ms`).
 async fn key(app: &TestApp, name: &str, scopes: &[Scope]) -> (uuid::Uuid, String) {
     let key = tally_store::keys::create(&app.pool, name, scopes)
         .await
         .unwrap();
+    eventually(Duration::from_secs(5), || async {
+        (call(app, Some(&key.token), "GET", "/status", None).await.0 != 401).then_some(())
+    })
+    .await;
     (key.id, key.token)
 }
 
@@ -345,17 +350,19 @@ async fn key_texts_never_reach_a_log_and_are_not_stored() {
     );
     tally_store::keys::revoke(&app.pool, id).await.unwrap();
     eventually(Duration::from_secs(5), || async {
-        let (status, _) = call(
-            &app,
-            Some(&revoked),
-            "POST",
-            "/transaction",
-            Some(deposit("l2")),
-        )
-        .await;
+        let (status, _) = call(&app, Some(&revoked), "GET", "/status", None).await;
         (status == 401).then_some(())
     })
     .await;
+    let (status, _) = call(
+        &app,
+        Some(&revoked),
+        "POST",
+        "/transaction",
+        Some(deposit("l2")),
+    )
+    .await;
+    assert_eq!(status, 401);
     // A refusal for the scope names the key in the log.
     let (status, _) = call(
         &app,

@@ -10,7 +10,8 @@ use tally_api::Application;
 use tally_settings::{Secret, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Nginx, Options, TestApp};
+use crate::helpers::{client_with_key, Nginx, Options, TestApp};
+use tally_testkit::nginx;
 
 const DEBUG_ROUTES: [&str; 4] = [
     "/debug/accounts",
@@ -265,6 +266,52 @@ async fn nginx_rate_limits_each_client_address_with_a_json_429() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+}
+
+/// Per API key, in addition to per address: one key's flood is cut at its own rate while
+/// another key, from the same address, keeps its budget.
+#[tokio::test]
+async fn nginx_rate_limits_each_api_key_apart_from_the_address() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let nginx = Nginx::start_with(
+        &app.api_ports,
+        nginx::Limits {
+            key_rate: "1r/m",
+            key_burst: 5,
+            ..nginx::DEFAULT_LIMITS
+        },
+    )
+    .await;
+    let flooding = client_with_key(&app.keys.read_write);
+    let url = format!("{}/account/acc-1", nginx.address);
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let response = flooding.get(&url).send().await.unwrap();
+        let status = response.status().as_u16();
+        if status == 429 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+        }
+        statuses.push(status);
+    }
+    // Burst 5 plus the current slot; at one a minute nothing refills during the run.
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(served, 6, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 14);
+    // Another key from the same address is not held back, nor a request with no key (the
+    // probes).
+    let other = client_with_key(&app.keys.admin);
+    assert_eq!(other.get(&url).send().await.unwrap().status().as_u16(), 200);
+    let probe = reqwest::Client::new()
+        .get(format!("{}/health/live", nginx.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status().as_u16(), 200);
 }
 
 #[tokio::test]
