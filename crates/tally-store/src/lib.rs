@@ -18,6 +18,7 @@ pub mod migrate;
 pub mod pool;
 pub mod reads;
 pub mod settlement;
+pub mod tls;
 pub mod users;
 pub mod webhooks;
 

@@ -19,6 +19,7 @@ mod shutdown;
 mod startup;
 mod submit;
 mod through_nginx;
+mod tls;
 mod users;
 mod webhooks;
 mod withdraw_request;
