@@ -26,6 +26,8 @@
 #                    nginx's per-client-address rate limit (limit_req; over it: 429)
 #   KEY_RATE_LIMIT=2000r/s, KEY_RATE_BURST=4000
 #                    nginx's per-API-key rate limit, in addition (keyed by the key's id)
+#   TLS_CERT, TLS_KEY  PEM certificate (chain) and key: nginx then serves HTTPS on PORT
+#                    (TLS 1.2/1.3); unset: plain HTTP
 #   AUTH=on          API keys (auth.enabled). On: the first start creates an admin key and a
 #                    read/write key (transactions:write, ledger:read) with `tally keys create`
 #                    and writes them to .run/keys.env (mode 600); later starts keep them while
@@ -66,6 +68,10 @@ RATE_LIMIT=${RATE_LIMIT:-5000r/s}
 RATE_BURST=${RATE_BURST:-10000}
 KEY_RATE_LIMIT=${KEY_RATE_LIMIT:-2000r/s}
 KEY_RATE_BURST=${KEY_RATE_BURST:-4000}
+TLS_CERT=${TLS_CERT:-}
+TLS_KEY=${TLS_KEY:-}
+SCHEME=http
+[[ -z $TLS_CERT ]] || SCHEME=https
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR # cargo resolves it from the workspace root
 BIN_DIR=${BIN_DIR:-$TARGET_DIR/release}
@@ -324,6 +330,18 @@ render_nginx() {
   conf=${conf//@KEY_RATE_LIMIT@/$KEY_RATE_LIMIT}
   conf=${conf//@KEY_RATE_BURST@/$KEY_RATE_BURST}
   conf=${conf//@RATE_LIMIT@/$RATE_LIMIT}
+  local listen='' certificate=''
+  if [[ -n $TLS_CERT || -n $TLS_KEY ]]; then
+    [[ -n $TLS_CERT && -n $TLS_KEY ]] || die "TLS_CERT and TLS_KEY go together"
+    local f
+    for f in "$TLS_CERT" "$TLS_KEY"; do
+      [[ $f == /* && -r $f ]] || die "TLS_CERT / TLS_KEY must be readable absolute paths ('$f')"
+    done
+    listen=' ssl'
+    certificate="        ssl_certificate $TLS_CERT;"$'\n'"        ssl_certificate_key $TLS_KEY;"$'\n'"        ssl_protocols TLSv1.2 TLSv1.3;"
+  fi
+  conf=${conf//@TLS_LISTEN@/$listen}
+  conf=${conf//@TLS_CERTIFICATE@/$certificate}
   conf=${conf//@RATE_BURST@/$RATE_BURST}
   # A placeholder left over means the template and this script disagree.
   if grep -qE '@[A-Z_]+@' <<<"$conf"; then
@@ -343,12 +361,13 @@ start_nginx() {
     fail "nginx failed to start (config ${NGX#"$ROOT"/}/nginx.conf)" "$NGX/logs/error.log"
   fi
   [[ -z $out ]] || echo "$out"
-  local i url=http://127.0.0.1:$PORT
+  # -k: this only asks whether nginx is up; whom the certificate names is the clients' check.
+  local i url=$SCHEME://127.0.0.1:$PORT
   for ((i = 0; i < 100; i++)); do
-    curl -fsS -o /dev/null --max-time 2 "$url/health/live" 2>/dev/null && return 0
+    curl -kfsS -o /dev/null --max-time 2 "$url/health/live" 2>/dev/null && return 0
     sleep 0.1
   done
-  curl -fsS -o /dev/null --max-time 2 "$url/health/live" ||
+  curl -kfsS -o /dev/null --max-time 2 "$url/health/live" ||
     fail "nginx started but $url/health/live does not answer" "$NGX/logs/error.log"
 }
 
@@ -407,8 +426,8 @@ cmd_start() {
   say "nginx (pid $(nginx_pid)) on 127.0.0.1:$PORT -> ${API_REPLICAS} replicas"
   trap - INT TERM
   ((WORKERS == 0)) || say "worker metrics: http://127.0.0.1:$WORKER_METRICS_BASE_PORT/metrics .. :$((WORKER_METRICS_BASE_PORT + WORKERS - 1))/metrics"
-  say "up: http://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
-  [[ $AUTH == off ]] || say "API keys in ${KEYS_FILE#"$ROOT"/}: . ${KEYS_FILE#"$ROOT"/}; curl -H \"Authorization: Bearer \$TALLY_API_KEY\" http://127.0.0.1:$PORT/account/acc-1"
+  say "up: $SCHEME://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
+  [[ $AUTH == off ]] || say "API keys in ${KEYS_FILE#"$ROOT"/}: . ${KEYS_FILE#"$ROOT"/}; curl -H \"Authorization: Bearer \$TALLY_API_KEY\" $SCHEME://127.0.0.1:$PORT/account/acc-1"
 }
 
 # ------------------------------------------------------------------ status / logs
@@ -444,8 +463,8 @@ cmd_status() {
     pid=$(nginx_pid)
     if nginx_alive; then
       port=$(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$NGX/nginx.conf" | head -n 1 | cut -d: -f2)
-      printf '%-10s %-8s %-6s %s\n' nginx "$pid" alive "http://127.0.0.1:$port live=$(curl -sS -o /dev/null \
-        -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/health/live" 2>/dev/null || true)"
+      printf '%-10s %-8s %-6s %s\n' nginx "$pid" alive "$SCHEME://127.0.0.1:$port live=$(curl -ksS -o /dev/null \
+        -w '%{http_code}' --max-time 1 "$SCHEME://127.0.0.1:$port/health/live" 2>/dev/null || true)"
     else
       printf '%-10s %-8s %-6s %s\n' nginx "${pid:-?}" DEAD "see ${NGX#"$ROOT"/}/logs/error.log"
       dead=1

@@ -33,9 +33,40 @@ pub const DEFAULT_LIMITS: Limits<'static> = Limits {
     key_burst: 4000,
 };
 
+/// A certificate and its key for nginx to terminate TLS with (`TLS_CERT`, `TLS_KEY` of
+/// stack.sh), absolute paths.
+#[derive(Debug, Clone, Copy)]
+pub struct Tls<'a> {
+    pub certificate: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+}
+
 /// The config for nginx on 127.0.0.1:`port` in front of `api_ports`, in the foreground
-/// (`daemon off`: the caller owns the master process), with the given rate limits.
+/// (`daemon off`: the caller owns the master process), with the given rate limits, in plain
+/// HTTP.
 pub fn local_config(port: u16, api_ports: &[u16], limits: Limits<'_>) -> String {
+    local_config_tls(port, api_ports, limits, None)
+}
+
+/// [`local_config`], terminating TLS with `tls` when given (as stack.sh renders it).
+pub fn local_config_tls(
+    port: u16,
+    api_ports: &[u16],
+    limits: Limits<'_>,
+    tls: Option<Tls<'_>>,
+) -> String {
+    let (listen, certificate) = match tls {
+        Some(tls) => (
+            " ssl".to_string(),
+            format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n        \
+                 ssl_protocols TLSv1.2 TLSv1.3;",
+                tls.certificate.display(),
+                tls.key.display()
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     let servers: String = api_ports
         .iter()
         // max_fails=0: see the comment in the template's upstream block.
@@ -44,6 +75,8 @@ pub fn local_config(port: u16, api_ports: &[u16], limits: Limits<'_>) -> String 
     TEMPLATE
         .replace("@PORT@", &port.to_string())
         .replace("@UPSTREAM_SERVERS@", &servers)
+        .replace("@TLS_LISTEN@", &listen)
+        .replace("@TLS_CERTIFICATE@", &certificate)
         .replace("@KEY_RATE_LIMIT@", limits.key_rate)
         .replace("@KEY_RATE_BURST@", &limits.key_burst.to_string())
         .replace("@RATE_LIMIT@", limits.rate)
@@ -87,6 +120,18 @@ impl Nginx {
         .await
     }
 
+    /// Terminating TLS with `tls` (the address is `https://127.0.0.1:<port>`); waits until
+    /// it accepts connections.
+    pub async fn start_tls(api_ports: &[u16], tls: Tls<'_>) -> Self {
+        let nginx = Self::spawn_with(api_ports, DEFAULT_LIMITS, Some(tls));
+        let address = nginx.address.trim_start_matches("https://").to_string();
+        eventually(Duration::from_secs(10), || async {
+            TcpStream::connect(&address).await.ok()
+        })
+        .await;
+        nginx
+    }
+
     /// With the given rate limits, per client address and per API key.
     pub async fn start_with(api_ports: &[u16], limits: Limits<'_>) -> Self {
         let nginx = Self::spawn(api_ports, limits);
@@ -117,11 +162,15 @@ impl Nginx {
     }
 
     fn spawn(api_ports: &[u16], limits: Limits<'_>) -> Self {
+        Self::spawn_with(api_ports, limits, None)
+    }
+
+    fn spawn_with(api_ports: &[u16], limits: Limits<'_>, tls: Option<Tls<'_>>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let config = local_config(port, api_ports, limits);
+        let config = local_config_tls(port, api_ports, limits, tls);
         let dir =
             std::env::temp_dir().join(format!("tally-nginx-{}", uuid::Uuid::new_v4().simple()));
         for sub in ["logs", "tmp"] {
@@ -138,8 +187,9 @@ impl Nginx {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start nginx (installed by deploy/local/services.sh)");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Self {
-            address: format!("http://127.0.0.1:{port}"),
+            address: format!("{scheme}://127.0.0.1:{port}"),
             child,
             dir,
         }
@@ -173,6 +223,25 @@ mod tests {
         assert_eq!(leftover_placeholder(&config), None);
         assert!(config.contains("server 127.0.0.1:8002 max_fails=0;"));
         assert!(config.contains("daemon off;"));
+        assert!(
+            !config
+                .lines()
+                .any(|l| l.trim_start().starts_with("ssl_certificate"))
+                && config.contains("listen 127.0.0.1:8080;"),
+            "plain HTTP by default"
+        );
+        let tls = local_config_tls(
+            8443,
+            &[8001],
+            DEFAULT_LIMITS,
+            Some(Tls {
+                certificate: std::path::Path::new("/etc/tally/cert.pem"),
+                key: std::path::Path::new("/etc/tally/key.pem"),
+            }),
+        );
+        assert_eq!(leftover_placeholder(&tls), None);
+        assert!(tls.contains("listen 127.0.0.1:8443 ssl;"), "{tls}");
+        assert!(tls.contains("ssl_certificate /etc/tally/cert.pem;"));
         assert_eq!(leftover_placeholder("x @NEW_ONE@ y"), Some("NEW_ONE"));
     }
 }

@@ -314,6 +314,68 @@ async fn nginx_rate_limits_each_api_key_apart_from_the_address() {
     assert_eq!(probe.status().as_u16(), 200);
 }
 
+/// nginx terminates TLS with the configured certificate: a client that trusts its CA gets
+/// through, one that does not is refused, and plain HTTP on that port is not served.
+#[tokio::test]
+async fn nginx_terminates_tls_with_the_configured_certificate() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("tally-edge-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    crate::tls::make_certificates(&dir);
+    // nginx's workers may run as nobody: they read the key at start, as the master.
+    let nginx = Nginx::start_tls(
+        &app.api_ports,
+        nginx::Tls {
+            certificate: &dir.join("server.pem"),
+            key: &dir.join("server.key"),
+        },
+    )
+    .await;
+    assert!(nginx.address.starts_with("https://"), "{}", nginx.address);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", app.keys.read_write).parse().unwrap(),
+    );
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    for host in ["127.0.0.1", "localhost"] {
+        let url = nginx.address.replace("127.0.0.1", host);
+        let response = trusting
+            .get(format!("{url}/account/acc-1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{host}");
+    }
+    // The Mozilla roots do not know this CA: the handshake fails.
+    let stranger = reqwest::Client::new()
+        .get(format!("{}/health/live", nginx.address))
+        .send()
+        .await;
+    assert!(stranger.is_err(), "an unknown CA was accepted");
+    // Plain HTTP on the TLS port gets nginx's 400, never a replica's answer.
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "{}/health/live",
+            nginx.address.replace("https://", "http://")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 400);
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_wrong_method_is_a_405_naming_the_allowed_ones_and_a_wrong_path_a_404() {
     let app = TestApp::spawn_with(Options {

@@ -1,4 +1,4 @@
-//! TLS on every hop to the backing services: the API and a worker run against a PostgreSQL and
+//! TLS on every hop to the backing services (nginx's TLS termination: `security.rs`): the API and a worker run against a PostgreSQL and
 //! a RabbitMQ of this test's own that accept TLS only, with certificates from a CA the test
 //! makes (Debian's `openssl`); the connections are encrypted (`pg_stat_ssl`, `rabbitmqctl
 //! list_connections ssl`), and a plaintext connection is refused at start with the server's
@@ -47,8 +47,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A CA, and a certificate it signed for 127.0.0.1 (the address both servers listen on).
-fn make_certificates(dir: &Path) {
+/// A CA (`ca.pem`), and a certificate it signed for 127.0.0.1 and localhost (`server.pem`,
+/// `server.key`) in `dir`.
+pub(crate) fn make_certificates(dir: &Path) {
     let ssl = |args: &[&str]| {
         run(
             "openssl",
