@@ -16,16 +16,17 @@ COPY crates/ crates/
 COPY migrations/ migrations/
 COPY config/ config/
 
-# Only the two shipped binaries (the workspace also has tally-bench and tally-chaos,
-# test tools that need not be in the image). --locked: exactly Cargo.lock's versions.
+# Only the shipped binaries: the services and the operator's `tally` (API keys, imports);
+# the workspace also has tally-bench and tally-chaos, test tools that need not be in the
+# image. --locked: exactly Cargo.lock's versions.
 # Cache mounts (BuildKit, the default builder since Docker 23) keep the crates.io
 # registry and target/ between builds. A cache mount is not part of the image, so the
 # binaries are copied out of it before the step ends.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tally-api --bin tally-worker \
+    cargo build --release --locked --bin tally-api --bin tally-worker --bin tally \
  && mkdir -p /out \
- && cp target/release/tally-api target/release/tally-worker /out/
+ && cp target/release/tally-api target/release/tally-worker target/release/tally /out/
 
 # ------------------------------------------------------------------ runtime
 FROM debian:bookworm-slim
@@ -41,7 +42,11 @@ RUN groupadd --system --gid 10001 tally \
  && useradd --system --uid 10001 --gid tally --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin tally
 
-COPY --from=builder /out/tally-api /out/tally-worker /usr/local/bin/
+COPY --from=builder /out/tally-api /out/tally-worker /out/tally /usr/local/bin/
+
+# Where compose's one-shot `keys` service keeps the API keys (a named volume starts as a copy
+# of this directory: owned by tally, closed to others).
+RUN mkdir -p /keys && chown tally:tally /keys && chmod 700 /keys
 
 USER tally:tally
 # Containers are configured through the environment (TALLY_SECTION__KEY, see README).

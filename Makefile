@@ -14,7 +14,9 @@ MAKEFLAGS += --no-print-directory
 API_REPLICAS ?= 3
 WORKERS ?= 2
 PORT ?= 8080
-export API_REPLICAS WORKERS PORT
+# API keys: on (the first start writes an admin and a read/write key to .run/keys.env) or off.
+AUTH ?= on
+export API_REPLICAS WORKERS PORT AUTH
 
 CARGO ?= cargo
 # Where `cargo build --release` puts the binaries (respects CARGO_TARGET_DIR).
@@ -31,7 +33,7 @@ TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:
 .PHONY: help up down status logs services services-down build migrate test alerts-test bench bench-settlement chaos fuzz openapi test-db-clean fmt lint check
 
 help: ## list the targets
-	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)]"
+	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)] [AUTH=$(AUTH)]"
 	@echo
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo
@@ -40,7 +42,7 @@ help: ## list the targets
 
 # ---------------------------------------------------------------- local stack
 # Sequential on purpose (not prerequisites): the order matters even under make -j.
-up: ## services, release build, migrate, then (re)start API_REPLICAS api + WORKERS workers + nginx on PORT
+up: ## services, release build, migrate, API keys (.run/keys.env; AUTH=off: none), then (re)start API_REPLICAS api + WORKERS workers + nginx on PORT
 	$(SERVICES)
 	$(CARGO) build --release --bins
 	$(BIN_DIR)/tally-worker migrate

@@ -24,6 +24,16 @@
 #   NGINX=nginx      nginx binary
 #   RATE_LIMIT=5000r/s, RATE_BURST=10000
 #                    nginx's per-client-address rate limit (limit_req; over it: 429)
+#   KEY_RATE_LIMIT=2000r/s, KEY_RATE_BURST=4000
+#                    nginx's per-API-key rate limit, in addition (keyed by the key's id)
+#   TLS_CERT, TLS_KEY  PEM certificate (chain) and key: nginx then serves HTTPS on PORT
+#                    (TLS 1.2/1.3); unset: plain HTTP
+#   AUTH=on          API keys (auth.enabled). On: the first start creates an admin key and a
+#                    read/write key (transactions:write, ledger:read) with `tally keys create`
+#                    and writes them to .run/keys.env (mode 600); later starts keep them while
+#                    they are valid in the database. off: TALLY_AUTH__ENABLED=false, no key
+#                    needed (the API warns at start and on /status).
+#   TALLY_BIN        the `tally` operator binary (default $BIN_DIR/tally)
 #   READY_TIMEOUT=30 seconds to wait for every replica's /health/ready
 #   STOP_TIMEOUT=10  seconds between SIGTERM and SIGKILL when stopping
 #   TALLY_PROFILE=local, TALLY_DATABASE__URL, TALLY_BROKER__URL, RUST_LOG ... are passed
@@ -35,6 +45,8 @@
 #   .run/pids/<name>.pid    api-1..N, worker-1..M (plain pid, one line)
 #   .run/logs/<name>.log    stdout+stderr of each process (previous run: <name>.log.prev)
 #   .run/nginx/             nginx prefix: nginx.conf (rendered), nginx.pid, logs/, tmp/
+#   .run/keys.env           TALLY_ADMIN_KEY=… and TALLY_API_KEY=… (AUTH=on), readable by its
+#                           owner only: `. .run/keys.env` in a shell
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -54,10 +66,19 @@ STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 NGINX=${NGINX:-nginx}
 RATE_LIMIT=${RATE_LIMIT:-5000r/s}
 RATE_BURST=${RATE_BURST:-10000}
+KEY_RATE_LIMIT=${KEY_RATE_LIMIT:-2000r/s}
+KEY_RATE_BURST=${KEY_RATE_BURST:-4000}
+TLS_CERT=${TLS_CERT:-}
+TLS_KEY=${TLS_KEY:-}
+SCHEME=http
+[[ -z $TLS_CERT ]] || SCHEME=https
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR # cargo resolves it from the workspace root
 BIN_DIR=${BIN_DIR:-$TARGET_DIR/release}
 API_BIN=${API_BIN:-$BIN_DIR/tally-api}
+TALLY_BIN=${TALLY_BIN:-$BIN_DIR/tally}
+AUTH=${AUTH:-on}
+KEYS_FILE=$RUN/keys.env
 WORKER_BIN=${WORKER_BIN:-$BIN_DIR/tally-worker}
 
 say() { echo "stack: $*"; }
@@ -189,6 +210,15 @@ cmd_stop() {
   say "stopped (PostgreSQL and RabbitMQ left running)"
 }
 
+# ------------------------------------------------------------------ API keys
+# The local stack's two keys (`tally keys init`): kept while valid in the database, else
+# created (a first start, a new database, a revoked key) and written to $KEYS_FILE, mode 600.
+ensure_keys() {
+  [[ -x $TALLY_BIN ]] || die "$TALLY_BIN not found or not executable (build first: make build)"
+  "$TALLY_BIN" keys init --out "$KEYS_FILE" --name-prefix local ||
+    die "could not set up the API keys ($TALLY_BIN keys init; is the database migrated?)"
+}
+
 # ------------------------------------------------------------------ start
 validate() {
   local v
@@ -212,6 +242,7 @@ validate() {
   ((WORKERS == 0)) || [[ -x $WORKER_BIN ]] || die "$WORKER_BIN not found or not executable (build first: make build)"
   command -v "$NGINX" >/dev/null || die "nginx not found (deploy/local/services.sh installs it)"
   [[ -f $TEMPLATE ]] || die "$TEMPLATE missing"
+  [[ $AUTH == on || $AUTH == off ]] || die "AUTH must be on or off (got '$AUTH')"
 }
 
 # Start one process in the background, detached from the caller: setsid gives it
@@ -284,6 +315,8 @@ render_nginx() {
   local servers='' i conf
   [[ $RATE_LIMIT =~ ^[0-9]+r/[sm]$ ]] || die "RATE_LIMIT must look like 50r/s or 600r/m, not '$RATE_LIMIT'"
   [[ $RATE_BURST =~ ^[0-9]+$ ]] || die "RATE_BURST must be a whole number, not '$RATE_BURST'"
+  [[ $KEY_RATE_LIMIT =~ ^[0-9]+r/[sm]$ ]] || die "KEY_RATE_LIMIT must look like 50r/s or 600r/m, not '$KEY_RATE_LIMIT'"
+  [[ $KEY_RATE_BURST =~ ^[0-9]+$ ]] || die "KEY_RATE_BURST must be a whole number, not '$KEY_RATE_BURST'"
   for ((i = 0; i < API_REPLICAS; i++)); do
     # max_fails=0: see the comment in the upstream block of the template.
     servers+="        server 127.0.0.1:$((API_BASE_PORT + i)) max_fails=0;"$'\n'
@@ -292,7 +325,23 @@ render_nginx() {
   conf=$(<"$TEMPLATE")
   conf=${conf//@PORT@/$PORT}
   conf=${conf//@UPSTREAM_SERVERS@/$servers}
+  # The KEY_ placeholders first: @RATE_LIMIT@ is not a substring of them, but keep the
+  # order obvious.
+  conf=${conf//@KEY_RATE_LIMIT@/$KEY_RATE_LIMIT}
+  conf=${conf//@KEY_RATE_BURST@/$KEY_RATE_BURST}
   conf=${conf//@RATE_LIMIT@/$RATE_LIMIT}
+  local listen='' certificate=''
+  if [[ -n $TLS_CERT || -n $TLS_KEY ]]; then
+    [[ -n $TLS_CERT && -n $TLS_KEY ]] || die "TLS_CERT and TLS_KEY go together"
+    local f
+    for f in "$TLS_CERT" "$TLS_KEY"; do
+      [[ $f == /* && -r $f ]] || die "TLS_CERT / TLS_KEY must be readable absolute paths ('$f')"
+    done
+    listen=' ssl'
+    certificate="        ssl_certificate $TLS_CERT;"$'\n'"        ssl_certificate_key $TLS_KEY;"$'\n'"        ssl_protocols TLSv1.2 TLSv1.3;"
+  fi
+  conf=${conf//@TLS_LISTEN@/$listen}
+  conf=${conf//@TLS_CERTIFICATE@/$certificate}
   conf=${conf//@RATE_BURST@/$RATE_BURST}
   # A placeholder left over means the template and this script disagree.
   if grep -qE '@[A-Z_]+@' <<<"$conf"; then
@@ -312,12 +361,13 @@ start_nginx() {
     fail "nginx failed to start (config ${NGX#"$ROOT"/}/nginx.conf)" "$NGX/logs/error.log"
   fi
   [[ -z $out ]] || echo "$out"
-  local i url=http://127.0.0.1:$PORT
+  # -k: this only asks whether nginx is up; whom the certificate names is the clients' check.
+  local i url=$SCHEME://127.0.0.1:$PORT
   for ((i = 0; i < 100; i++)); do
-    curl -fsS -o /dev/null --max-time 2 "$url/health/live" 2>/dev/null && return 0
+    curl -kfsS -o /dev/null --max-time 2 "$url/health/live" 2>/dev/null && return 0
     sleep 0.1
   done
-  curl -fsS -o /dev/null --max-time 2 "$url/health/live" ||
+  curl -kfsS -o /dev/null --max-time 2 "$url/health/live" ||
     fail "nginx started but $url/health/live does not answer" "$NGX/logs/error.log"
 }
 
@@ -346,6 +396,12 @@ cmd_start() {
   for f in "$LOGS"/*.log; do [[ -f $f ]] && mv -f "$f" "$f.prev"; done
 
   export TALLY_PROFILE=${TALLY_PROFILE:-local}
+  if [[ $AUTH == off ]]; then
+    export TALLY_AUTH__ENABLED=false
+    warn "AUTH=off: the API asks for no key; anyone who can reach 127.0.0.1:$PORT can move money"
+  else
+    ensure_keys
+  fi
   # Logs go to files: no ANSI colour codes in them (tracing honours NO_COLOR).
   # `NO_COLOR= make up` keeps the colours.
   export NO_COLOR=${NO_COLOR-1}
@@ -370,7 +426,8 @@ cmd_start() {
   say "nginx (pid $(nginx_pid)) on 127.0.0.1:$PORT -> ${API_REPLICAS} replicas"
   trap - INT TERM
   ((WORKERS == 0)) || say "worker metrics: http://127.0.0.1:$WORKER_METRICS_BASE_PORT/metrics .. :$((WORKER_METRICS_BASE_PORT + WORKERS - 1))/metrics"
-  say "up: http://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
+  say "up: $SCHEME://127.0.0.1:$PORT   (logs: make logs, status: make status, stop: make down)"
+  [[ $AUTH == off ]] || say "API keys in ${KEYS_FILE#"$ROOT"/}: . ${KEYS_FILE#"$ROOT"/}; curl -H \"Authorization: Bearer \$TALLY_API_KEY\" $SCHEME://127.0.0.1:$PORT/account/acc-1"
 }
 
 # ------------------------------------------------------------------ status / logs
@@ -406,8 +463,8 @@ cmd_status() {
     pid=$(nginx_pid)
     if nginx_alive; then
       port=$(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$NGX/nginx.conf" | head -n 1 | cut -d: -f2)
-      printf '%-10s %-8s %-6s %s\n' nginx "$pid" alive "http://127.0.0.1:$port live=$(curl -sS -o /dev/null \
-        -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/health/live" 2>/dev/null || true)"
+      printf '%-10s %-8s %-6s %s\n' nginx "$pid" alive "$SCHEME://127.0.0.1:$port live=$(curl -ksS -o /dev/null \
+        -w '%{http_code}' --max-time 1 "$SCHEME://127.0.0.1:$port/health/live" 2>/dev/null || true)"
     else
       printf '%-10s %-8s %-6s %s\n' nginx "${pid:-?}" DEAD "see ${NGX#"$ROOT"/}/logs/error.log"
       dead=1

@@ -18,8 +18,10 @@ pub enum ApiError {
         message: String,
         field: Option<&'static str>,
     },
-    /// 401: a protected route without the right bearer token.
+    /// 401: a protected route without a valid API key (or, with auth off, the debug token).
     Unauthorized,
+    /// 403: a valid API key without the scope the route needs.
+    Forbidden { message: String },
     /// 404.
     NotFound { code: &'static str, message: String },
     /// 405: the path exists, the method does not; `allow` lists the methods that do.
@@ -100,7 +102,8 @@ impl fmt::Display for ApiError {
             | ApiError::Conflict { message, .. }
             | ApiError::Unprocessable { message, .. }
             | ApiError::TooManyRequests { message, .. }
-            | ApiError::Busy { message, .. } => f.write_str(message),
+            | ApiError::Busy { message, .. }
+            | ApiError::Forbidden { message } => f.write_str(message),
             ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
             ApiError::MethodNotAllowed { method, allow } => {
                 write!(f, "{method} is not allowed here; allowed: {allow}")
@@ -124,6 +127,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -146,6 +150,7 @@ impl ResponseError for ApiError {
             | ApiError::TooManyRequests { code, .. }
             | ApiError::Busy { code, .. } => *code,
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::IdReused => Reason::IdReused.as_str(),
             ApiError::Unavailable { .. } => "unavailable",

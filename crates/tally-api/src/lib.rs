@@ -4,6 +4,7 @@
 //!
 //! - [`startup`]: building and running the server (tests start it on port 0).
 //! - [`admission`]: load shedding from the shard queue depths.
+//! - [`auth`]: API keys and their scopes, checked in front of every route.
 //! - [`observe`]: request ids and HTTP metrics around every request.
 //! - [`error`]: the one error type and its JSON shape `{"error":{"code","message","field"?}}`.
 //! - [`routes`]: the HTTP routes.
@@ -12,6 +13,7 @@
 //! - [`submit`]: the write protocol of `POST /transaction` and what each answer promises.
 
 pub mod admission;
+pub mod auth;
 pub mod error;
 pub mod model;
 pub mod observe;

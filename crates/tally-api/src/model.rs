@@ -193,6 +193,11 @@ pub struct TransactionRecord {
     pub applied_at: DateTime<Utc>,
     /// The shard queue that carried it.
     pub shard: i32,
+    /// The name of the API key that posted it (who moved this money). Omitted when it was
+    /// posted with authentication off, or published by `tally import --via queue`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub key_name: Option<String>,
 }
 
 /// A command that reused this transaction's id with another payload while the first command was
@@ -584,6 +589,14 @@ pub struct Status {
     /// This replica's last reading of PostgreSQL's clock (taken every `ledger.clock_check_ms`).
     #[schema(inline)]
     pub clock: Clock,
+    /// `on`: every route but the probes needs an API key. `off` (`auth.enabled = false`):
+    /// nobody is asked for one.
+    #[schema(schema_with = auth_status)]
+    pub auth: &'static str,
+    /// Present only when something needs the operator's attention: authentication is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub warning: Option<&'static str>,
 }
 
 /// This replica's last reading of PostgreSQL's clock (taken every `ledger.clock_check_ms`).
@@ -650,6 +663,10 @@ pub enum JobStatus {
     Completed,
     Failed,
     Cancelled,
+}
+
+fn auth_status() -> Object {
+    strings(&["on", "off"], Some("`on`: every route but the probes needs an API key; `off`: authentication is disabled (`auth.enabled = false`)."))
 }
 
 fn clock_status() -> Object {
@@ -723,6 +740,7 @@ impl From<tally_store::reads::TransactionRecord> for TransactionRecord {
             accepted_at: r.accepted_at,
             applied_at: r.applied_at,
             shard: r.shard,
+            key_name: r.key_name,
         }
     }
 }

@@ -63,8 +63,9 @@ pub async fn observe(
     let id = request_id(&req);
     let method = method_label(req.method());
     req.extensions_mut().insert(RequestId(id.clone()));
-    // The handler's own log lines (a failed publish, a 5xx cause) carry the id too.
-    let span = tracing::info_span!("request", request_id = %id);
+    // The handler's own log lines (a failed publish, a 5xx cause) carry the id too, and the
+    // name of the API key once `crate::auth::authenticate` has checked it.
+    let span = tracing::info_span!("request", request_id = %id, key = tracing::field::Empty);
     let result = next.call(req).instrument(span).await;
     let (route, status) = match &result {
         Ok(res) => (res.request().match_pattern(), res.status().as_u16()),

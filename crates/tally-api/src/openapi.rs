@@ -9,10 +9,11 @@
 
 use actix_web::App;
 use serde_json::json;
+use tally_core::auth::{required, Access};
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{Object, ObjectBuilder, OneOfBuilder, Schema, Type};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 use utoipa_actix_web::AppExt;
@@ -33,7 +34,7 @@ use crate::model;
         (name = "accounts", description = "Balances."),
         (name = "health", description = "Liveness, readiness and component status."),
         (name = "metrics", description = "Prometheus metrics (text format) of the replica that answers."),
-        (name = "debug", description = "Operator table dumps. Only served when `debug.enabled` is true (otherwise these paths answer 404 `not_found`); when `debug.token` is set they require `Authorization: Bearer <token>`."),
+        (name = "debug", description = "Operator table dumps. Only served when `debug.enabled` is true (otherwise these paths answer 404 `not_found`); they need an `admin` API key."),
         (name = "users", description = "Users own accounts: a total over them, explicit links, largest expense."),
         (name = "jobs", description = "Settlement jobs, run by the workers: queue, watch, cancel, download."),
         (name = "webhooks", description = "Balance webhooks: after each balance change of an account, a signed POST of its new state to the registered URL, delivered by the workers."),
@@ -43,14 +44,14 @@ use crate::model;
             Identifier, Money, PositiveMoney, AmountInput, model::TransactionType,
             model::NewTransaction, model::WebhookPayload,
         ),
-        responses(Unavailable, Internal, BadPath, BadPage, BadPeriod, BadJobId, JobNotFound, Unauthorized),
+        responses(Unavailable, Internal, BadPath, BadPage, BadPeriod, BadJobId, JobNotFound, Unauthorized, Forbidden),
     ),
     modifiers(&Shared),
 )]
 struct ApiDoc;
 
 /// The whole document: [`ApiDoc`] and every operation the router registers (debug routes
-/// included).
+/// included), each with the API key scope it needs.
 pub fn document() -> utoipa::openapi::OpenApi {
     let (_, registered) = App::new()
         .into_utoipa_app()
@@ -58,7 +59,47 @@ pub fn document() -> utoipa::openapi::OpenApi {
         .split_for_parts();
     let mut doc = ApiDoc::openapi();
     doc.merge(registered);
+    secure(&mut doc);
     doc
+}
+
+/// The name of the bearer scheme of API keys in the document.
+const API_KEY: &str = "apiKey";
+
+/// Writes on every operation what [`tally_core::auth::required`] asks of it (the same table
+/// the middleware enforces, with the default `auth.public_metrics`): a security requirement
+/// naming the scope, and the 401 and 403 answers. Public operations (the probes, `/metrics`)
+/// get none.
+fn secure(doc: &mut utoipa::openapi::OpenApi) {
+    let public_metrics = true;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            ("GET", &mut item.get),
+            ("PUT", &mut item.put),
+            ("POST", &mut item.post),
+            ("DELETE", &mut item.delete),
+            ("PATCH", &mut item.patch),
+            ("HEAD", &mut item.head),
+            ("OPTIONS", &mut item.options),
+            ("TRACE", &mut item.trace),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let access = required(method, Some(path), public_metrics);
+            let scopes: Vec<&str> = match access {
+                Access::Public => continue,
+                Access::AnyKey => vec![],
+                Access::Scope(scope) => vec![scope.as_str()],
+            };
+            operation.security = Some(vec![SecurityRequirement::new(API_KEY, scopes)]);
+            let responses = &mut operation.responses.responses;
+            let shared = |name: &str| RefOr::Ref(Ref::from_response_name(name));
+            responses.insert("401".into(), shared("Unauthorized"));
+            if access != Access::AnyKey {
+                responses.insert("403".into(), shared("Forbidden"));
+            }
+        }
+    }
 }
 
 /// The document as `openapi.json` holds it: pretty JSON and a final newline.
@@ -70,7 +111,7 @@ pub fn to_json() -> String {
     text
 }
 
-/// Adds what the derive cannot: the bearer scheme of `/debug/*` and the `Retry-After` header.
+/// Adds what the derive cannot: the bearer scheme of API keys and the `Retry-After` header.
 struct Shared;
 
 impl Modify for Shared {
@@ -78,10 +119,10 @@ impl Modify for Shared {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
         bearer.description = Some(
-            "The value of `debug.token`. Required on `/debug/*` only when that setting is not empty."
+            "An API key, `tally_<id>_<secret>`, created with `tally keys create --name NAME --scope SCOPE`. Each operation lists the scope it needs: `transactions:write`, `ledger:read` or `admin` (`admin` grants every scope); an empty list means any valid key. No key, or a malformed, unknown or revoked one: 401 `unauthorized`. A valid key without the scope: 403 `forbidden`. Not asked for when the server runs with `auth.enabled = false`."
                 .into(),
         );
-        components.add_security_scheme("debugToken", SecurityScheme::Http(bearer));
+        components.add_security_scheme(API_KEY, SecurityScheme::Http(bearer));
         components.headers.insert(
             "RetryAfter".into(),
             RefOr::T(
@@ -259,9 +300,17 @@ shared_response!(
 );
 
 shared_response!(
-    /// 401 of `/debug/*`.
+    /// 403 of an operation whose scope the key does not grant.
+    Forbidden => error_response(
+        "The API key is valid but does not grant the scope this operation needs (code `forbidden`). Nothing was done.",
+        json!({"error": {"code": "forbidden", "message": "this key does not grant the scope `admin`"}}),
+    )
+);
+
+shared_response!(
+    /// 401 of every operation that needs an API key.
     Unauthorized => error_response(
-        "`debug.token` is configured and the request has no `Authorization: Bearer <token>` header, or the wrong token (code `unauthorized`).",
+        "No `Authorization: Bearer <key>` header, or a key that is malformed, unknown or revoked (code `unauthorized`). Nothing was done.",
         json!({"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}}),
     )
     .header(

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa_actix_web::AppExt;
 
 use crate::admission::Admission;
+use crate::auth::{authenticate, Keys};
 use crate::observe::observe;
 use crate::routes;
 use crate::routes::jobs::Downloads;
@@ -33,9 +34,23 @@ pub enum StartError {
     OpenDebug(String),
 }
 
-/// Debug routes dump every table: without a token they may only listen on loopback, where
-/// nothing but this machine reaches them (SECURITY.md).
-fn check_debug_exposure(settings: &Settings) -> Result<(), StartError> {
+/// Warns when auth is off. Debug routes dump every table: with auth on they need an admin key;
+/// with auth off and no
+/// debug token they may only listen on loopback, where nothing but this machine reaches them
+/// (SECURITY.md).
+fn check_exposure(settings: &Settings) -> Result<(), StartError> {
+    if settings.auth.enabled {
+        if settings.debug.enabled && !settings.debug.token.expose().is_empty() {
+            tracing::warn!(
+                "debug.token is ignored while auth is on: /debug/* needs an admin API key"
+            );
+        }
+        return Ok(());
+    }
+    tracing::warn!(
+        "authentication is OFF (auth.enabled = false): anyone who can reach this API can post \
+         transactions and read every account. Only run it so on a trusted network."
+    );
     let loopback = settings.api.host == "localhost"
         || settings
             .api
@@ -64,7 +79,7 @@ impl Application {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
-        check_debug_exposure(&settings)?;
+        check_exposure(&settings)?;
         tally_telemetry::metrics::init_api();
         let pool = tally_store::connect_service(&settings).await?;
         let topology = Topology::from_settings(&settings);
@@ -86,12 +101,15 @@ impl Application {
             shutdown.clone(),
         )
         .await;
+        let shutdown_keys = shutdown.clone();
         let admission = Admission::start(publisher.clone(), settings.admission.clone(), shutdown);
         let downloads = Downloads::new(&settings)?;
+        let keys = Keys::start(pool.clone(), &settings.auth, shutdown_keys).await?;
         let state = AppState {
             clock,
             admission,
             downloads,
+            keys,
             pool,
             publisher,
             amount_rules: settings.ledger.amount_rules(),
@@ -112,7 +130,10 @@ impl Application {
                 .into_utoipa_app()
                 .configure(|cfg| routes::configure(cfg, debug))
                 .split_for_parts();
-            app.wrap(from_fn(observe))
+            // The last `wrap` runs first: observe gives every answer, refusals included, its
+            // request id and metrics.
+            app.wrap(from_fn(authenticate))
+                .wrap(from_fn(observe))
                 .app_data(web::Data::new(app_state.clone()))
                 .app_data(web::Data::new(routes::Allowed::of(&registered)))
         })

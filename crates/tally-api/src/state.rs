@@ -8,6 +8,7 @@ use tally_store::clock::DbClock;
 use tally_store::Pool;
 
 use crate::admission::Admission;
+use crate::auth::Keys;
 use crate::error::ApiError;
 use crate::routes::jobs::Downloads;
 
@@ -23,6 +24,8 @@ pub struct AppState {
     /// Settlement CSV downloads: their own small pool, so they never hold `pool`'s
     /// connections.
     pub downloads: Downloads,
+    /// The API keys this replica accepts (reloaded in the background).
+    pub keys: Arc<Keys>,
 }
 
 impl AppState {

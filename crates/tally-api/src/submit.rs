@@ -574,6 +574,7 @@ mod tests {
             accepted_at: accepted,
             applied_at: accepted,
             shard: 0,
+            key_name: None,
         }
     }
 

@@ -231,6 +231,7 @@ impl Rows {
             request_id: None,
             user_id: None,
             client_id: None,
+            key_name: None,
         }
         .fingerprint();
         time.clear();

@@ -398,6 +398,9 @@ async fn make(cfg: &Config, args: &[&str], extra: &[(&str, String)]) -> Result<(
         // passed down in MAKEFLAGS.
         .arg(format!("PORT={}", cfg.port))
         .arg(format!("API_BASE_PORT={}", cfg.api_base_port))
+        // The load generator sends no API key: the stack runs with authentication off (one
+        // in-memory lookup per request, not what these figures are about).
+        .arg("AUTH=off")
         .args(extra.iter().map(|(k, v)| format!("{k}={v}")))
         .env("PORT", cfg.port.to_string())
         .env("API_BASE_PORT", cfg.api_base_port.to_string())

@@ -80,6 +80,7 @@ impl Tx {
             request_id: self.request_id.clone(),
             user_id: None,
             client_id: None,
+            key_name: None,
         };
         Envelope::new(&tx, accepted_at)
     }

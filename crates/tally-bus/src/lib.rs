@@ -7,6 +7,7 @@
 //!   reply, re-publish, queue depths.
 //! - [`consumer`]: deliveries as plain values, settled by tag (ack, ack-through, dead-letter).
 //! - [`reply`]: withdraw_request reply routing, the worker's end and the API's side by side.
+//! - [`tls`]: `amqps://` URLs and their CA file.
 //!
 //! Invariant kept here: a publish is reported successful only when the broker confirmed the
 //! persistent message *and* routed it to a queue (`mandatory`), so a 200 always means
@@ -19,6 +20,7 @@ pub mod consumer;
 pub mod headers;
 pub mod publisher;
 pub mod reply;
+pub mod tls;
 pub mod topology;
 
 pub use connection::{ConfirmedChannel, Connection};
@@ -45,19 +47,56 @@ pub enum BusError {
     NotConnected,
     #[error("invalid broker url: {0}")]
     Url(String),
+    /// The URL's TLS settings cannot work (see [`tls`]).
+    #[error("broker TLS: {0}")]
+    Tls(String),
+    /// A plain `amqp://` connection the server cut, or answered with something that is not
+    /// AMQP, during the handshake: most likely a listener that only speaks TLS.
+    #[error(
+        "broker: {0} (the server closed a plain amqp:// connection or did not answer in AMQP; \
+         if it accepts TLS only, use amqps:// with cacertfile=<CA file>)"
+    )]
+    PlainRefused(lapin::Error),
 }
 
 /// Opens a connection, giving up after `timeout` (a stopped broker must not hang callers).
+/// `amqps://` URLs connect over TLS ([`tls`]).
 pub async fn connect(
     url: &str,
     name: &str,
     timeout: Duration,
 ) -> Result<lapin::Connection, BusError> {
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(BusError::Url)?;
+    open(uri, tls::config(url)?, name, timeout).await
+}
+
+async fn open(
+    uri: lapin::uri::AMQPUri,
+    tls: lapin::tcp::OwnedTLSConfig,
+    name: &str,
+    timeout: Duration,
+) -> Result<lapin::Connection, BusError> {
+    let plain = uri.scheme == lapin::uri::AMQPScheme::AMQP;
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(timeout, lapin::Connection::connect(url, props))
-        .await
-        .map_err(|_| BusError::Timeout(timeout))?
-        .map_err(BusError::from)
+    let runtime = lapin::runtime::default_runtime()?;
+    tokio::time::timeout(
+        timeout,
+        lapin::Connection::connect_uri_with_config(uri, props, tls, runtime),
+    )
+    .await
+    .map_err(|_| BusError::Timeout(timeout))?
+    .map_err(|e| match e.kind() {
+        // A TLS-only listener either drops the connection or answers the AMQP header with a
+        // TLS alert, which does not parse as a frame.
+        lapin::ErrorKind::IOError(_)
+        | lapin::ErrorKind::ParsingError(_)
+        | lapin::ErrorKind::InvalidProtocolVersion(_)
+            if plain =>
+        {
+            BusError::PlainRefused(e)
+        }
+        _ => BusError::from(e),
+    })
 }
 
 /// Like [`connect`], with an AMQP heartbeat of at most `heartbeat` (whole seconds, at least
@@ -79,9 +118,5 @@ pub async fn connect_with_heartbeat(
             .filter(|&h| h > 0)
             .map_or(ours, |h| h.min(ours)),
     );
-    let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(timeout, lapin::Connection::connect_uri(uri, props))
-        .await
-        .map_err(|_| BusError::Timeout(timeout))?
-        .map_err(BusError::from)
+    open(uri, tls::config(url)?, name, timeout).await
 }

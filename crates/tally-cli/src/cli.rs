@@ -26,6 +26,59 @@ pub enum Command {
     /// shard queues; safe to run again after an interruption.
     #[command(after_help = IMPORT_HELP)]
     Import(ImportArgs),
+    /// Create, list and revoke the API keys clients present as `Authorization: Bearer <key>`.
+    #[command(after_help = KEYS_HELP)]
+    Keys(KeysArgs),
+}
+
+const KEYS_HELP: &str = "\
+Scopes: transactions:write (POST /transaction), ledger:read (accounts, history, transactions,
+users), admin (every route: account links, webhooks, jobs, /debug/*). A created key's text is
+printed once on stdout (the rest on stderr) and never stored: only its SHA-256 is. Revoked keys
+are refused by every API replica within auth.refresh_ms (1 s), without a restart.
+Rotate: create a new key under the same name, move the clients to it, revoke the old one.
+Settings: TALLY_CONFIG / TALLY_PROFILE / TALLY_DATABASE__URL, like the other processes.";
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+    /// The ledger database [default: settings, $TALLY_DATABASE__URL].
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its text (once).
+    Create {
+        /// Who holds the key: recorded with every transaction it posts and shown in logs.
+        /// 1-128 characters of letters, digits and . _ : -
+        #[arg(long)]
+        name: String,
+        /// A scope it grants (repeat the option, or separate with commas).
+        #[arg(long = "scope", required = true, value_delimiter = ',',
+              value_parser = crate::keys::parse_scope)]
+        scopes: Vec<tally_core::auth::Scope>,
+    },
+    /// List every key (id, name, scopes, created, revoked), never their texts.
+    List,
+    /// Make sure FILE holds an admin key and a read/write key valid in this database: kept
+    /// when they are, else both created and FILE written (mode 600) as `TALLY_ADMIN_KEY=…`
+    /// and `TALLY_API_KEY=…` lines. What `make up` and compose run at start.
+    Init {
+        /// The env file to keep the keys in.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// The keys are named <PREFIX>-admin and <PREFIX>-rw.
+        #[arg(long, default_value = "local")]
+        name_prefix: String,
+    },
+    /// Revoke a key by its id (from `create` or `list`).
+    Revoke {
+        /// The key's id.
+        id: uuid::Uuid,
+    },
 }
 
 const IMPORT_HELP: &str = "\
@@ -59,6 +112,9 @@ pub struct ImportArgs {
     #[arg(long, default_value_t = 64,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     concurrency: usize,
+    /// api: the API key to send (scope transactions:write).
+    #[arg(long, env = "TALLY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Give up on a line failing with 503 / broker errors after this long (e.g. 120s, 2m).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
     retry_for: Duration,
@@ -86,6 +142,7 @@ impl From<ImportArgs> for ImportSpec {
             path: a.file,
             via: a.via,
             url: a.url,
+            api_key: a.api_key,
             concurrency: a.concurrency,
             retry_for: a.retry_for,
             broker_url: a.broker_url,
@@ -102,9 +159,39 @@ mod tests {
     use clap::CommandFactory;
 
     fn spec(line: &str) -> Result<ImportSpec, clap::Error> {
-        let Command::Import(args) =
-            Cli::try_parse_from(std::iter::once("tally").chain(line.split_whitespace()))?.command;
-        Ok(args.into())
+        match Cli::try_parse_from(std::iter::once("tally").chain(line.split_whitespace()))?.command
+        {
+            Command::Import(args) => Ok(args.into()),
+            Command::Keys(_) => panic!("not an import"),
+        }
+    }
+
+    fn keys(line: &str) -> Result<KeysCommand, clap::Error> {
+        match Cli::try_parse_from(std::iter::once("tally").chain(line.split_whitespace()))?.command
+        {
+            Command::Keys(args) => Ok(args.command),
+            Command::Import(_) => panic!("not keys"),
+        }
+    }
+
+    #[test]
+    fn keys_options() {
+        use tally_core::auth::Scope;
+        match keys("keys create --name ci --scope ledger:read,transactions:write").unwrap() {
+            KeysCommand::Create { name, scopes } => {
+                assert_eq!(name, "ci");
+                assert_eq!(scopes, [Scope::LedgerRead, Scope::TransactionsWrite]);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "keys create --name ci",
+            "keys create --name ci --scope everything",
+            "keys revoke not-a-uuid",
+            "keys",
+        ] {
+            assert!(keys(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct ImportSpec {
     pub checkpoint: PathBuf,
     pub via: Via,
     pub url: String,
+    /// `--via api`: the `Authorization: Bearer` key.
+    pub api_key: Option<String>,
     pub concurrency: usize,
     pub retry_for: Duration,
     pub broker_url: Option<String>,
@@ -94,6 +96,7 @@ async fn sender(spec: &ImportSpec, settings: &Settings, stop: CancellationToken)
         Via::Api => Sender::Api {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(api_key_header(spec.api_key.as_deref())?)
                 .build()?,
             endpoint: format!("{}/transaction", spec.url.trim_end_matches('/')),
             retry_for: spec.retry_for,
@@ -103,6 +106,19 @@ async fn sender(spec: &ImportSpec, settings: &Settings, stop: CancellationToken)
             retry_for: spec.retry_for,
         },
     })
+}
+
+/// `Authorization: Bearer <key>` when a key is given (marked sensitive: never printed by the
+/// client's debug output).
+fn api_key_header(key: Option<&str>) -> Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
 }
 
 /// Counts what became of line `number` and moves the checkpoint past it.

@@ -4,7 +4,7 @@
 //! an error means it could not be delivered within the retry budget (abort, rerun later).
 //!
 //! - API: `POST /transaction`; 503, 429, other 5xx and connection errors are retried with
-//!   back-off, honouring `Retry-After`.
+//!   back-off, honouring `Retry-After`; a 401 or 403 (no key, or the wrong one) aborts.
 //! - Queue: the envelope the API would publish ([`Envelope::new`] over the same validated
 //!   [`NewTransaction`]), on the account's shard queue, persistent, mandatory, confirmed
 //!   (tally-bus's [`Publisher`]). withdraw_request is refused: it needs a caller waiting for
@@ -115,6 +115,17 @@ async fn post(
                 let status = resp.status().as_u16();
                 match status {
                     200 | 201 | 402 => return Ok(Outcome::Sent),
+                    // Not the line's fault: every line would get the same. Abort, so the
+                    // checkpoint does not move past lines never sent; rerun with a key.
+                    401 | 403 => {
+                        let text = resp.text().await.unwrap_or_default();
+                        bail!(
+                            "{}: {} (set --api-key or TALLY_API_KEY to a key with the scope \
+                             transactions:write)",
+                            tx.id,
+                            error_text(status, &text)
+                        );
+                    }
                     429 | 503 | 500..=599 => {
                         let retry_after = resp
                             .headers()

@@ -10,7 +10,9 @@ use std::process::Stdio;
 use std::time::Duration;
 use tally_bus::Topology;
 use tally_settings::Settings;
-use tally_testkit::{amqp_url, eventually, fresh_database, queues, test_settings, TestDb};
+use tally_testkit::{
+    amqp_url, eventually, fresh_database, queues, test_keys, test_settings, TestDb,
+};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// removed on drop.
 struct TestApp {
     address: String,
+    /// A read/write API key of this test's database (what `--via api` sends).
+    key: String,
     settings: Settings,
     pool: tally_store::Pool,
     topology: Topology,
@@ -29,6 +33,7 @@ impl TestApp {
     async fn spawn() -> Self {
         let db = fresh_database().await;
         let settings = test_settings(&db.url, &queues::test_prefix());
+        let key = test_keys(&db.url).await.read_write;
         let stop = CancellationToken::new();
         let api = tally_api::Application::build(settings.clone(), stop.clone())
             .await
@@ -44,6 +49,7 @@ impl TestApp {
         tokio::spawn(worker.run(stop.clone()));
         Self {
             address,
+            key,
             pool: tally_store::connect(&settings.database).unwrap(),
             topology: Topology::from_settings(&settings),
             settings,
@@ -123,6 +129,7 @@ fn tally(app: &TestApp, args: &[&str]) -> Command {
             "TALLY_LEDGER__SHARD_COUNT",
             app.settings.ledger.shard_count.to_string(),
         )
+        .env("TALLY_API_KEY", &app.key)
         .env_remove("TALLY_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

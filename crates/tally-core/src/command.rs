@@ -35,6 +35,10 @@ pub struct NewTransaction {
     /// The body's `id` when an `Idempotency-Key` header took over the role of the key: it is
     /// then part of the payload.
     pub client_id: Option<String>,
+    /// The name of the API key that posted it (who moved this money): recorded with the
+    /// transaction, never part of the payload (a retry with a rotated key is the same
+    /// request).
+    pub key_name: Option<String>,
 }
 
 /// A request field that failed validation: becomes a 400 naming the field.
@@ -189,6 +193,7 @@ impl NewTransaction {
             request_id,
             user_id,
             client_id: None,
+            key_name: None,
         })
     }
 
@@ -249,6 +254,11 @@ pub struct Envelope {
     /// deadline_exceeded"; the ledger must end up saying the same (see [`Envelope::void`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub void: bool,
+    /// The name of the API key that posted the command ([`NewTransaction::key_name`]); not
+    /// part of the fingerprint. Absent from envelopes of older builds and of
+    /// `tally import --via queue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
 }
 
 impl Envelope {
@@ -269,6 +279,7 @@ impl Envelope {
             user_id: tx.user_id.clone(),
             decide_by: None,
             void: false,
+            key_name: tx.key_name.clone(),
         }
     }
 
@@ -324,6 +335,9 @@ impl Envelope {
         check_request_id(self.kind, self.request_id.as_deref())?;
         if let Some(user_id) = &self.user_id {
             check_id("userId", user_id)?;
+        }
+        if let Some(key_name) = &self.key_name {
+            check_id("keyName", key_name)?;
         }
         let request_only = |field: &'static str| {
             FieldError::new(

@@ -5,9 +5,11 @@
 //! Everything that must agree between the API, the worker and the store lives here, defined
 //! once: the identifier charset, exact amount parsing, the versioned envelope, the payload
 //! fingerprint that makes idempotency keys safe, `shard(accountId)`, which addresses a
-//! webhook may target, the ledger's codes ([`vocabulary`]) and its rules ([`ledger`]).
+//! webhook may target, the ledger's codes ([`vocabulary`]) and its rules ([`ledger`]), and
+//! what an API key is and which scope each route needs ([`auth`]).
 
 pub mod amount;
+pub mod auth;
 pub mod command;
 pub mod ids;
 pub mod ledger;

@@ -52,6 +52,7 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     pub admission: AdmissionSettings,
     pub debug: DebugSettings,
+    pub auth: AuthSettings,
     pub log: LogSettings,
     pub webhooks: WebhookSettings,
     pub jobs: JobSettings,
@@ -216,6 +217,21 @@ pub struct DebugSettings {
     pub token: Secret,
 }
 
+/// API keys (see `config/default.toml` and SECURITY.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// Every route but the probes needs `Authorization: Bearer <key>` with the route's scope.
+    /// Off: nobody is asked for a key (a trusted network only); the API warns at start and on
+    /// `/status`.
+    pub enabled: bool,
+    /// How often each API replica reloads the keys that are not revoked: a revocation takes
+    /// effect on every replica within about this long.
+    pub refresh_ms: u64,
+    /// Whether `/metrics` is served without a key (Prometheus scrapes each replica); off, it
+    /// needs an `admin` key.
+    pub public_metrics: bool,
+}
+
 /// Balance webhook delivery by the workers (see `config/default.toml`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct WebhookSettings {
@@ -361,6 +377,9 @@ impl Settings {
                 "jobs.max_range_days, jobs.max_queued and jobs.download_connections must be \
                  positive",
             );
+        }
+        if self.auth.refresh_ms == 0 {
+            return bad("auth.refresh_ms must be positive");
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1");

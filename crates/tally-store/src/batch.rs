@@ -240,10 +240,11 @@ async fn insert_records(
     const SQL: &str =
         "INSERT INTO transactions (id, account_id, kind, amount, status, reason, hold_id, \
              request_id, fingerprint, seq, balance_after, occurred_at, accepted_at, \
-             last_copy_at, applied_at, shard) \
-         SELECT u.*, $15, $16 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
+             last_copy_at, key_name, applied_at, shard) \
+         SELECT u.*, $16, $17 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
              $5::text[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::int8[], \
-             $11::numeric[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[]) AS u \
+             $11::numeric[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], \
+             $15::text[]) AS u \
          ON CONFLICT (id) DO NOTHING";
     let r = records;
     let ids: Vec<&str> = r.iter().map(|x| x.id.as_str()).collect();
@@ -260,7 +261,8 @@ async fn insert_records(
     let occurred: Vec<DateTime<Utc>> = r.iter().map(|x| x.occurred_at).collect();
     let accepted: Vec<DateTime<Utc>> = r.iter().map(|x| x.accepted_at).collect();
     let copies: Vec<Option<DateTime<Utc>>> = r.iter().map(|x| x.last_copy_at).collect();
-    let params: [&Param<'_>; 16] = [
+    let keys: Vec<Option<&str>> = r.iter().map(|x| x.key_name.as_deref()).collect();
+    let params: [&Param<'_>; 17] = [
         &ids,
         &accounts,
         &kinds,
@@ -275,6 +277,7 @@ async fn insert_records(
         &occurred,
         &accepted,
         &copies,
+        &keys,
         &now,
         &shard,
     ];

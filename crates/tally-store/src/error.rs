@@ -37,6 +37,12 @@ pub enum StoreError {
     NotMigrated,
     #[error("invalid database url: {0}")]
     Config(String),
+    /// The OS's random source failed while drawing a new API key's secret.
+    #[error("no random bytes for a key secret: {0}")]
+    Random(String),
+    /// An API key that cannot be created as asked (its name, its scopes).
+    #[error("invalid API key: {0}")]
+    InvalidKey(String),
 }
 
 impl StoreError {
@@ -54,7 +60,7 @@ impl StoreError {
             | StoreError::OverlappingEffects(_)
             | StoreError::UnknownCode { .. }
             | StoreError::NotMigrated => false,
-            StoreError::Config(_) => false,
+            StoreError::Config(_) | StoreError::Random(_) | StoreError::InvalidKey(_) => false,
         }
     }
 }

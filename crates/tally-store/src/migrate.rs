@@ -4,6 +4,7 @@
 
 use tokio_postgres::NoTls;
 
+use crate::tls::Tls;
 use crate::StoreError;
 
 mod embedded {
@@ -13,14 +14,27 @@ mod embedded {
 /// Arbitrary constant shared by every tally migrator ("tally" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_616c_6c79;
 
-/// Applies pending migrations; returns how many were applied.
+/// Runs a connection until it ends.
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "migration connection ended");
+    }
+}
+
+/// Applies pending migrations; returns how many were applied (over TLS when the URL asks,
+/// [`crate::tls`]).
 pub async fn run(database_url: &str) -> Result<usize, StoreError> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
-    let driver = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "migration connection ended");
+    let (config, tls) = crate::tls::parse(database_url)?;
+    let (mut client, driver) = match tls {
+        Tls::Plain => {
+            let (client, connection) = config.connect(NoTls).await?;
+            (client, tokio::spawn(drive(connection)))
         }
-    });
+        Tls::VerifyFull(connector) => {
+            let (client, connection) = config.connect(connector).await?;
+            (client, tokio::spawn(drive(connection)))
+        }
+    };
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;

@@ -1,5 +1,6 @@
 //! The connection pool: built once per process, with every wait bounded so that a database
 //! outage turns into a fast error (503 in the API, back-off in the worker), never a hang.
+//! Connections are encrypted when `database.url` asks for it ([`crate::tls`]).
 //!
 //! The worker's pool also bounds its sessions on the server ([`connect_worker`]): a worker
 //! that stalls inside a batch transaction (SIGSTOP, a frozen VM) holds its shard's lease row
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tally_settings::{DatabaseSettings, SessionBounds, Settings};
 use tokio_postgres::NoTls;
 
+use crate::tls::Tls;
 use crate::StoreError;
 
 /// Builds the pool. Connections are opened lazily, so this succeeds while the database is down.
@@ -27,24 +29,20 @@ pub fn connect_bounded(
 }
 
 fn build(settings: &DatabaseSettings, bounds: Option<&SessionBounds>) -> Result<Pool, StoreError> {
-    let mut pg: tokio_postgres::Config = settings
-        .url
-        .expose()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+    let (mut pg, tls) = crate::tls::parse(settings.url.expose())?;
     if let Some(bounds) = bounds {
         bound_sessions(&mut pg, bounds);
     }
     let timeout = Some(Duration::from_millis(settings.timeout_ms));
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        // Fast recycling skips a test query per checkout; a broken connection surfaces as a
-        // retryable error on its first use instead.
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    // Fast recycling skips a test query per checkout; a broken connection surfaces as a
+    // retryable error on its first use instead.
+    let recycling = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Tls::Plain => Manager::from_config(pg, NoTls, recycling),
+        Tls::VerifyFull(connector) => Manager::from_config(pg, connector, recycling),
+    };
     Pool::builder(manager)
         .max_size(settings.pool_size)
         .wait_timeout(timeout)

@@ -65,6 +65,8 @@ pub struct TransactionRecord {
     pub accepted_at: DateTime<Utc>,
     pub applied_at: DateTime<Utc>,
     pub shard: i32,
+    /// The name of the API key that posted it.
+    pub key_name: Option<String>,
 }
 
 /// The columns [`TransactionRecord::from_row`] reads, in its order: a macro, so that fixed
@@ -72,7 +74,7 @@ pub struct TransactionRecord {
 macro_rules! tx_columns {
     () => {
         "id, account_id, kind, amount, status, reason, hold_id, request_id, \
-         fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard"
+         fingerprint, seq, balance_after, occurred_at, accepted_at, applied_at, shard, key_name"
     };
 }
 
@@ -115,6 +117,7 @@ impl TransactionRecord {
             accepted_at: r.get(12),
             applied_at: r.get(13),
             shard: r.get(14),
+            key_name: r.get(15),
         })
     }
 }

@@ -31,6 +31,7 @@ fn command(id: &str, kind: Kind, account: &str, amount: &str) -> Envelope {
         request_id: None,
         user_id: None,
         client_id: None,
+        key_name: None,
     };
     Envelope::new(&tx, Utc::now())
 }

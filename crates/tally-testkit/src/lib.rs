@@ -6,6 +6,7 @@
 //! - [`database`]: a fresh, migrated database of one test, dropped with it; database URLs.
 //! - [`queues`]: a broker prefix of one test, and deleting a prefix's queues and exchanges.
 //! - [`settings`]: settings of one test (own database, own prefix, small everything).
+//! - [`keys`]: the API keys of one test (admin, read/write) and clients that send one.
 //! - [`proxy`]: a TCP proxy a test can cut, restore and stall (a broker or database outage).
 //! - [`nginx`]: `nginx/local.conf.template` rendered as `deploy/local/stack.sh` renders it,
 //!   and nginx run from it in front of a test's API replicas.
@@ -16,6 +17,7 @@
 
 pub mod database;
 pub mod help;
+pub mod keys;
 pub mod nginx;
 pub mod process;
 pub mod proxy;
@@ -25,6 +27,7 @@ pub mod services;
 pub mod settings;
 
 pub use database::{fresh_database, TestDb};
+pub use keys::{client_with_key, test_keys, TestKeys};
 pub use nginx::Nginx;
 pub use proxy::TcpProxy;
 pub use services::{admin_database_url, amqp_url, broker_address, database_address, eventually};

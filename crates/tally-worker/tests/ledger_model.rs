@@ -147,6 +147,7 @@ impl Sender {
             user_id: None,
             decide_by: None,
             void: false,
+            key_name: None,
         }
     }
 

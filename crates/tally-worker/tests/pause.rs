@@ -173,6 +173,7 @@ async fn try_deposit(
         request_id: None,
         user_id: None,
         client_id: None,
+        key_name: None,
     };
     let body = Envelope::new(&tx, chrono::Utc::now()).encode();
     let confirmation = channel

@@ -1,5 +1,6 @@
-//! `/debug/*`: table dumps for operators, keyset-paged. Registered only when `debug.enabled`;
-//! when `debug.token` is set they also require `Authorization: Bearer <token>`.
+//! `/debug/*`: table dumps for operators, keyset-paged. Registered only when `debug.enabled`.
+//! With auth on they need an `admin` API key (checked by [`crate::auth`]); with auth off and
+//! `debug.token` set they require `Authorization: Bearer <token>`.
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -39,10 +40,12 @@ impl Page {
     }
 }
 
-/// Checks the bearer token when one is configured.
+/// With auth off, checks the debug token when one is configured. With auth on there is
+/// nothing left to check here: [`crate::auth::authenticate`] let the request in with an
+/// `admin` key, and the token is ignored.
 pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let token = state.settings.debug.token.expose();
-    if token.is_empty() {
+    if state.keys.enabled() || token.is_empty() {
         return Ok(());
     }
     let presented = req
@@ -81,8 +84,7 @@ async fn dump<R, T: Serialize + From<R>>(
     tag = "debug",
     operation_id = "debugListAccounts",
     summary = "Dump of the accounts table (debug)",
-    description = "Account rows as stored, ordered by id, keyset-paged: pass the last `accountId` of a page as `after` to get the next one; a page shorter than `limit` is the last. Only served when `debug.enabled` is true (otherwise 404 `not_found`). When `debug.token` is set, requires `Authorization: Bearer <token>`.",
-    security((), ("debugToken" = [])),
+    description = "Account rows as stored, ordered by id, keyset-paged: pass the last `accountId` of a page as `after` to get the next one; a page shorter than `limit` is the last. Only served when `debug.enabled` is true (otherwise 404 `not_found`). Needs an `admin` API key (with `auth.enabled = false`: the bearer `debug.token` when it is set).",
     params(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Page size, default 1000. Out of range is a 400 `invalid_limit`; not an integer is a 400 `invalid_query`."),
         ("after" = Option<openapi::Identifier>, Query, description = "Keyset cursor: the last id of the previous page. Only rows with a greater id are returned. Must be a valid identifier (else 400 `invalid_id`)."),
@@ -109,8 +111,7 @@ pub async fn accounts(
     tag = "debug",
     operation_id = "debugListTransactions",
     summary = "Dump of the transactions table (debug)",
-    description = "Recorded transactions, ordered by id, keyset-paged: pass the last `id` of a page as `after` to get the next one; a page shorter than `limit` is the last. Only served when `debug.enabled` is true (otherwise 404 `not_found`). When `debug.token` is set, requires `Authorization: Bearer <token>`.",
-    security((), ("debugToken" = [])),
+    description = "Recorded transactions, ordered by id, keyset-paged: pass the last `id` of a page as `after` to get the next one; a page shorter than `limit` is the last. Only served when `debug.enabled` is true (otherwise 404 `not_found`). Needs an `admin` API key (with `auth.enabled = false`: the bearer `debug.token` when it is set).",
     params(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Page size, default 1000. Out of range is a 400 `invalid_limit`; not an integer is a 400 `invalid_query`."),
         ("after" = Option<openapi::Identifier>, Query, description = "Keyset cursor: the last id of the previous page. Only rows with a greater id are returned. Must be a valid identifier (else 400 `invalid_id`)."),
@@ -140,8 +141,7 @@ pub async fn transactions(
     tag = "debug",
     operation_id = "debugConservation",
     summary = "Conservation auditor (debug)",
-    description = "Checks the ledger invariants the server can see (balances = applied deposits − applied withdraws per account; held = open holds; one effect per id; gapless per-account history) and reports queue depths and pending dead letters. Answers 200 whether the audit passes or not: `pass` is the verdict, failing checks list their offending rows (at most 100 each). Same report as `tally-worker audit`. Only served when `debug.enabled` is true; requires the bearer token when `debug.token` is set.",
-    security((), ("debugToken" = [])),
+    description = "Checks the ledger invariants the server can see (balances = applied deposits − applied withdraws per account; held = open holds; one effect per id; gapless per-account history) and reports queue depths and pending dead letters. Answers 200 whether the audit passes or not: `pass` is the verdict, failing checks list their offending rows (at most 100 each). Same report as `tally-worker audit`. Only served when `debug.enabled` is true; needs an `admin` API key (with `auth.enabled = false`: the bearer `debug.token` when it is set).",
     responses(
         (status = 200, description = "The audit report.", body = model::AuditReport),
         (status = 401, response = openapi::Unauthorized),
@@ -169,8 +169,7 @@ pub async fn conservation(
     tag = "debug",
     operation_id = "debugListDeadLetters",
     summary = "Archived dead letters (debug)",
-    description = "Messages RabbitMQ dead-lettered (a command the worker could never apply, or one that exceeded the delivery limit), archived by the workers, ordered by id and keyset-paged like the other dumps. Re-publish them after a fix with `tally-worker dead-letters republish (--all | ID…)`. Only served when `debug.enabled` is true; requires the bearer token when `debug.token` is set.",
-    security((), ("debugToken" = [])),
+    description = "Messages RabbitMQ dead-lettered (a command the worker could never apply, or one that exceeded the delivery limit), archived by the workers, ordered by id and keyset-paged like the other dumps. Re-publish them after a fix with `tally-worker dead-letters republish (--all | ID…)`. Only served when `debug.enabled` is true; needs an `admin` API key (with `auth.enabled = false`: the bearer `debug.token` when it is set).",
     params(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Page size, default 1000. Out of range is a 400 `invalid_limit`; not an integer is a 400 `invalid_query`."),
         ("after" = Option<openapi::Identifier>, Query, description = "Keyset cursor: the last id of the previous page. Only rows with a greater id are returned. Must be a valid identifier (else 400 `invalid_id`)."),
@@ -198,8 +197,7 @@ pub async fn dead_letters(
     tag = "debug",
     operation_id = "debugListWebhookDeliveries",
     summary = "Webhook deliveries (debug)",
-    description = "Every webhook delivery in creation order, keyset-paged by delivery id (`after` must be a delivery id; otherwise 400 `invalid_after`): `pending` (due at `dueAt`, retried after failures), `sent`, `superseded` (a newer change came first; never sent) or `failed` (out of attempts, or the webhook was deleted), with the attempts made, the last HTTP status and a short classification of the last failure (`lastError`); never the receiver's answer or addresses. Only served when `debug.enabled` is true; requires the bearer token when `debug.token` is set.",
-    security((), ("debugToken" = [])),
+    description = "Every webhook delivery in creation order, keyset-paged by delivery id (`after` must be a delivery id; otherwise 400 `invalid_after`): `pending` (due at `dueAt`, retried after failures), `sent`, `superseded` (a newer change came first; never sent) or `failed` (out of attempts, or the webhook was deleted), with the attempts made, the last HTTP status and a short classification of the last failure (`lastError`); never the receiver's answer or addresses. Only served when `debug.enabled` is true; needs an `admin` API key (with `auth.enabled = false`: the bearer `debug.token` when it is set).",
     params(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Page size, default 1000. Out of range is a 400 `invalid_limit`; not an integer is a 400 `invalid_query`."),
         ("after" = Option<openapi::Identifier>, Query, description = "Keyset cursor: the last id of the previous page. Only rows with a greater id are returned. Must be a valid identifier (else 400 `invalid_id`)."),

@@ -47,6 +47,11 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// What `/status` says while authentication is off.
+pub const AUTH_OFF_WARNING: &str =
+    "authentication is off (auth.enabled = false): anyone who can reach this API can post \
+     transactions and read every account";
+
 /// `GET /status` → `{"api","db","rabbitmq","clock"}`, 503 when PostgreSQL or RabbitMQ is down.
 /// `clock` is this replica's last reading of PostgreSQL's clock: `offsetMs` (database minus
 /// this host), `uncertaintyMs`, and `status` — `ok`, `skewed` (withdraw_requests are refused
@@ -55,10 +60,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     tag = "health",
     operation_id = "getStatus",
     summary = "Status of the API and of its dependencies",
-    description = "Checks PostgreSQL (a ping) and RabbitMQ (the publisher's connection) on every call, and reports this replica's last reading of PostgreSQL's clock (`clock`): withdraw_requests are decided on PostgreSQL's clock, and refused while this replica's clock is unknown or too far from it.",
+    description = "Checks PostgreSQL (a ping) and RabbitMQ (the publisher's connection) on every call, and reports this replica's last reading of PostgreSQL's clock (`clock`): withdraw_requests are decided on PostgreSQL's clock, and refused while this replica's clock is unknown or too far from it. `auth` says whether API keys are required; with authentication off, `warning` says so. Any valid API key may read it.",
     responses(
-        (status = 200, description = "Every component is up.", body = model::Status, example = json!({"api": "ok", "db": "ok", "rabbitmq": "ok", "clock": {"status": "ok", "offsetMs": 0, "uncertaintyMs": 0}})),
-        (status = 503, description = "At least one component is down; the body says which.", body = model::Status, example = json!({"api": "ok", "db": "ok", "rabbitmq": "down", "clock": {"status": "ok", "offsetMs": 0, "uncertaintyMs": 0}})),
+        (status = 200, description = "Every component is up.", body = model::Status, example = json!({"api": "ok", "db": "ok", "rabbitmq": "ok", "clock": {"status": "ok", "offsetMs": 0, "uncertaintyMs": 0}, "auth": "on"})),
+        (status = 503, description = "At least one component is down; the body says which.", body = model::Status, example = json!({"api": "ok", "db": "ok", "rabbitmq": "down", "clock": {"status": "ok", "offsetMs": 0, "uncertaintyMs": 0}, "auth": "on"})),
     ),
 )]
 #[get("/status")]
@@ -83,6 +88,8 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
         db: ComponentState::of(db),
         rabbitmq: ComponentState::of(broker),
         clock,
+        auth: if state.keys.enabled() { "on" } else { "off" },
+        warning: (!state.keys.enabled()).then_some(AUTH_OFF_WARNING),
     };
     if db && broker {
         HttpResponse::Ok().json(body)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tally_core::command::NewTransaction;
 use tally_core::validate_id;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::observe::RequestId;
 use crate::routes::body::json_object;
@@ -47,6 +48,7 @@ pub async fn post_transaction(
     if let Some(key) = idempotency_key(req.headers())? {
         tx = tx.with_idempotency_key(key);
     }
+    tx.key_name = Caller::name_of(&req);
     let ledger = &state.settings.ledger;
     let wait = deadline_budget(
         req.headers(),

@@ -175,6 +175,7 @@ fn decide_new(
         occurred_at: env.occurred_at,
         accepted_at: env.accepted_at,
         last_copy_at: None,
+        key_name: env.key_name.clone(),
     };
     let recorded = Recorded::from(&record);
     effects.record(record);

@@ -32,6 +32,8 @@ pub struct NewRecord {
     /// A later copy of this approved request, answered in the same batch
     /// ([`Recorded::last_copy_at`]); `None`: the deciding copy.
     pub last_copy_at: Option<DateTime<Utc>>,
+    /// The name of the API key that posted the deciding copy.
+    pub key_name: Option<String>,
 }
 
 impl From<&NewRecord> for Recorded {
@@ -332,6 +334,7 @@ mod tests {
             occurred_at: now,
             accepted_at: now,
             last_copy_at: None,
+            key_name: None,
         }
     }
 

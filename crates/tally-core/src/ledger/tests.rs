@@ -34,6 +34,7 @@ fn env(id: &str, kind: Kind, amount: Decimal) -> Envelope {
         user_id: None,
         decide_by: None,
         void: false,
+        key_name: None,
     }
 }
 

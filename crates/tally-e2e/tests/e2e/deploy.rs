@@ -102,8 +102,15 @@ fn image_binaries() -> Vec<String> {
             dockerfile.contains(&format!("/out/{bin}")),
             "Dockerfile builds {bin} but does not copy it into the runtime image"
         );
+        // The operator's `tally` is crate tally-cli's binary; the others are named after
+        // their crate.
+        let krate = if bin == "tally" {
+            "tally-cli"
+        } else {
+            bin.as_str()
+        };
         assert!(
-            root().join(format!("crates/{bin}/src/main.rs")).exists(),
+            root().join(format!("crates/{krate}/src/main.rs")).exists(),
             "Dockerfile builds {bin}, which is not a workspace binary"
         );
     }
@@ -115,7 +122,9 @@ fn compose_file_has_the_services_the_order_and_commands_that_exist() {
     let doc = compose();
     let services = doc["services"].as_hash().expect("services");
     let names: Vec<&str> = services.keys().filter_map(Yaml::as_str).collect();
-    for expected in ["postgres", "rabbitmq", "migrate", "api", "worker", "nginx"] {
+    for expected in [
+        "postgres", "rabbitmq", "migrate", "keys", "api", "worker", "nginx",
+    ] {
         assert!(
             names.contains(&expected),
             "service {expected} missing: {names:?}"
@@ -180,7 +189,7 @@ fn compose_file_has_the_services_the_order_and_commands_that_exist() {
 
     // Commands: a binary the image has, and a subcommand that binary accepts.
     let binaries = image_binaries();
-    for name in ["migrate", "api", "worker"] {
+    for name in ["migrate", "api", "worker", "keys"] {
         let command = strings(&service(name)["command"]);
         let (bin, args) = command.split_first().expect("a command");
         assert!(
@@ -192,6 +201,11 @@ fn compose_file_has_the_services_the_order_and_commands_that_exist() {
                 Command::parse(args).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
             "tally-api" => assert!(args.is_empty(), "tally-api takes no arguments: {args:?}"),
+            "tally" => assert_eq!(
+                args[..3],
+                ["keys", "init", "--out"],
+                "{name}: the keys service keeps the keys with `tally keys init`"
+            ),
             other => panic!("{name}: no check for binary {other}"),
         }
     }
@@ -223,7 +237,7 @@ fn compose_file_has_the_services_the_order_and_commands_that_exist() {
 fn compose_environment_is_understood_by_the_binaries() {
     let doc = compose();
     let nginx = read("nginx/compose.conf");
-    for name in ["migrate", "api", "worker"] {
+    for name in ["migrate", "api", "worker", "keys"] {
         let env = environment(&doc["services"][name]);
         let profile = env.get("TALLY_PROFILE").expect("TALLY_PROFILE");
         let tally: HashMap<String, String> = env
@@ -303,7 +317,7 @@ fn nginx_configs_pass_nginx_t() {
     nginx_check(&root().join("nginx/compose.conf"), &dir);
 
     // The local template, rendered as deploy/local/stack.sh renders it.
-    let rendered = nginx::local_config(18080, &[18001], nginx::DEFAULT_RATE, nginx::DEFAULT_BURST);
+    let rendered = nginx::local_config(18080, &[18001], nginx::DEFAULT_LIMITS);
     assert_eq!(
         nginx::leftover_placeholder(&rendered),
         None,
@@ -381,7 +395,7 @@ fn retry_policies(config: &str) -> Vec<(String, String)> {
 /// tested through nginx in `through_nginx.rs`.
 #[test]
 fn nginx_replays_only_requests_that_are_idempotent_by_id() {
-    let rendered = nginx::local_config(18080, &[18001], nginx::DEFAULT_RATE, nginx::DEFAULT_BURST);
+    let rendered = nginx::local_config(18080, &[18001], nginx::DEFAULT_LIMITS);
     let local = retry_policies(&rendered);
     let compose = retry_policies(&read("nginx/compose.conf"));
     assert_eq!(local, compose, "the two configs retry differently");

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 // The harness pieces every test crate shares live in the test kit.
 pub use tally_testkit::{
-    amqp_url, broker_address, database_address, eventually, fresh_database, test_settings, Nginx,
-    TcpProxy, TestDb,
+    amqp_url, broker_address, client_with_key, database_address, eventually, fresh_database,
+    test_keys, test_settings, Nginx, TcpProxy, TestDb, TestKeys,
 };
 
 /// An API replica a test can stop on its own.
@@ -56,7 +56,10 @@ impl WorkerHandle {
 
 pub struct TestApp {
     pub address: String,
+    /// Sends the test's admin key (every scope) with every request.
     pub client: reqwest::Client,
+    /// The test database's API keys (`client` sends `keys.admin`).
+    pub keys: TestKeys,
     pub settings: Settings,
     /// Pool on the test's database, for assertions.
     pub pool: Pool,
@@ -100,6 +103,7 @@ impl TestApp {
     pub async fn spawn_with(options: Options) -> Self {
         let db = fresh_database().await;
         let url = db.url.clone();
+        let keys = test_keys(&url).await;
         let prefix = queues::test_prefix();
         let mut settings = test_settings(&url, &prefix);
         (options.tweak)(&mut settings);
@@ -139,7 +143,8 @@ impl TestApp {
 
         let mut app = TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
+            client: client_with_key(&keys.admin),
+            keys,
             settings,
             pool,
             topology,
@@ -351,6 +356,7 @@ impl TestApp {
             request_id: None,
             user_id: None,
             client_id: None,
+            key_name: None,
         };
         Envelope::new(&tx, chrono::Utc::now())
     }

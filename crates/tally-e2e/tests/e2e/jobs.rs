@@ -641,7 +641,14 @@ async fn stalled_download(app: &TestApp, job: &str) -> (tokio::net::TcpStream, S
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
     stream
-        .write_all(format!("GET /jobs/{job}/download HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .write_all(
+            format!(
+                "GET /jobs/{job}/download HTTP/1.1\r\nHost: test\r\n\
+                 Authorization: Bearer {}\r\n\r\n",
+                app.keys.admin
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let mut head = [0u8; 64];

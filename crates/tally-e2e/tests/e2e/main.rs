@@ -5,6 +5,7 @@
 
 mod admission;
 mod answers;
+mod auth;
 mod deploy;
 mod faults;
 mod helpers;
@@ -18,6 +19,7 @@ mod shutdown;
 mod startup;
 mod submit;
 mod through_nginx;
+mod tls;
 mod users;
 mod webhooks;
 mod withdraw_request;

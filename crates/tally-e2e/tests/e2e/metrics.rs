@@ -224,7 +224,7 @@ async fn worker_metrics_show_batches_outcomes_lag_and_shards() {
 
 /// A `MakeWriter` target: every log line the process writes, in memory.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

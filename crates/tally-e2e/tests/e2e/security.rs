@@ -1,6 +1,7 @@
-//! What SECURITY.md promises: debug routes off in production and behind a bearer token when
-//! on, no open debug routes on a public address, capped bodies, identifiers validated wherever
-//! they enter, and nginx's per-client rate limit.
+//! What SECURITY.md promises: debug routes off in production, behind an admin key when on
+//! (or, with auth off, behind the debug token), no open debug routes on a public address,
+//! capped bodies, identifiers validated wherever they enter, and nginx's per-client rate
+//! limit. API keys themselves: `auth.rs`.
 
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use tally_api::Application;
 use tally_settings::{Secret, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{eventually, Nginx, Options, TestApp};
+use crate::helpers::{client_with_key, eventually, Nginx, Options, TestApp};
+use tally_testkit::nginx;
 
 const DEBUG_ROUTES: [&str; 4] = [
     "/debug/accounts",
@@ -56,17 +58,18 @@ async fn debug_routes_do_not_exist_in_the_production_profile() {
         let (status, body) = status_of(&app, path, None).await;
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
-        // Not even with a token: the routes are not registered at all.
-        let (status, _) = status_of(&app, path, Some("anything")).await;
-        assert_eq!(status, 404, "{path} with a token");
+        // Not even with the admin key: the routes are not registered at all.
+        let (status, _) = status_of(&app, path, Some(app.keys.admin.as_str())).await;
+        assert_eq!(status, 404, "{path} with the admin key");
     }
 }
 
 #[tokio::test]
-async fn debug_routes_require_the_bearer_token_when_one_is_set() {
+async fn with_auth_off_debug_routes_require_the_bearer_token_when_one_is_set() {
     let app = TestApp::spawn_with(Options {
         worker: false,
         tweak: |s| {
+            s.auth.enabled = false;
             s.debug.enabled = true;
             s.debug.token = Secret::new("s3cret-token");
         },
@@ -93,7 +96,7 @@ async fn debug_routes_require_the_bearer_token_when_one_is_set() {
 }
 
 #[tokio::test]
-async fn the_api_refuses_to_serve_open_debug_routes_on_a_public_address() {
+async fn with_auth_off_the_api_refuses_to_serve_open_debug_routes_on_a_public_address() {
     let probe = TestApp::spawn_with(Options {
         worker: false,
         ..Options::default()
@@ -103,13 +106,18 @@ async fn the_api_refuses_to_serve_open_debug_routes_on_a_public_address() {
     settings.api.host = "0.0.0.0".into();
     settings.debug.enabled = true;
     settings.debug.token = Secret::new("");
+    // With auth on, the debug routes need an admin key: nothing is open.
+    let stop = CancellationToken::new();
+    let app = Application::build(settings.clone(), stop.clone()).await;
+    assert!(app.is_ok(), "with auth on: {:?}", app.err());
+    drop(app);
+    settings.auth.enabled = false;
     let refused = Application::build(settings.clone(), CancellationToken::new()).await;
     let message = refused.err().expect("must refuse").to_string();
     assert!(message.contains("debug.token"), "{message}");
 
     // Any one of: a token, debug off, or loopback makes it acceptable.
     settings.debug.token = Secret::new("t");
-    let stop = CancellationToken::new();
     let app = Application::build(settings.clone(), stop.clone()).await;
     assert!(app.is_ok(), "with a token: {:?}", app.err());
     drop(app);
@@ -260,6 +268,114 @@ async fn nginx_rate_limits_each_client_address_with_a_json_429() {
         (response.status().as_u16() == 200).then_some(())
     })
     .await;
+}
+
+/// Per API key, in addition to per address: one key's flood is cut at its own rate while
+/// another key, from the same address, keeps its budget.
+#[tokio::test]
+async fn nginx_rate_limits_each_api_key_apart_from_the_address() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let nginx = Nginx::start_with(
+        &app.api_ports,
+        nginx::Limits {
+            key_rate: "1r/m",
+            key_burst: 5,
+            ..nginx::DEFAULT_LIMITS
+        },
+    )
+    .await;
+    let flooding = client_with_key(&app.keys.read_write);
+    let url = format!("{}/account/acc-1", nginx.address);
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let response = flooding.get(&url).send().await.unwrap();
+        let status = response.status().as_u16();
+        if status == 429 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+        }
+        statuses.push(status);
+    }
+    // Burst 5 plus the current slot; at one a minute nothing refills during the run.
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(served, 6, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 14);
+    // Another key from the same address is not held back, nor a request with no key (the
+    // probes).
+    let other = client_with_key(&app.keys.admin);
+    assert_eq!(other.get(&url).send().await.unwrap().status().as_u16(), 200);
+    let probe = reqwest::Client::new()
+        .get(format!("{}/health/live", nginx.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status().as_u16(), 200);
+}
+
+/// nginx terminates TLS with the configured certificate: a client that trusts its CA gets
+/// through, one that does not is refused, and plain HTTP on that port is not served.
+#[tokio::test]
+async fn nginx_terminates_tls_with_the_configured_certificate() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Options::default()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("tally-edge-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    crate::tls::make_certificates(&dir);
+    // nginx's workers may run as nobody: they read the key at start, as the master.
+    let nginx = Nginx::start_tls(
+        &app.api_ports,
+        nginx::Tls {
+            certificate: &dir.join("server.pem"),
+            key: &dir.join("server.key"),
+        },
+    )
+    .await;
+    assert!(nginx.address.starts_with("https://"), "{}", nginx.address);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", app.keys.read_write).parse().unwrap(),
+    );
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    for host in ["127.0.0.1", "localhost"] {
+        let url = nginx.address.replace("127.0.0.1", host);
+        let response = trusting
+            .get(format!("{url}/account/acc-1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{host}");
+    }
+    // The Mozilla roots do not know this CA: the handshake fails.
+    let stranger = reqwest::Client::new()
+        .get(format!("{}/health/live", nginx.address))
+        .send()
+        .await;
+    assert!(stranger.is_err(), "an unknown CA was accepted");
+    // Plain HTTP on the TLS port gets nginx's 400, never a replica's answer.
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "{}/health/live",
+            nginx.address.replace("https://", "http://")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 400);
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

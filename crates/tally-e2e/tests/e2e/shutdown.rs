@@ -76,8 +76,9 @@ async fn a_stopping_api_finishes_its_in_flight_requests() {
     let stop = CancellationToken::new();
     let replica = app.start_replica(0, stop.clone()).await;
     let url = format!("http://127.0.0.1:{}/transaction", replica.port);
+    let client = app.client.clone();
     let pending = tokio::spawn(async move {
-        reqwest::Client::new()
+        client
             .post(url)
             .json(&json!({"id":"inflight","type":"withdraw_request","amount":1,"accountId":"a"}))
             .send()
@@ -111,8 +112,8 @@ async fn nginx_keeps_serving_through_a_rolling_restart() {
     let load = {
         let (done, url) = (done.clone(), format!("{}/transaction", nginx.address));
         let answered = answered.clone();
+        let client = app.client.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             let mut statuses = Vec::new();
             let mut i = 0;
             while !done.is_cancelled() {

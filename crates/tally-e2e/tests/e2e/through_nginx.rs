@@ -13,14 +13,13 @@ const CLIENTS: usize = 50;
 
 /// Sends `bodies` from `CLIENTS` concurrent clients (each its own connection pool); returns
 /// the status of every request.
-async fn from_clients(address: &str, bodies: Vec<Value>) -> Vec<u16> {
+async fn from_clients(client: &reqwest::Client, address: &str, bodies: Vec<Value>) -> Vec<u16> {
     let per_client = bodies.len().div_ceil(CLIENTS);
     let chunks: Vec<Vec<Value>> = bodies.chunks(per_client).map(<[Value]>::to_vec).collect();
     let url = format!("{address}/transaction");
     let tasks = chunks.into_iter().map(|chunk| {
-        let url = url.clone();
+        let (url, client) = (url.clone(), client.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             let mut statuses = Vec::new();
             for body in chunk {
                 let status = client
@@ -50,7 +49,7 @@ async fn a_thousand_cent_deposits_from_fifty_clients_sum_exactly() {
     let bodies = (0..1000)
         .map(|i| json!({"id": format!("cent-{i}"), "type": "deposit", "amount": 0.01, "accountId": "pennies"}))
         .collect();
-    let statuses = from_clients(&nginx.address, bodies).await;
+    let statuses = from_clients(&app.client, &nginx.address, bodies).await;
     assert!(
         statuses.iter().all(|s| *s == 200),
         "non-200 answers: {:?}",
@@ -88,8 +87,8 @@ async fn five_hundred_requests_of_one_on_a_hundred_approve_exactly_a_hundred() {
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let (done, url) = (done.clone(), format!("{}/account/pool", nginx.address));
+        let client = app.client.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             let mut reads = Vec::new();
             while !done.load(Ordering::SeqCst) {
                 if let Ok(r) = client.get(&url).send().await {
@@ -105,7 +104,7 @@ async fn five_hundred_requests_of_one_on_a_hundred_approve_exactly_a_hundred() {
     let bodies = (0..500)
         .map(|i| json!({"id": format!("one-{i}"), "type": "withdraw_request", "amount": 1, "accountId": "pool"}))
         .collect();
-    let statuses = from_clients(&nginx.address, bodies).await;
+    let statuses = from_clients(&app.client, &nginx.address, bodies).await;
     done.store(true, Ordering::SeqCst);
     let reads = reader.await.unwrap();
 
@@ -258,7 +257,7 @@ async fn a_job_request_refused_by_a_dead_replica_fails_over_to_a_live_one() {
     };
     app.api_ports.insert(0, dead);
     let nginx = Nginx::start(&app.api_ports).await;
-    let client = reqwest::Client::new();
+    let client = app.client.clone();
     for n in 0..4 {
         let answer = client
             .post(format!("{}/jobs/settlements", nginx.address))

@@ -88,6 +88,7 @@ fn transaction(
         request_id: request.map(str::to_string),
         user_id: None,
         client_id: None,
+        key_name: None,
     }
 }
 
