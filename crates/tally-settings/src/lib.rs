@@ -248,6 +248,9 @@ pub struct WebhookSettings {
     /// Whether a webhook may target loopback, private, link-local or other non-public
     /// addresses (checked at registration and, after DNS resolution, at every send).
     pub allow_private_targets: bool,
+    /// Hours after which sent and superseded deliveries are deleted (failed ones are kept);
+    /// 0: kept forever.
+    pub retention_hours: u64,
 }
 
 /// Bounds of settlement jobs, enforced by the API (see `config/default.toml`).

@@ -264,3 +264,21 @@ pub async fn record(
         .await?;
     Ok(updated == 1)
 }
+
+/// Deletes up to `limit` deliveries that were sent or superseded more than `retention` ago,
+/// oldest first; returns how many. Failed deliveries are kept (the operator's record of a
+/// receiver that never answered) and pending ones are still to be sent. Rows another sender's
+/// prune holds are skipped, so concurrent prunes never wait for each other.
+pub async fn prune(pool: &Pool, retention: Duration, limit: i64) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM webhook_deliveries WHERE id IN ( \
+                 SELECT id FROM webhook_deliveries \
+                 WHERE status IN ('sent', 'superseded') \
+                   AND finished_at < now() - make_interval(secs => $1) \
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&retention.as_secs_f64(), &limit],
+        )
+        .await?)
+}

@@ -244,6 +244,46 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 /// Longest wait between two claims while claiming fails.
 const CLAIM_MAX: Duration = Duration::from_secs(10);
 
+/// How often a sender prunes finished deliveries, and how many rows one prune deletes at most
+/// (a bounded statement; a full prune is followed by another on the next loop).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const PRUNE_LIMIT: i64 = 10_000;
+
+/// When the sender next deletes deliveries older than the retention (none when it is 0).
+struct Pruning {
+    retention: Option<Duration>,
+    next: tokio::time::Instant,
+}
+
+impl Pruning {
+    fn new(retention_hours: u64) -> Self {
+        Self {
+            retention: (retention_hours > 0)
+                .then(|| Duration::from_secs(retention_hours.saturating_mul(3600))),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn run_if_due(&mut self, pool: &Pool) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if tokio::time::Instant::now() < self.next {
+            return;
+        }
+        self.next = tokio::time::Instant::now() + PRUNE_EVERY;
+        match webhooks::prune(pool, retention, PRUNE_LIMIT).await {
+            Ok(deleted) if deleted == PRUNE_LIMIT.unsigned_abs() => {
+                tracing::info!(deleted, "pruned finished webhook deliveries; more to prune");
+                self.next = tokio::time::Instant::now();
+            }
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "pruned finished webhook deliveries"),
+            Err(e) => tracing::warn!(error = %e, "pruning finished webhook deliveries failed"),
+        }
+    }
+}
+
 /// Sends due deliveries until `stop` is cancelled.
 pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken) {
     let client = match http_client(&settings) {
@@ -261,7 +301,9 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
     // After a failed claim the next waits twice the poll interval, doubling up to the cap.
     let mut failing = Delays::doubling((poll * 2).min(CLAIM_MAX), CLAIM_MAX);
     let mut pause = poll;
+    let mut pruning = Pruning::new(settings.retention_hours);
     while !stop.is_cancelled() {
+        pruning.run_if_due(&pool).await;
         let free = settings.concurrency.saturating_sub(sends.len());
         if free > 0 {
             let limit = i64::try_from(free).unwrap_or(i64::MAX);
