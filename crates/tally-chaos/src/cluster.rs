@@ -407,6 +407,7 @@ impl Cluster {
             prefix: format!("chaos-{seed}-{tag}"),
             shard_count: cfg.shard_count,
             delivery_limit: 50,
+            replicas: 3,
         };
         let common = common_env(cfg, &db_url, &topology.prefix);
         let (apis, api_ports) = api_procs(cfg, &common, &log_dir)?;

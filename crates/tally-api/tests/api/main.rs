@@ -5,6 +5,7 @@
 
 mod admission;
 mod answers;
+mod broker_nodes;
 mod deploy;
 mod faults;
 mod helpers;
