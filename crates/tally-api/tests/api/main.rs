@@ -8,6 +8,7 @@ mod answers;
 mod broker_nodes;
 mod deploy;
 mod faults;
+mod ha;
 mod helpers;
 mod history;
 mod id_conflicts;
