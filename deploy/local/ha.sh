@@ -14,6 +14,7 @@
 #   deploy/local/ha.sh kill rabbit N      kill -9 broker node N (1..3)
 #   deploy/local/ha.sh kill rabbit-leader kill -9 the broker node leading the most shard queues
 #   deploy/local/ha.sh kill pg-primary    kill -9 the PostgreSQL primary (keeper + postmaster)
+#   deploy/local/ha.sh kill pg-standby    kill -9 a PostgreSQL standby (keeper + postmaster)
 #   deploy/local/ha.sh kill pg N          kill -9 PostgreSQL data node N (1..2)
 #   deploy/local/ha.sh restart rabbit N   stop, then start broker node N (a rolling restart step)
 #   deploy/local/ha.sh primary            the port of the current PostgreSQL primary
@@ -438,8 +439,9 @@ cmd_kill() {
     rabbit) [[ ${2:-} =~ ^[0-9]+$ ]] || die "usage: $0 kill rabbit N"; kill_rabbit $(($2 - 1)) ;;
     rabbit-leader) kill_rabbit "$(rabbit_leader_index)" ;;
     pg-primary) local p; p=$(pg_primary_name); [[ -n $p ]] || die "no primary"; kill_pg "$p" ;;
+    pg-standby) local p; p=$(pg_states | awk '$3 == "secondary" { print $1; exit }'); [[ -n $p ]] || die "no standby"; kill_pg "$p" ;;
     pg) [[ ${2:-} =~ ^[0-9]+$ ]] || die "usage: $0 kill pg N"; kill_pg "node$2" ;;
-    *) die "usage: $0 kill rabbit N | rabbit-leader | pg-primary | pg N" ;;
+    *) die "usage: $0 kill rabbit N | rabbit-leader | pg-primary | pg-standby | pg N" ;;
   esac
 }
 

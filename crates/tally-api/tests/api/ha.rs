@@ -230,9 +230,9 @@ async fn check(app: &TestApp, answers: &Answers) {
     );
 }
 
-/// Load, then `kill` (ha.sh arguments) after a few seconds of it, the RTO, the node back
-/// (`ha.sh up`), then the check.
-async fn node_loss(kill: &[&str], tag: &str) -> Duration {
+/// Load, then the `faults` (ha.sh arguments, one after the other) after a few seconds of it,
+/// the RTO from the first, every node back (`ha.sh up`), then the check.
+async fn node_loss(faults: &[&[&str]], tag: &str) -> Duration {
     let app = Arc::new(spawn().await);
     let prefix = app.topology.prefix.clone();
     let answers = Arc::new(Mutex::new(Answers::default()));
@@ -246,9 +246,11 @@ async fn node_loss(kill: &[&str], tag: &str) -> Duration {
     })
     .await;
     let killed = Instant::now();
-    ha(kill, &prefix);
+    for fault in faults {
+        ha(fault, &prefix);
+    }
     let rto = every_shard_writes_again(&app, killed, tag).await;
-    eprintln!("RTO after `ha.sh {}`: {rto:?}", kill.join(" "));
+    eprintln!("RTO after {faults:?}: {rto:?}");
     // A few more seconds of load on the survivors, then the node back, then stop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     ha(&["up"], &prefix);
@@ -264,13 +266,37 @@ async fn node_loss(kill: &[&str], tag: &str) -> Duration {
 #[tokio::test]
 #[ignore = "needs the HA services: make test-ha"]
 async fn kill_9_of_the_broker_node_leading_the_most_shard_queues_loses_no_200() {
-    let rto = node_loss(&["kill", "rabbit-leader"], "rabbit").await;
+    let rto = node_loss(&[&["kill", "rabbit-leader"]], "rabbit").await;
     assert!(rto <= Duration::from_secs(10), "RTO {rto:?}");
 }
 
 #[tokio::test]
 #[ignore = "needs the HA services: make test-ha"]
 async fn kill_9_of_the_postgres_primary_loses_no_200_or_201_and_needs_no_restart() {
-    let rto = node_loss(&["kill", "pg-primary"], "pg").await;
+    let rto = node_loss(&[&["kill", "pg-primary"]], "pg").await;
+    assert!(rto <= Duration::from_secs(30), "RTO {rto:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the HA services: make test-ha"]
+async fn a_rolling_restart_of_the_broker_nodes_loses_no_200() {
+    // Each node stopped and started in turn, the next only once the last one is back.
+    node_loss(
+        &[
+            &["restart", "rabbit", "1"],
+            &["restart", "rabbit", "2"],
+            &["restart", "rabbit", "3"],
+        ],
+        "rolling",
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the HA services: make test-ha"]
+async fn losing_the_postgres_standby_loses_nothing_and_writes_resume() {
+    // Commits wait for the synchronous standby until the monitor gives up on it and lets the
+    // primary commit alone (wait_primary); it rejoins with `ha.sh up`.
+    let rto = node_loss(&[&["kill", "pg-standby"]], "standby").await;
     assert!(rto <= Duration::from_secs(30), "RTO {rto:?}");
 }
