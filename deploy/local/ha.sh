@@ -167,13 +167,24 @@ rmq_join() { # i
 }
 
 start_rabbitmq() {
-  local i
+  local i cookie=/var/lib/rabbitmq/.erlang.cookie
+  # The nodes (and rabbitmqctl) must share one Erlang cookie. On a fresh machine nobody has
+  # made it yet, and three nodes booting at once would each make their own.
+  if [[ ! -s $cookie ]]; then
+    head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$cookie"
+    chown rabbitmq:rabbitmq "$cookie"
+    chmod 400 "$cookie"
+  fi
   for i in "${!RMQ_NODES[@]}"; do rmq_launch "$i"; done
 }
 cluster_rabbitmq() {
   local i
   for i in "${!RMQ_NODES[@]}"; do rmq_wait "$i"; done
   for ((i = 1; i < ${#RMQ_NODES[@]}; i++)); do rmq_join "$i"; done
+  # A node that comes back leads nothing (leadership moved away when it died): spread the
+  # shard queues' leaders over every node again.
+  rabbitmq-queues -q -n "${RMQ_NODES[0]}" rebalance quorum --queue-pattern "^$PREFIX\\.shard\\." >/dev/null 2>&1 ||
+    say "(leader rebalance skipped)"
   say "rabbitmq cluster ready: ${RMQ_NODES[*]} (AMQP ${RMQ_PORTS[*]})"
 }
 
