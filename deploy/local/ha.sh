@@ -66,7 +66,7 @@ die() { echo "ha: ERROR: $*" >&2; exit 1; }
 ((${#PG_PORTS[@]} >= 2)) || die "HA_PG_PORTS needs at least two data nodes"
 
 # ---------------------------------------------------------------- install
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == *'ok installed'* ]]; }
 ensure_packages() {
   local want=() p
   for p in rabbitmq-server nginx "postgresql-$PG_VERSION" "postgresql-$PG_VERSION-auto-failover" pg-auto-failover-cli; do
@@ -85,12 +85,19 @@ amqp_ready() { # port
     printf "AMQP\x00\x00\x09\x01" >&3 && IFS= read -r -t 2 -N 1 _ <&3' 2>/dev/null
 }
 rmq_dir() { echo "$RMQ_BASE/${RMQ_NODES[$1]%%@*}"; }
-rmq_pid() { # i -> pid of the node's VM when it runs (from the pid file RabbitMQ writes)
-  local f; f=$(rmq_dir "$1")/node.pid
-  [[ -s $f ]] || return 1
-  local pid; pid=$(tr -dc 0-9 <"$f")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && grep -q beam "/proc/$pid/cmdline" 2>/dev/null || return 1
-  echo "$pid"
+rmq_pid() { # i -> pid of the node's VM when it runs: the beam.smp started with its env file
+  # (RabbitMQ's own pid file is not written on every start, and a zombie has no environ).
+  local p want
+  want="RABBITMQ_CONF_ENV_FILE=$(rmq_dir "$1")/rabbitmq-env.conf"
+  for p in $(pgrep -u rabbitmq -x beam.smp); do
+    # -z: the environment is NUL-separated. (No pipe into grep -q: under pipefail the
+    # writer's SIGPIPE would turn a match into a failure.)
+    if grep -qzxF -- "$want" "/proc/$p/environ" 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
 }
 ctl() { # i args... : rabbitmqctl against node i
   local i=$1; shift
@@ -119,7 +126,6 @@ MNESIA_BASE=$dir/mnesia
 LOG_BASE=$dir/log
 CONFIG_FILE=$dir/rabbitmq.conf
 ENABLED_PLUGINS_FILE=$dir/enabled_plugins
-PID_FILE=$dir/node.pid
 EOF
   chown -R rabbitmq:rabbitmq "$dir"
 }
@@ -156,7 +162,9 @@ rmq_wait() { # i : AMQP served, then the node's own startup done
 # declared them without x-quorum-initial-group-size, would otherwise stay on fewer nodes.
 rmq_join() { # i
   local me=${RMQ_NODES[$1]} seed=${RMQ_NODES[0]}
-  if ctl "$1" cluster_status --formatter json 2>/dev/null | grep -q "\"$seed\""; then return 0; fi
+  local members
+  members=$(ctl "$1" cluster_status --formatter json 2>/dev/null) || true
+  if [[ $members == *"\"$seed\""* ]]; then return 0; fi
   say "$me joins $seed"
   ctl "$1" stop_app >/dev/null
   ctl "$1" join_cluster "$seed" >/dev/null || die "$me could not join $seed"
