@@ -153,10 +153,22 @@ bench-settlement: ## settlement over 1M seeded transactions: wall time + worker 
 SEEDS ?= 5
 SEED_START ?= 0
 DEBUG_BIN_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug
-chaos: ## fault suite: seeds SEED_START..SEED_START+SEEDS (default 0..5); SEED=n replays one
+# HA=1: on the HA services (every node, the node-loss kinds instead of the single-node
+# service faults; ha.sh's HA_* variables name the nodes, as for `make up HA=1`).
+CHAOS_SEEDS = $(if $(SEED),--seed $(SEED),--seeds $(SEED_START)..$(shell echo $$(($(SEED_START) + $(SEEDS)))))
+chaos: ## fault suite: seeds SEED_START..SEED_START+SEEDS (default 0..5); SEED=n replays one; HA=1 on the HA services
+ifeq ($(HA),1)
+	$(HA_SERVICES) up
+	$(CARGO) build --bins
+	eval "$$(sed 's/^export //' $(HA_ENV))" && \
+	  TALLY_CHAOS_ADMIN_URL="$$TALLY_DATABASE__URL" TALLY_CHAOS_AMQP_URLS="$$TALLY_BROKER__URLS" \
+	  TALLY_CHAOS_AMQP_URL="$${TALLY_BROKER__URLS%%,*}" \
+	  $(DEBUG_BIN_DIR)/tally-chaos --ha $(CHAOS_SEEDS) $(CHAOS_FLAGS)
+else
 	$(SERVICES)
 	$(CARGO) build --bins
-	$(DEBUG_BIN_DIR)/tally-chaos $(if $(SEED),--seed $(SEED),--seeds $(SEED_START)..$(shell echo $$(($(SEED_START) + $(SEEDS))))) $(CHAOS_FLAGS)
+	$(DEBUG_BIN_DIR)/tally-chaos $(CHAOS_SEEDS) $(CHAOS_FLAGS)
+endif
 
 # Tests create one database per test (tally_test_*) and drop it at the end; a crashed
 # or interrupted run leaves some behind. Drop them here, best effort. Databases with a
