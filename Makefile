@@ -3,6 +3,8 @@
 # The local stack is plain processes on this machine (no Docker, no systemd):
 #   deploy/local/services.sh  PostgreSQL + RabbitMQ (+ installs nginx), shared, long-lived
 #   deploy/local/stack.sh     API replicas + workers + nginx, state under .run/
+#   deploy/local/ha.sh        with HA=1: a 3-node RabbitMQ cluster + PostgreSQL under
+#                             pg_auto_failover instead (README, "Running highly available")
 # `make down` stops only the stack; PostgreSQL/RabbitMQ keep running (`make services-down`).
 
 SHELL := bash
@@ -27,10 +29,17 @@ export BIN_DIR
 SERVICES := bash deploy/local/services.sh
 STACK := bash deploy/local/stack.sh
 
+# HA=1: the backing services are three RabbitMQ nodes and PostgreSQL under pg_auto_failover
+# (deploy/local/ha.sh, its HA_* variables name every node, port and directory), and the
+# stack is pointed at all of them through the TALLY_* settings ha.sh writes to HA_ENV.
+HA ?= 0
+HA_SERVICES := bash deploy/local/ha.sh
+HA_ENV = $(or $(HA_RUN),.run)/ha.env
+
 # Database the tests connect to (they create their own tally_test_* databases in it).
 TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
 
-.PHONY: help up down status logs services services-down build migrate test alerts-test bench bench-settlement chaos fuzz openapi test-db-clean fmt lint check
+.PHONY: help up down status logs services services-down build migrate test alerts-test test-ha bench bench-settlement chaos fuzz openapi test-db-clean fmt lint check
 
 help: ## list the targets
 	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)] [AUTH=$(AUTH)]"
@@ -42,26 +51,34 @@ help: ## list the targets
 
 # ---------------------------------------------------------------- local stack
 # Sequential on purpose (not prerequisites): the order matters even under make -j.
-up: ## services, release build, migrate, API keys (.run/keys.env; AUTH=off: none), then (re)start API_REPLICAS api + WORKERS workers + nginx on PORT
+up: ## services, release build, migrate, API keys (.run/keys.env; AUTH=off: none), then (re)start API_REPLICAS api + WORKERS workers + nginx on PORT (HA=1: on the HA services)
+ifeq ($(HA),1)
+	$(HA_SERVICES) up
+	$(CARGO) build --release --bins
+	source $(HA_ENV) && $(BIN_DIR)/tally-worker migrate && $(STACK) start
+else
 	$(SERVICES)
 	$(CARGO) build --release --bins
 	$(BIN_DIR)/tally-worker migrate
 	$(STACK) start
+endif
 
 down: ## stop the stack started by 'make up' (NOT PostgreSQL/RabbitMQ)
 	$(STACK) stop
 
-status: ## which stack processes are alive, and the backing services
-	@rc=0; $(STACK) status || rc=$$?; $(SERVICES) status || rc=1; exit $$rc
+status: ## which stack processes are alive, and the backing services (the HA ones: each node, its role and port)
+	@rc=0; $(STACK) status || rc=$$?; \
+	if [[ $(HA) == 1 || -f $(HA_ENV) ]]; then $(HA_SERVICES) status || rc=1; else $(SERVICES) status || rc=1; fi; \
+	exit $$rc
 
 logs: ## follow the stack's logs (.run/logs/*.log and nginx's error log)
 	@$(STACK) logs
 
-services: ## install if needed and start PostgreSQL + RabbitMQ, create role/db tally
-	$(SERVICES)
+services: ## install if needed and start PostgreSQL + RabbitMQ, create role/db tally (HA=1: every HA node)
+	$(if $(filter 1,$(HA)),$(HA_SERVICES) up,$(SERVICES))
 
-services-down: ## stop PostgreSQL and RabbitMQ
-	$(SERVICES) stop
+services-down: ## stop PostgreSQL and RabbitMQ (HA=1: every HA node, data kept)
+	$(if $(filter 1,$(HA)),$(HA_SERVICES) stop,$(SERVICES) stop)
 
 build: ## cargo build --release of the binaries
 	$(CARGO) build --release --bins
@@ -91,6 +108,24 @@ test: ## services, drop leftover test databases, the workspace's tests, the aler
 alerts-test: ## promtool: check the alert rules and scrape config, run their unit tests
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool test rules deploy/prometheus/alerts.test.yml
+
+# Node loss on HA services of its own (ports, node names and data directory below, so it runs
+# beside `make test` and a `make up HA=1` stack): kill -9 of the broker node leading the most
+# shard queues and of the PostgreSQL primary, each under load, with in-process API and worker
+# that are never restarted; every 200/201 must be in the ledger. Starts the services (about
+# 2 minutes the first time), runs the tests of module `ha` (ignored by `make test`) one at a
+# time (--no-capture: each prints its measured RTO), stops the services. About 3 minutes.
+HA_TEST_ENV := HA_DIR=/var/lib/tally-ha-test HA_RUN=$(abspath target/ha-test) \
+  HA_RABBIT_NODES="rabbitt1@localhost rabbitt2@localhost rabbitt3@localhost" \
+  HA_RABBIT_PORTS="5682 5683 5684" HA_RABBIT_DIST_PORTS="25682 25683 25684" \
+  HA_PG_MONITOR_PORT=5611 HA_PG_PORTS="5612 5613"
+test-ha: ## node-loss tests on HA services of their own (3 RabbitMQ nodes, pg_auto_failover): no 200/201 lost
+	export $(HA_TEST_ENV); \
+	  trap '$(HA_SERVICES) stop' EXIT; \
+	  $(HA_SERVICES) up && source "$$HA_RUN/ha.env" && \
+	  TALLY_TEST_DATABASE_URL="$$TALLY_DATABASE__URL" TALLY_HA_AMQP_URLS="$$TALLY_BROKER__URLS" \
+	  TALLY_TEST_AMQP_URL="$${TALLY_BROKER__URLS%%,*}" \
+	  $(CARGO) nextest run -p tally-e2e --test e2e --run-ignored only --no-fail-fast --no-capture -E 'test(/^ha::/)'
 
 # Benchmarks (crates/tally-bench; results and how to read them: BENCHMARKS.md). Baselines,
 # worker drain, then HTTP load against `make up` stacks of its own: nginx on BENCH_PORT,
@@ -128,10 +163,22 @@ bench-settlement: ## settlement over 1M seeded transactions: wall time + worker 
 SEEDS ?= 5
 SEED_START ?= 0
 DEBUG_BIN_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))/debug
-chaos: ## fault suite: seeds SEED_START..SEED_START+SEEDS (default 0..5); SEED=n replays one
+# HA=1: on the HA services (every node, the node-loss kinds instead of the single-node
+# service faults; ha.sh's HA_* variables name the nodes, as for `make up HA=1`).
+CHAOS_SEEDS = $(if $(SEED),--seed $(SEED),--seeds $(SEED_START)..$(shell echo $$(($(SEED_START) + $(SEEDS)))))
+chaos: ## fault suite: seeds SEED_START..SEED_START+SEEDS (default 0..5); SEED=n replays one; HA=1 on the HA services
+ifeq ($(HA),1)
+	$(HA_SERVICES) up
+	$(CARGO) build --bins
+	eval "$$(sed 's/^export //' $(HA_ENV))" && \
+	  TALLY_CHAOS_ADMIN_URL="$$TALLY_DATABASE__URL" TALLY_CHAOS_AMQP_URLS="$$TALLY_BROKER__URLS" \
+	  TALLY_CHAOS_AMQP_URL="$${TALLY_BROKER__URLS%%,*}" \
+	  $(DEBUG_BIN_DIR)/tally-chaos --ha $(CHAOS_SEEDS) $(CHAOS_FLAGS)
+else
 	$(SERVICES)
 	$(CARGO) build --bins
-	$(DEBUG_BIN_DIR)/tally-chaos $(if $(SEED),--seed $(SEED),--seeds $(SEED_START)..$(shell echo $$(($(SEED_START) + $(SEEDS))))) $(CHAOS_FLAGS)
+	$(DEBUG_BIN_DIR)/tally-chaos $(CHAOS_SEEDS) $(CHAOS_FLAGS)
+endif
 
 # Tests create one database per test (tally_test_*) and drop it at the end; a crashed
 # or interrupted run leaves some behind. Drop them here, best effort. Databases with a

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::publisher::PublisherConfig;
-use tally_bus::{Publisher, Topology};
+use tally_bus::{Endpoints, Publisher, Topology};
 use tally_settings::Settings;
 use tally_store::clock::DbClock;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,7 @@ impl Application {
         let bus = CancellationToken::new();
         let publisher = Publisher::start(
             PublisherConfig {
-                url: settings.broker.url.expose().to_string(),
+                endpoints: Endpoints::from_settings(&settings.broker),
                 name: format!("tally-api-{}", std::process::id()),
                 topology,
                 connect_timeout: Duration::from_millis(settings.broker.connect_timeout_ms),

@@ -255,9 +255,7 @@ pub async fn broker_ceiling(spec: CeilingSpec) -> Result<Value> {
     let mut levels = Vec::new();
     for &window in &spec.windows {
         bus::delete_topology(&conn, &topology).await?;
-        let setup = conn.create_channel().await?;
-        topology.declare(&setup).await?;
-        let _ = setup.close(200, "declared".into()).await;
+        topology.declare(&conn).await?;
         let ch = bus::confirm_channel(&conn).await?;
         let cpu_start = CpuSnapshot::take();
         let mut i = 0usize;

@@ -23,6 +23,7 @@ pub fn topology(prefix: &str, shards: u16) -> Topology {
         shard_count: shards,
         // The API's and worker's default: the queue arguments must match what they declare.
         delivery_limit: 50,
+        replicas: 3,
     }
 }
 

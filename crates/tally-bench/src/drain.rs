@@ -91,7 +91,7 @@ pub async fn run(spec: DrainSpec) -> Result<Value> {
     let conn = bus::connect(&spec.broker_url, "tally-bench-drain").await?;
     let topology = bus::topology(&spec.prefix, spec.shards);
     bus::delete_topology(&conn, &topology).await?;
-    topology.declare(&conn.create_channel().await?).await?;
+    topology.declare(&conn).await?;
     let published_wall = Utc::now();
     let published = prefill(&spec, &conn, &topology).await?;
 

@@ -3,7 +3,8 @@
 //! replying, re-publishing, reading queue depths — so no other crate drives lapin.
 //!
 //! Unlike the API's [`crate::Publisher`] it does not reconnect by itself: a worker rebuilds
-//! its whole session (consumers, leases) on a new connection, as ownership must restart too.
+//! its whole session (consumers, leases) on a new connection, as ownership must restart too;
+//! opened from [`Endpoints`], that new connection goes to another node when the old one's died.
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use crate::consumer::Consumer;
 use crate::reply::Replier;
-use crate::{BusError, Topology};
+use crate::{BusError, Endpoints, Topology};
 
 /// One AMQP connection.
 pub struct Connection {
@@ -21,21 +22,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Opens a connection, giving up after `timeout` (see [`crate::connect`]).
-    pub async fn open(url: &str, name: &str, timeout: Duration) -> Result<Self, BusError> {
-        let inner = crate::connect(url, name, timeout).await?;
-        Ok(Self { inner })
-    }
-
-    /// Opens a connection with a short heartbeat (see [`crate::connect_with_heartbeat`]): a
-    /// stalled worker loses its consumers, so its shards pass on.
-    pub async fn open_with_heartbeat(
-        url: &str,
+    /// Opens a connection to a live node of `endpoints`, each attempt bounded by `timeout`
+    /// (see [`Endpoints::connect`]). A worker asks for a short `heartbeat` (see
+    /// [`crate::connect_with_heartbeat`]): a stalled worker loses its consumers, so its
+    /// shards pass on.
+    pub async fn open(
+        endpoints: &Endpoints,
         name: &str,
         timeout: Duration,
-        heartbeat: Duration,
+        heartbeat: Option<Duration>,
     ) -> Result<Self, BusError> {
-        let inner = crate::connect_with_heartbeat(url, name, timeout, heartbeat).await?;
+        let inner = endpoints.connect(name, timeout, heartbeat).await?;
         Ok(Self { inner })
     }
 
@@ -45,9 +42,7 @@ impl Connection {
 
     /// Declares `topology` (idempotent) on a channel of its own.
     pub async fn declare(&self, topology: &Topology) -> Result<(), BusError> {
-        let channel = self.inner.create_channel().await?;
-        topology.declare(&channel).await?;
-        close_channel(channel, "declared").await;
+        topology.declare(&self.inner).await?;
         Ok(())
     }
 

@@ -2,7 +2,10 @@
 //! - [`topology`]: the names and declaration of the command exchange, the K quorum shard
 //!   queues (single active consumer, delivery limit) and the dead letters.
 //! - [`headers`]: what a command message carries besides its body, each name defined once.
-//! - [`publisher`]: the API's confirmed [`Publisher`], which survives broker restarts.
+//! - [`endpoints`]: the nodes of a broker cluster; a connection goes to any live one and
+//!   the next one goes elsewhere when it dies.
+//! - [`publisher`]: the API's confirmed [`Publisher`], which survives broker restarts and
+//!   the loss of its node.
 //! - [`connection`]: a worker's or an operator command's [`Connection`]: declare, consume,
 //!   reply, re-publish, queue depths.
 //! - [`consumer`]: deliveries as plain values, settled by tag (ack, ack-through, dead-letter).
@@ -17,6 +20,7 @@
 
 pub mod connection;
 pub mod consumer;
+pub mod endpoints;
 pub mod headers;
 pub mod publisher;
 pub mod reply;
@@ -25,6 +29,7 @@ pub mod topology;
 
 pub use connection::{ConfirmedChannel, Connection};
 pub use consumer::{Consumer, Death, Delivery, Tag};
+pub use endpoints::Endpoints;
 pub use headers::command_properties;
 pub use lapin;
 pub use publisher::{PublishError, Publisher};

@@ -1,6 +1,7 @@
 //! The API side of RabbitMQ: one long-lived connection with a confirm-mode channel for
 //! publishing and an exclusive reply queue for withdraw_request decisions, kept alive by a
-//! supervisor task that reconnects with back-off after the broker goes away.
+//! supervisor task that reconnects with back-off after the broker goes away — to another
+//! node of the cluster when its node died (see [`Endpoints`]).
 //!
 //! Publishes are pipelined: each awaits its own confirm, never `wait_for_confirms` on the
 //! shared channel, so one slow confirm does not serialize the others.
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::reply::{self, ReplyTo, Waiting};
-use crate::{connect, BusError, Topology};
+use crate::{BusError, Endpoints, Topology};
 
 /// Why a publish did not become "RabbitMQ has it". Two families, told apart by
 /// [`PublishError::surely_not_accepted`]: the message surely never reached a queue (it was
@@ -73,9 +74,10 @@ impl PublishError {
 }
 
 /// Connection settings of a [`Publisher`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PublisherConfig {
-    pub url: String,
+    /// The broker's nodes; each new session goes to a live one.
+    pub endpoints: Endpoints,
     /// Shown in the broker's connection list.
     pub name: String,
     pub topology: Topology,
@@ -351,9 +353,12 @@ impl Publisher {
 }
 
 async fn open_session(config: &PublisherConfig) -> Result<(Session, Consumer), BusError> {
-    let connection = connect(&config.url, &config.name, config.connect_timeout).await?;
+    let connection = config
+        .endpoints
+        .connect(&config.name, config.connect_timeout, None)
+        .await?;
+    config.topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
-    config.topology.declare(&channel).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

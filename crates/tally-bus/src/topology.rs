@@ -1,6 +1,7 @@
 //! Names and declaration of the queues and exchanges. Declaring is idempotent, so the API and
 //! the worker both declare at start; a declaration with different arguments fails (406) rather
-//! than silently changing a live queue.
+//! than silently changing a live queue — with one exception, the replication arguments (see
+//! [`Topology::declare`]): a queue created before them keeps working as it is.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -16,7 +17,14 @@ pub struct Topology {
     pub shard_count: u16,
     /// Deliveries of one message before RabbitMQ dead-letters it.
     pub delivery_limit: u32,
+    /// Replicas of a shard queue when it is created (`x-quorum-initial-group-size`).
+    pub replicas: u16,
 }
+
+/// Arguments a shard queue got only once tally ran on a cluster. They matter only when a
+/// queue is created (its first members, its first leader), yet RabbitMQ compares them on
+/// every declaration: see [`Topology::declare`].
+const REPLICATION_ARGUMENTS: [&str; 2] = ["x-quorum-initial-group-size", "x-queue-leader-locator"];
 
 impl Topology {
     /// The topology the settings describe (prefix, K, delivery limit).
@@ -25,6 +33,7 @@ impl Topology {
             prefix: settings.broker.prefix.clone(),
             shard_count: settings.ledger.shard_count,
             delivery_limit: settings.broker.delivery_limit,
+            replicas: settings.broker.quorum_group_size,
         }
     }
 
@@ -58,8 +67,10 @@ impl Topology {
 
     /// The arguments of a shard queue. Two traps: the delivery limit must be an integer (a
     /// string is silently not enforced), and at-least-once dead-lettering needs
-    /// `x-overflow = reject-publish`.
-    fn shard_arguments(&self) -> FieldTable {
+    /// `x-overflow = reject-publish`. With `replication`, also the replica count and
+    /// `balanced` leader placement (leaders spread over the nodes, so losing one node moves
+    /// only its share of the shards).
+    fn shard_arguments(&self, replication: bool) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -82,6 +93,11 @@ impl Topology {
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
+        if replication {
+            let [group_size, locator] = REPLICATION_ARGUMENTS;
+            args.insert(group_size.into(), AMQPValue::LongInt(self.replicas.into()));
+            args.insert(locator.into(), AMQPValue::LongString("balanced".into()));
+        }
         args
     }
 
@@ -107,15 +123,19 @@ impl Topology {
         Ok(depths)
     }
 
-    /// Declares exchanges, queues and bindings.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// Declares exchanges, queues and bindings, on channels of its own.
+    ///
+    /// A shard queue is declared with the replication arguments. One created by an earlier
+    /// version without them makes RabbitMQ answer 406 (inequivalent argument), which closes
+    /// the channel: it is then declared again, on a fresh channel, with exactly the arguments
+    /// it was created with, and a warning says how to give it replicas
+    /// (`rabbitmq-queues grow`; the arguments could not add them anyway: they only apply when
+    /// a queue is created). Any other difference still fails.
+    pub async fn declare(&self, connection: &lapin::Connection) -> Result<(), lapin::Error> {
+        let mut channel = connection.create_channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
-        };
-        let queue_opts = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
         };
         channel
             .exchange_declare(
@@ -139,7 +159,7 @@ impl Topology {
             AMQPValue::LongString("quorum".into()),
         );
         channel
-            .queue_declare(self.dead_queue().into(), queue_opts, dead_args)
+            .queue_declare(self.dead_queue().into(), QUEUE_OPTIONS, dead_args)
             .await?;
         channel
             .queue_bind(
@@ -151,13 +171,7 @@ impl Topology {
             )
             .await?;
         for shard in 0..self.shard_count {
-            channel
-                .queue_declare(
-                    self.shard_queue(shard).into(),
-                    queue_opts,
-                    self.shard_arguments(),
-                )
-                .await?;
+            channel = self.declare_shard(connection, channel, shard).await?;
             channel
                 .queue_bind(
                     self.shard_queue(shard).into(),
@@ -168,6 +182,69 @@ impl Topology {
                 )
                 .await?;
         }
+        crate::connection::close_channel(channel, "declared").await;
         Ok(())
+    }
+
+    /// Declares one shard queue (see [`Topology::declare`]); returns the channel to go on
+    /// with (a fresh one when the first declaration closed it).
+    async fn declare_shard(
+        &self,
+        connection: &lapin::Connection,
+        channel: Channel,
+        shard: u16,
+    ) -> Result<Channel, lapin::Error> {
+        let name = self.shard_queue(shard);
+        let declared = channel
+            .queue_declare(
+                name.as_str().into(),
+                QUEUE_OPTIONS,
+                self.shard_arguments(true),
+            )
+            .await;
+        match declared {
+            Ok(_) => Ok(channel),
+            Err(e) if lacks_replication_arguments(&e) => {
+                let channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(
+                        name.as_str().into(),
+                        QUEUE_OPTIONS,
+                        self.shard_arguments(false),
+                    )
+                    .await?;
+                tracing::warn!(
+                    queue = %name,
+                    "shard queue was created without replication arguments; it keeps its \
+                     members: add replicas with `rabbitmq-queues grow <node> all`"
+                );
+                Ok(channel)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Shard and dead-letter queues are durable.
+const QUEUE_OPTIONS: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+/// Whether RabbitMQ refused a declaration (406 PRECONDITION_FAILED) over one of the
+/// replication arguments, which an existing queue lacks: its message names the argument
+/// ("inequivalent arg 'x-queue-leader-locator' for queue …").
+fn lacks_replication_arguments(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) if e.get_id() == 406 => {
+            let message = e.get_message().as_str();
+            REPLICATION_ARGUMENTS
+                .iter()
+                .any(|arg| message.contains(&format!("'{arg}'")))
+        }
+        _ => false,
     }
 }

@@ -7,7 +7,9 @@
 use std::time::Duration;
 use tally_bus::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tally_bus::publisher::PublisherConfig;
-use tally_bus::{command_properties, Connection, Consumer, Delivery, Publisher, Topology};
+use tally_bus::{
+    command_properties, Connection, Consumer, Delivery, Endpoints, Publisher, Topology,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,11 +35,12 @@ impl Bus {
             prefix: format!("bus-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             shard_count: 1,
             delivery_limit: 20,
+            replicas: 3,
         };
         let stop = CancellationToken::new();
         let publisher = Publisher::start(
             PublisherConfig {
-                url: amqp_url(),
+                endpoints: Endpoints::one(amqp_url()),
                 name: "bus-test-publisher".into(),
                 topology: topology.clone(),
                 connect_timeout: Duration::from_secs(5),
@@ -46,9 +49,14 @@ impl Bus {
             stop.clone(),
         );
         assert!(publisher.wait_connected(WAIT).await, "publisher connected");
-        let connection = Connection::open(&amqp_url(), "bus-test-worker", Duration::from_secs(5))
-            .await
-            .expect("broker");
+        let connection = Connection::open(
+            &Endpoints::one(amqp_url()),
+            "bus-test-worker",
+            Duration::from_secs(5),
+            None,
+        )
+        .await
+        .expect("broker");
         // The publisher declared it already; declaring again is idempotent.
         connection.declare(&topology).await.expect("topology");
         Self {

@@ -34,8 +34,10 @@ pub struct Options {
     pub no_faults: bool,
     /// Inject only these kinds, comma-separated: kill-worker, kill-api, poison-message,
     /// pause-worker, restart-workers, skew-worker touch only the seed's own processes;
-    /// rabbitmq-restart, postgres-restart, pause-rabbitmq stop or pause the shared services
-    /// [default: all].
+    /// rabbitmq-restart, postgres-restart, pause-rabbitmq stop or pause the shared services;
+    /// kill-rabbitmq-node, rolling-rabbitmq-restart, kill-postgres-primary,
+    /// kill-postgres-standby lose a node of the HA services (--ha only)
+    /// [default: all that apply].
     #[arg(long, value_name = "K,K", value_delimiter = ',', value_parser = fault_kind)]
     kinds: Vec<FaultKind>,
     /// Start seeds even while `cargo nextest`/`cargo test` runs against our servers (by
@@ -54,6 +56,11 @@ pub struct Options {
     /// Where tally-api and tally-worker are [default: next to this binary].
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// Run on the HA services of deploy/local/ha.sh (`make chaos HA=1`): every node in
+    /// TALLY_CHAOS_AMQP_URLS, the multi-host TALLY_CHAOS_ADMIN_URL, the script's HA_*
+    /// variables; the node-loss kinds instead of the single-node service faults.
+    #[arg(long)]
+    pub ha: bool,
 }
 
 impl Options {
@@ -66,12 +73,12 @@ impl Options {
         }
     }
 
-    /// The kinds to draw from (all unless `--kinds`).
+    /// The kinds to draw from (all that apply unless `--kinds`).
     pub fn kinds(&self) -> Vec<FaultKind> {
-        if self.kinds.is_empty() {
-            faults::ALL.to_vec()
-        } else {
-            self.kinds.clone()
+        match (self.kinds.is_empty(), self.ha) {
+            (true, false) => faults::ALL.to_vec(),
+            (true, true) => faults::HA_ALL.to_vec(),
+            (false, _) => self.kinds.clone(),
         }
     }
 }
@@ -85,13 +92,13 @@ fn seed_range(text: &str) -> Result<Range<u64>, std::num::ParseIntError> {
 }
 
 fn fault_kind(name: &str) -> Result<FaultKind, String> {
-    faults::ALL
-        .into_iter()
-        .find(|k| k.name() == name.trim())
-        .ok_or_else(|| {
-            let names: Vec<&str> = faults::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown fault kind (one of {})", names.join(", "))
-        })
+    let every = || faults::ALL.into_iter().chain(faults::HA_ALL);
+    every().find(|k| k.name() == name.trim()).ok_or_else(|| {
+        let mut names: Vec<&str> = every().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        format!("unknown fault kind (one of {})", names.join(", "))
+    })
 }
 
 #[cfg(test)]
@@ -123,6 +130,14 @@ mod tests {
             o.kinds(),
             vec![FaultKind::KillWorker, FaultKind::PauseBroker]
         );
+        // On the HA services: the node losses and the kinds that touch only the seed's own
+        // processes, never the single-node services' restarts or pauses.
+        let o = parse("--ha --seeds 0..30").unwrap();
+        assert_eq!(o.kinds(), faults::HA_ALL.to_vec());
+        assert!(o.kinds().iter().all(|k| !faults::ALL[2..4].contains(k)));
+        assert!(!o.kinds().contains(&FaultKind::PauseBroker));
+        let o = parse("--ha --kinds kill-postgres-primary,kill-rabbitmq-node").unwrap();
+        assert!(o.kinds().iter().all(|k| k.needs_ha()));
         for bad in [
             "--kinds kill-everything",
             "--clients 0",

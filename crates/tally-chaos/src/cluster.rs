@@ -44,9 +44,43 @@ pub struct RunConfig {
     /// Database to connect to for CREATE/DROP DATABASE (role needs CREATEDB).
     pub admin_url: String,
     pub amqp_url: String,
+    /// Every broker node (`--ha`), `amqp_url` among them; empty on a single node.
+    pub amqp_urls: Vec<String>,
+    /// The node `rabbitmqctl` asks (`-n`); the default node when unset.
+    pub rabbitmq_node: Option<String>,
     pub api_replicas: usize,
     pub workers: usize,
     pub shard_count: u16,
+}
+
+impl RunConfig {
+    /// A connection to a live broker node: `amqp_url`, else the other nodes in turn (a node
+    /// may be down in the middle of an HA fault).
+    pub async fn broker(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<tally_bus::lapin::Connection> {
+        let mut last = None;
+        let others = self.amqp_urls.iter().filter(|u| **u != self.amqp_url);
+        for url in std::iter::once(&self.amqp_url).chain(others) {
+            match tally_bus::connect(url, name, timeout).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(|| anyhow::anyhow!("no broker URL"), anyhow::Error::from))
+    }
+
+    /// `rabbitmqctl` with `-n` when the run names a node.
+    fn rabbitmqctl_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = Vec::new();
+        if let Some(node) = &self.rabbitmq_node {
+            all.extend(["-n", node.as_str()]);
+        }
+        all.extend_from_slice(args);
+        all
+    }
 }
 
 /// Opens a PostgreSQL connection, bounded (a stopped server must not hang the suite).
@@ -326,7 +360,7 @@ pub struct Cluster {
 /// The environment every process of a seed gets: its database and prefix, and the time
 /// bounds the checker relies on.
 fn common_env(cfg: &RunConfig, db_url: &str, prefix: &str) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         ("TALLY_PROFILE".to_string(), "local".to_string()),
         ("TALLY_DATABASE__URL".to_string(), db_url.to_string()),
         ("TALLY_DATABASE__POOL_SIZE".to_string(), "4".to_string()),
@@ -365,7 +399,12 @@ fn common_env(cfg: &RunConfig, db_url: &str, prefix: &str) -> Vec<(String, Strin
             "TALLY_WORKER__METRICS_ADDR".to_string(),
             "127.0.0.1:0".to_string(),
         ),
-    ]
+    ];
+    // On the HA services every process gets every broker node.
+    if !cfg.amqp_urls.is_empty() {
+        env.push(("TALLY_BROKER__URLS".to_string(), cfg.amqp_urls.join(",")));
+    }
+    env
 }
 
 /// The API replicas of a seed, each on a free port of its own; returns them and their ports.
@@ -409,6 +448,7 @@ impl Cluster {
             prefix: format!("chaos-{seed}-{tag}"),
             shard_count: cfg.shard_count,
             delivery_limit: 50,
+            replicas: 3,
         };
         let common = common_env(cfg, &db_url, &topology.prefix);
         let (apis, api_ports) = api_procs(cfg, &common, &log_dir)?;
@@ -503,7 +543,8 @@ impl Cluster {
 
     /// Ready messages and consumers of every shard queue (passive declares).
     pub async fn queue_stats(&self, cfg: &RunConfig) -> Result<Vec<(String, u32, u32)>> {
-        let conn = tally_bus::connect(&cfg.amqp_url, "tally-chaos-inspect", Duration::from_secs(3))
+        let conn = cfg
+            .broker("tally-chaos-inspect", Duration::from_secs(3))
             .await?;
         let channel = conn.create_channel().await?;
         let mut stats = Vec::new();
@@ -635,7 +676,8 @@ impl Cluster {
     }
 
     async fn delete_topology(&self, cfg: &RunConfig) -> Result<()> {
-        let conn = tally_bus::connect(&cfg.amqp_url, "tally-chaos-cleanup", Duration::from_secs(5))
+        let conn = cfg
+            .broker("tally-chaos-cleanup", Duration::from_secs(5))
             .await?;
         queues::delete_topology(&conn, &self.topology).await?;
         let _ = conn.close(200, "done".into()).await;
@@ -766,7 +808,8 @@ pub async fn wait_for_quiet(cfg: &RunConfig, limit: Duration) {
 /// restarts what is down) when one does not.
 pub async fn ensure_services(cfg: &RunConfig) -> Result<()> {
     let pg = pg_connect(&cfg.admin_url).await.is_ok();
-    let amqp = match tally_bus::connect(&cfg.amqp_url, "tally-chaos-probe", Duration::from_secs(3))
+    let amqp = match cfg
+        .broker("tally-chaos-probe", Duration::from_secs(3))
         .await
     {
         Ok(conn) => {
@@ -785,8 +828,14 @@ pub async fn ensure_services(cfg: &RunConfig) -> Result<()> {
             eprintln!("chaos: RabbitMQ (pid {pid}) was left stopped by SIGSTOP: sent SIGCONT");
         }
     }
-    eprintln!("chaos: services not all up (postgresql {pg}, rabbitmq {amqp}): running deploy/local/services.sh");
-    let script = cfg.root.join("deploy/local/services.sh");
+    // On the HA services, their own script brings back whichever node is down.
+    let name = if cfg.amqp_urls.is_empty() {
+        "deploy/local/services.sh"
+    } else {
+        "deploy/local/ha.sh"
+    };
+    let script = cfg.root.join(name);
+    eprintln!("chaos: services not all up (postgresql {pg}, rabbitmq {amqp}): running {name}");
     let status = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .arg(script)
@@ -797,7 +846,7 @@ pub async fn ensure_services(cfg: &RunConfig) -> Result<()> {
     })
     .await??;
     if !status.success() {
-        bail!("deploy/local/services.sh failed ({status})");
+        bail!("{name} failed ({status})");
     }
     Ok(())
 }
@@ -820,9 +869,14 @@ pub async fn clean_leftovers(cfg: &RunConfig) -> Result<usize> {
     }
     let mut count = rows.len();
     let list = |what: &'static str| async move {
+        let args: Vec<String> = cfg
+            .rabbitmqctl_args(&["-q", what, "--no-table-headers", "name"])
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         let out = tokio::task::spawn_blocking(move || {
             Command::new("rabbitmqctl")
-                .args(["-q", what, "--no-table-headers", "name"])
+                .args(&args)
                 .stdin(Stdio::null())
                 .output()
         })
@@ -837,7 +891,8 @@ pub async fn clean_leftovers(cfg: &RunConfig) -> Result<usize> {
     };
     let (queues, exchanges) = (list("list_queues").await?, list("list_exchanges").await?);
     if !queues.is_empty() || !exchanges.is_empty() {
-        let conn = tally_bus::connect(&cfg.amqp_url, "tally-chaos-cleanup", Duration::from_secs(5))
+        let conn = cfg
+            .broker("tally-chaos-cleanup", Duration::from_secs(5))
             .await?;
         let ch = conn.create_channel().await?;
         for q in &queues {

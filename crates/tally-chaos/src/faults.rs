@@ -49,6 +49,14 @@ pub enum FaultKind {
     PauseBroker,
     RestartWorkers,
     SkewWorker,
+    /// `kill -9` of the broker node leading the most of the seed's shard queues (HA only).
+    KillBrokerNode,
+    /// Each broker node stopped and started in turn (HA only).
+    RollingBrokerRestart,
+    /// `kill -9` of the PostgreSQL primary: the standby is promoted (HA only).
+    KillDbPrimary,
+    /// `kill -9` of the PostgreSQL standby (HA only).
+    KillDbStandby,
 }
 
 pub const ALL: [FaultKind; 9] = [
@@ -63,7 +71,34 @@ pub const ALL: [FaultKind; 9] = [
     FaultKind::SkewWorker,
 ];
 
+/// The kinds of a run on the HA services (`--ha`): the node losses, and the kinds that touch
+/// only the seed's own processes. The single-node service faults (restart or pause of *the*
+/// broker or database) do not apply: those services are not the ones in use.
+pub const HA_ALL: [FaultKind; 10] = [
+    FaultKind::KillBrokerNode,
+    FaultKind::RollingBrokerRestart,
+    FaultKind::KillDbPrimary,
+    FaultKind::KillDbStandby,
+    FaultKind::KillWorker,
+    FaultKind::KillApi,
+    FaultKind::Poison,
+    FaultKind::PauseWorker,
+    FaultKind::RestartWorkers,
+    FaultKind::SkewWorker,
+];
+
 impl FaultKind {
+    /// Whether the kind needs the HA services (`--ha`).
+    pub fn needs_ha(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillBrokerNode
+                | FaultKind::RollingBrokerRestart
+                | FaultKind::KillDbPrimary
+                | FaultKind::KillDbStandby
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillWorker => "kill-worker",
@@ -75,6 +110,10 @@ impl FaultKind {
             FaultKind::PauseBroker => "pause-rabbitmq",
             FaultKind::RestartWorkers => "restart-workers",
             FaultKind::SkewWorker => "skew-worker",
+            FaultKind::KillBrokerNode => "kill-rabbitmq-node",
+            FaultKind::RollingBrokerRestart => "rolling-rabbitmq-restart",
+            FaultKind::KillDbPrimary => "kill-postgres-primary",
+            FaultKind::KillDbStandby => "kill-postgres-standby",
         }
     }
 }
@@ -111,6 +150,11 @@ fn down_time(kind: FaultKind, rng: &mut Rng) -> Duration {
     match kind {
         FaultKind::KillWorker | FaultKind::KillApi | FaultKind::DbRestart => rng.millis(200, 3000),
         FaultKind::BrokerRestart => rng.millis(1000, 3000),
+        // How long the killed node stays dead before `ha.sh up` brings it back.
+        FaultKind::KillBrokerNode | FaultKind::KillDbPrimary | FaultKind::KillDbStandby => {
+            rng.millis(1000, 5000)
+        }
+        FaultKind::RollingBrokerRestart => Duration::ZERO,
         FaultKind::Poison | FaultKind::SkewWorker => Duration::ZERO,
         // Long enough to see the takeover while the worker is still stopped, at most 4 TTLs.
         FaultKind::PauseWorker => rng.millis(
@@ -280,7 +324,66 @@ async fn run_one(
             result
         }
         FaultKind::SkewWorker => skew_worker(cluster, ctx, fault).await,
+        FaultKind::KillBrokerNode => {
+            node_loss(ctx.cfg, cluster, &["kill", "rabbit-leader"], down).await
+        }
+        FaultKind::KillDbPrimary => {
+            node_loss(ctx.cfg, cluster, &["kill", "pg-primary"], down).await
+        }
+        FaultKind::KillDbStandby => {
+            node_loss(ctx.cfg, cluster, &["kill", "pg-standby"], down).await
+        }
+        FaultKind::RollingBrokerRestart => {
+            let mut notes = Vec::new();
+            for node in ["1", "2", "3"] {
+                notes.push(ha(ctx.cfg, cluster, &["restart", "rabbit", node]).await?);
+            }
+            Ok(notes.join("; "))
+        }
     }
+}
+
+/// Runs `deploy/local/ha.sh args` (its `HA_*` variables come from this process's environment)
+/// for the seed's broker prefix; its last line of output.
+async fn ha(cfg: &RunConfig, cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let script = cfg.root.join("deploy/local/ha.sh");
+    let prefix = cluster.topology.prefix.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let shown = format!("ha.sh {}", args.join(" "));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(script)
+            .args(&args)
+            .env("TALLY_BROKER__PREFIX", prefix)
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .await?
+    .with_context(|| format!("running {shown}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}{}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(stdout.lines().last().unwrap_or_default().trim().to_string())
+}
+
+/// A node killed with `ha.sh kill …`, left dead for `down`, then brought back (`ha.sh up`,
+/// which waits until the cluster is whole again).
+async fn node_loss(
+    cfg: &RunConfig,
+    cluster: &Cluster,
+    kill: &[&str],
+    down: Duration,
+) -> Result<String> {
+    let killed = ha(cfg, cluster, kill).await?;
+    tokio::time::sleep(down).await;
+    ha(cfg, cluster, &["up"]).await?;
+    Ok(format!("{killed}; down {:.1}s", down.as_secs_f64()))
 }
 
 async fn broker_restart(cfg: &RunConfig, down: Duration) -> Result<String> {
@@ -582,8 +685,9 @@ async fn publish_raw(
     id: &str,
     body: &[u8],
 ) -> Result<()> {
-    let conn =
-        tally_bus::connect(&cfg.amqp_url, "tally-chaos-poison", Duration::from_secs(5)).await?;
+    let conn = cfg
+        .broker("tally-chaos-poison", Duration::from_secs(5))
+        .await?;
     let channel = conn.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())

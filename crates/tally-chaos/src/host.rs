@@ -153,7 +153,10 @@ where
 }
 
 pub async fn broker_serving(cfg: &RunConfig) -> bool {
-    match tally_bus::connect(&cfg.amqp_url, "tally-chaos-probe", Duration::from_secs(2)).await {
+    match cfg
+        .broker("tally-chaos-probe", Duration::from_secs(2))
+        .await
+    {
         Ok(conn) => {
             let _ = conn.close(200, "probe".into()).await;
             true

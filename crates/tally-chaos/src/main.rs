@@ -70,6 +70,7 @@ async fn main() -> Result<()> {
             );
         }
     }
+    let (amqp_urls, rabbitmq_node) = ha_services(&opts)?;
     let cfg = RunConfig {
         // target/debug → target/chaos
         out_dir: bin_dir
@@ -81,6 +82,8 @@ async fn main() -> Result<()> {
             .unwrap_or_else(|_| "postgres://tally:tally@127.0.0.1:5432/tally".into()),
         amqp_url: std::env::var("TALLY_CHAOS_AMQP_URL")
             .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        amqp_urls,
+        rabbitmq_node,
         api_replicas: 2,
         workers: 2,
         shard_count: 4,
@@ -123,6 +126,31 @@ async fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// With `--ha`: every broker node (`TALLY_CHAOS_AMQP_URLS`) and the node `rabbitmqctl` asks
+/// (the first of `HA_RABBIT_NODES`, ha.sh's variable). Without it, no node-loss kind.
+fn ha_services(opts: &Options) -> Result<(Vec<String>, Option<String>)> {
+    if !opts.ha {
+        if let Some(k) = opts.kinds().into_iter().find(|k| k.needs_ha()) {
+            bail!(
+                "{} needs the HA services: make chaos HA=1 (tally-chaos --ha)",
+                k.name()
+            );
+        }
+        return Ok((Vec::new(), None));
+    }
+    let urls: Vec<String> = std::env::var("TALLY_CHAOS_AMQP_URLS")
+        .context("--ha needs TALLY_CHAOS_AMQP_URLS (every broker node; make chaos HA=1 sets it)")?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let node = std::env::var("HA_RABBIT_NODES")
+        .unwrap_or_else(|_| "rabbit@localhost".into())
+        .split_whitespace()
+        .next()
+        .map(str::to_string);
+    Ok((urls, node))
 }
 
 fn describe_seeds(seeds: &[u64]) -> String {
@@ -428,7 +456,7 @@ fn summary(opts: &Options, results: &[SeedResult], wall: Duration) {
         wall.as_secs() / 60,
         wall.as_secs() % 60
     );
-    println!("{}", kind_table(results));
+    println!("{}", kind_table(&opts.kinds(), results));
     if !failed.is_empty() {
         println!("chaos: FAILED seeds: {failed:?}");
         for s in failed {
@@ -437,11 +465,12 @@ fn summary(opts: &Options, results: &[SeedResult], wall: Duration) {
     }
 }
 
-/// Per fault kind: how often it was injected, how often the fault itself failed (see
-/// [`SeedResult::broken`]), and in how many failing seeds it was.
-fn kind_table(results: &[SeedResult]) -> String {
+/// Per fault kind of the run (`kinds`, each shown even if never drawn): how often it was
+/// injected, how often the fault itself failed (see [`SeedResult::broken`]), and in how many
+/// failing seeds it was.
+fn kind_table(kinds: &[FaultKind], results: &[SeedResult]) -> String {
     let mut rows: BTreeMap<FaultKind, (usize, usize, usize)> =
-        faults::ALL.iter().map(|k| (*k, (0, 0, 0))).collect();
+        kinds.iter().map(|k| (*k, (0, 0, 0))).collect();
     for r in results {
         for k in &r.injected {
             rows.entry(*k).or_default().0 += 1;
@@ -459,12 +488,12 @@ fn kind_table(results: &[SeedResult]) -> String {
         }
     }
     let mut table = format!(
-        "chaos: faults per kind\n  {:<18} {:>8} {:>14} {:>14}",
+        "chaos: faults per kind\n  {:<24} {:>8} {:>14} {:>14}",
         "kind", "injected", "fault failed", "failing seeds"
     );
     for (kind, (ok, broken, failing)) in rows {
         table.push_str(&format!(
-            "\n  {:<18} {ok:>8} {broken:>14} {failing:>14}",
+            "\n  {:<24} {ok:>8} {broken:>14} {failing:>14}",
             kind.name()
         ));
     }
@@ -491,7 +520,7 @@ mod tests {
                 failures: vec!["x".into()],
             },
         ];
-        let table = kind_table(&results);
+        let table = kind_table(&faults::ALL, &results);
         let row = |name: &str| {
             table
                 .lines()

@@ -18,6 +18,7 @@ fn help_lists_the_subcommands_and_options() {
             "--no-faults",
             "--fail-fast",
             "--no-wait",
+            "--ha",
         ],
     );
 }

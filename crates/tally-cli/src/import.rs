@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_bus::publisher::PublisherConfig;
-use tally_bus::{Publisher, Topology};
+use tally_bus::{Endpoints, Publisher, Topology};
 use tally_core::command::NewTransaction;
 use tally_core::AmountRules;
 use tally_settings::{Secret, Settings};
@@ -79,7 +79,9 @@ enum Status {
 fn settings(spec: &ImportSpec) -> Result<Settings> {
     let mut settings = Settings::load().context("loading settings")?;
     if let Some(url) = &spec.broker_url {
+        // One broker named on the command line replaces every node of the settings.
         settings.broker.url = Secret::new(url.clone());
+        settings.broker.urls.clear();
     }
     if let Some(prefix) = &spec.prefix {
         settings.broker.prefix = prefix.clone();
@@ -252,7 +254,7 @@ async fn connect_queue(settings: &Settings, stop: CancellationToken) -> Result<P
     let connect_timeout = Duration::from_millis(settings.broker.connect_timeout_ms);
     let publisher = Publisher::start(
         PublisherConfig {
-            url: settings.broker.url.expose().to_string(),
+            endpoints: Endpoints::from_settings(&settings.broker),
             name: format!("tally-import-{}", std::process::id()),
             topology: Topology::from_settings(settings),
             connect_timeout,

@@ -174,10 +174,30 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BrokerSettings {
+    /// The broker of a single node.
     pub url: Secret,
+    /// Every node of a cluster, each a URL of its own (lapin opens one URI per connection):
+    /// a process connects to any live one and moves on when it dies. When set, `url` is not
+    /// used. In the environment: `TALLY_BROKER__URLS`, comma-separated.
+    #[serde(default)]
+    pub urls: Vec<Secret>,
     pub prefix: String,
     pub delivery_limit: u32,
     pub connect_timeout_ms: u64,
+    /// Replicas of each shard queue, given when it is created (`x-quorum-initial-group-size`;
+    /// a cluster with fewer nodes gives each queue one per node).
+    pub quorum_group_size: u16,
+}
+
+impl BrokerSettings {
+    /// The broker URLs to try, in order: `urls` when set, else `url`.
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.expose().to_string()]
+        } else {
+            self.urls.iter().map(|u| u.expose().to_string()).collect()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -316,6 +336,10 @@ impl Settings {
                     .prefix_separator("_")
                     .separator("__")
                     .try_parsing(true)
+                    // Only these keys are lists (comma-separated); every other one stays a
+                    // plain value.
+                    .list_separator(",")
+                    .with_list_parse_key("broker.urls")
                     .source(env),
             )
             .build()?
@@ -389,6 +413,17 @@ impl Settings {
         }
         if self.broker.delivery_limit == 0 {
             return bad("broker.delivery_limit must be at least 1");
+        }
+        if self.broker.quorum_group_size == 0 {
+            return bad("broker.quorum_group_size must be at least 1");
+        }
+        if self
+            .broker
+            .urls
+            .iter()
+            .any(|u| u.expose().trim().is_empty())
+        {
+            return bad("broker.urls must not hold an empty URL");
         }
         if self.broker.prefix.is_empty() || tally_core::validate_id(&self.broker.prefix).is_err() {
             return bad("broker.prefix must be a non-empty identifier");
@@ -470,6 +505,53 @@ mod tests {
             s.validate().is_err(),
             "a 1 s heartbeat cannot fit a 0.8 s lease"
         );
+    }
+
+    #[test]
+    fn broker_urls_list_every_node_and_the_single_url_still_works() {
+        let s = Settings::load_profile("local").unwrap();
+        assert_eq!(
+            s.broker.endpoints(),
+            vec!["amqp://guest:guest@127.0.0.1:5672/%2f".to_string()]
+        );
+        assert_eq!(s.broker.quorum_group_size, 3);
+        let env = std::collections::HashMap::from([
+            (
+                "TALLY_BROKER__URLS".to_string(),
+                "amqp://a:1/%2f,amqp://b:2/%2f,amqp://c:3/%2f".to_string(),
+            ),
+            (
+                "TALLY_BROKER__QUORUM_GROUP_SIZE".to_string(),
+                "5".to_string(),
+            ),
+        ]);
+        let s = Settings::load_profile_from("local", Some(env)).unwrap();
+        assert_eq!(
+            s.broker.endpoints(),
+            vec!["amqp://a:1/%2f", "amqp://b:2/%2f", "amqp://c:3/%2f"]
+        );
+        assert_eq!(s.broker.quorum_group_size, 5);
+        // A one-element list is a list too, and other keys are not split on commas.
+        let env = std::collections::HashMap::from([
+            (
+                "TALLY_BROKER__URLS".to_string(),
+                "amqp://a:1/%2f".to_string(),
+            ),
+            (
+                "TALLY_LOG__LEVEL".to_string(),
+                "info,tally=debug".to_string(),
+            ),
+        ]);
+        let s = Settings::load_profile_from("local", Some(env)).unwrap();
+        assert_eq!(s.broker.endpoints(), vec!["amqp://a:1/%2f"]);
+        assert_eq!(s.log.level, "info,tally=debug");
+
+        let mut bad = s.clone();
+        bad.broker.quorum_group_size = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = s;
+        bad.broker.urls.push(Secret::new(" "));
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -86,6 +86,11 @@ fn db_error_is_retryable(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
                 || *code == SqlState::TOO_MANY_CONNECTIONS
+                // A write reached a server that is (now) a standby, through a connection
+                // opened before a failover: nothing was written, and the pool drops that
+                // connection at its next checkout (see `pool`), so a retry reaches the
+                // new primary.
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
                 || code.code().starts_with("08")
         }
     }

@@ -6,11 +6,21 @@
 //! that stalls inside a batch transaction (SIGSTOP, a frozen VM) holds its shard's lease row
 //! locked, and takers skip locked rows, so without a server-side limit its shards would stay
 //! frozen until it resumed.
+//!
+//! Failover: a URL naming several hosts with `target_session_attrs=read-write` (libpq's
+//! multi-host form) reaches whichever server is the primary — but tokio-postgres checks that
+//! only when it connects. A pooled connection to a server that was demoted to a standby
+//! would keep answering reads and fail every write (SQLSTATE 25006). So with
+//! `target_session_attrs=read-write`, every checkout first asks the server whether it still
+//! takes writes ([`WRITABLE`]) and drops the connection when it does not; a connection the
+//! old primary closed is dropped by the usual closed check. The API and the workers then
+//! reach the new primary on their next checkout, with no restart.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
 use tally_settings::{DatabaseSettings, SessionBounds, Settings};
-use tokio_postgres::NoTls;
+use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 use crate::tls::Tls;
 use crate::StoreError;
@@ -33,7 +43,18 @@ fn build(settings: &DatabaseSettings, bounds: Option<&SessionBounds>) -> Result<
     if let Some(bounds) = bounds {
         bound_sessions(&mut pg, bounds);
     }
-    let timeout = Some(Duration::from_millis(settings.timeout_ms));
+    let bound = Duration::from_millis(settings.timeout_ms);
+    let timeout = Some(bound);
+    // Hosts are tried in order, each with this bound: without one, a first host that is gone
+    // (a dead machine does not refuse, it stays silent) would use up the whole create
+    // timeout and the next host would never be tried.
+    let hosts = u32::try_from(pg.get_hosts().len())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    if hosts > 1 && pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(bound / hosts);
+    }
+    let primary_only = pg.get_target_session_attrs() == TargetSessionAttrs::ReadWrite;
     // Fast recycling skips a test query per checkout; a broken connection surfaces as a
     // retryable error on its first use instead.
     let recycling = ManagerConfig {
@@ -43,7 +64,13 @@ fn build(settings: &DatabaseSettings, bounds: Option<&SessionBounds>) -> Result<
         Tls::Plain => Manager::from_config(pg, NoTls, recycling),
         Tls::VerifyFull(connector) => Manager::from_config(pg, connector, recycling),
     };
-    Pool::builder(manager)
+    let mut builder = Pool::builder(manager);
+    if primary_only {
+        builder = builder.post_recycle(Hook::async_fn(move |client, _| {
+            Box::pin(async move { still_writable(client, bound).await })
+        }));
+    }
+    builder
         .max_size(settings.pool_size)
         .wait_timeout(timeout)
         .create_timeout(timeout)
@@ -51,6 +78,36 @@ fn build(settings: &DatabaseSettings, bounds: Option<&SessionBounds>) -> Result<
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Config(e.to_string()))
+}
+
+/// Whether the server of a connection takes writes: false on a standby (in recovery, every
+/// transaction is read-only) and on a server set read-only. One round trip, no prepare.
+pub const WRITABLE: &str =
+    "SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::bool)";
+
+/// The checkout check of a `target_session_attrs=read-write` pool: a connection whose server
+/// no longer takes writes (demoted to a standby by a failover) is dropped, and the pool opens
+/// a new one, which goes to the primary. Bounded by `within`: a server that hangs fails the
+/// check instead of the checkout.
+async fn still_writable(
+    client: &tokio_postgres::Client,
+    within: Duration,
+) -> Result<(), HookError> {
+    let answer = tokio::time::timeout(within, client.simple_query(WRITABLE))
+        .await
+        .map_err(|_| HookError::message("the writable check did not answer in time"))?
+        .map_err(HookError::Backend)?;
+    let writable = answer
+        .iter()
+        .any(|message| matches!(message, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")));
+    if writable {
+        Ok(())
+    } else {
+        tracing::warn!(
+            "dropping a pooled connection to a server that no longer takes writes (a standby now?)"
+        );
+        Err(HookError::message("the server no longer takes writes"))
+    }
 }
 
 /// Server-side limits as session parameters of the startup packet (no extra round trip, and

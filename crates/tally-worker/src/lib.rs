@@ -29,7 +29,7 @@ use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tally_bus::{Connection, Topology};
+use tally_bus::{Connection, Endpoints, Topology};
 use tally_core::ledger::Rules;
 use tally_settings::Settings;
 use tally_store::leases::Lease;
@@ -66,6 +66,9 @@ pub struct Worker {
     /// a stalled worker gives its shards back (see `tally_store::connect_worker`).
     shard_pool: Pool,
     topology: Topology,
+    /// The broker's nodes: each session connects to a live one, after a lost connection
+    /// starting with the next node.
+    endpoints: Endpoints,
     /// This worker's name in leases and in the broker's connection list.
     id: String,
     /// Bound at build (a taken port fails start-up, not later); served by `run`.
@@ -88,12 +91,14 @@ impl Worker {
         // Lazy: opens connections only if a command or a fallback uses it.
         let pool = tally_store::connect(&settings.database)?;
         let topology = Topology::from_settings(&settings);
+        let endpoints = Endpoints::from_settings(&settings.broker);
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
             settings,
             pool,
             shard_pool,
             topology,
+            endpoints,
             id: format!("tally-worker-{}-{}", std::process::id(), &nonce[..8]),
             metrics,
         })
@@ -126,11 +131,11 @@ impl Worker {
 
     /// Opens a short-lived broker connection for the operator commands.
     pub async fn broker(&self) -> Result<Connection, WorkerError> {
-        let b = &self.settings.broker;
         Ok(Connection::open(
-            b.url.expose(),
+            &self.endpoints,
             "tally-worker-cli",
-            Duration::from_millis(b.connect_timeout_ms),
+            Duration::from_millis(self.settings.broker.connect_timeout_ms),
+            None,
         )
         .await?)
     }
@@ -235,14 +240,13 @@ impl Worker {
     /// fails for a broker reason, or shutdown is requested; then every shard loop finishes its
     /// batch in hand and the leases are released so other workers take over at once.
     async fn run_session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
-        let b = &self.settings.broker;
         // A short heartbeat: if this process stalls, the broker drops its consumers within
         // about the lease TTL and the shards' next owners get their deliveries.
-        let connection = Connection::open_with_heartbeat(
-            b.url.expose(),
+        let connection = Connection::open(
+            &self.endpoints,
             &self.id,
-            Duration::from_millis(b.connect_timeout_ms),
-            self.settings.worker.session_bounds().heartbeat,
+            Duration::from_millis(self.settings.broker.connect_timeout_ms),
+            Some(self.settings.worker.session_bounds().heartbeat),
         )
         .await?;
         connection.declare(&self.topology).await?;

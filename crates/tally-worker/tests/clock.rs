@@ -34,13 +34,14 @@ async fn a_worker_with_a_clock_a_day_ahead_decides_and_stamps_by_the_database_cl
         prefix: prefix.clone(),
         shard_count: 1,
         delivery_limit: 20,
+        replicas: 3,
     };
     let queues = Queues(topology.clone());
     let conn = tally_bus::connect(&amqp_url(), "test", std::time::Duration::from_secs(5))
         .await
         .expect("broker");
+    queues.0.declare(&conn).await.expect("topology");
     let channel = conn.create_channel().await.expect("channel");
-    queues.0.declare(&channel).await.expect("topology");
 
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -60,14 +60,18 @@ impl Fixture {
                 prefix: queues::test_prefix(),
                 shard_count: SHARDS,
                 delivery_limit: 50,
+                replicas: 3,
             },
             logs: std::env::temp_dir().join(format!("{}.log", db.name)),
             workers: Vec::new(),
             _db: db,
         };
         let connection = fixture.broker().await;
-        let channel = connection.create_channel().await.expect("channel");
-        fixture.topology.declare(&channel).await.expect("topology");
+        fixture
+            .topology
+            .declare(&connection)
+            .await
+            .expect("topology");
         fixture
     }
 

@@ -1,6 +1,7 @@
 //! The deploy files that cannot run here (no Docker engine): `docker-compose.yml` is checked
 //! for its structure (services, replicas, start order, commands that exist, settings the
-//! binaries accept) and the nginx configs for `nginx -t` with this machine's nginx.
+//! binaries accept) and the nginx configs for `nginx -t` with this machine's nginx; and the
+//! settings `deploy/local/ha.sh` hands the stack, for what the binaries make of them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -273,6 +274,42 @@ fn compose_environment_is_understood_by_the_binaries() {
             );
         }
     }
+}
+
+#[test]
+fn the_ha_settings_name_every_node_to_the_binaries() {
+    let out = Process::new("bash")
+        .arg(root().join("deploy/local/ha.sh"))
+        .arg("env")
+        // The script's defaults, whatever HA_* variables this shell has.
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `export KEY='value'` lines, as `make up HA=1` sources them.
+    let env: HashMap<String, String> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect();
+    assert_eq!(env.len(), 2, "{stdout}");
+    let s = Settings::load_profile_from("local", Some(env)).expect("settings");
+    assert_eq!(
+        s.broker.endpoints(),
+        ["5672", "5673", "5674"].map(|p| format!("amqp://guest:guest@127.0.0.1:{p}/%2f"))
+    );
+    let url = s.database.url.expose();
+    assert!(
+        url.contains("@127.0.0.1:5602,127.0.0.1:5603/tally?target_session_attrs=read-write"),
+        "{url}"
+    );
+    tally_store::connect(&s.database).expect("the pool takes the multi-host URL");
 }
 
 /// `nginx -t` on a config, with `hosts` lines visible to nginx (it resolves upstream names

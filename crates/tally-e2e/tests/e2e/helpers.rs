@@ -79,6 +79,9 @@ pub struct Options {
     pub worker: bool,
     /// Route the API's and the worker's broker connections through a proxy the test can cut.
     pub broker_proxy: Option<Arc<TcpProxy>>,
+    /// The broker as a cluster of these nodes (`broker.urls`), for the API and the worker
+    /// alike; empty: the tests' broker.
+    pub broker_urls: Vec<String>,
     /// Route the API's and the worker's database connections through a proxy.
     pub database_proxy: Option<Arc<TcpProxy>>,
     pub tweak: fn(&mut Settings),
@@ -89,6 +92,7 @@ impl Default for Options {
         Self {
             worker: true,
             broker_proxy: None,
+            broker_urls: Vec::new(),
             database_proxy: None,
             tweak: |_| {},
         }
@@ -107,11 +111,8 @@ impl TestApp {
         let prefix = queues::test_prefix();
         let mut settings = test_settings(&url, &prefix);
         (options.tweak)(&mut settings);
-        let topology = Topology {
-            prefix: settings.broker.prefix.clone(),
-            shard_count: settings.ledger.shard_count,
-            delivery_limit: settings.broker.delivery_limit,
-        };
+        let topology = Topology::from_settings(&settings);
+        settings.broker.urls = options.broker_urls.iter().map(Secret::new).collect();
 
         // The test's own assertions keep a direct pool; the system under test goes through
         // the proxy when there is one.

@@ -6,8 +6,10 @@
 mod admission;
 mod answers;
 mod auth;
+mod broker_nodes;
 mod deploy;
 mod faults;
+mod ha;
 mod helpers;
 mod history;
 mod id_conflicts;
