@@ -30,7 +30,7 @@ STACK := bash deploy/local/stack.sh
 # Database the tests connect to (they create their own tally_test_* databases in it).
 TEST_DB_URL ?= $(or $(TALLY_TEST_DATABASE_URL),postgres://tally:tally@127.0.0.1:5432/tally)
 
-.PHONY: help up down status logs services services-down build migrate test bench bench-settlement chaos fuzz openapi test-db-clean fmt lint check
+.PHONY: help up down status logs services services-down build migrate test alerts-test bench bench-settlement chaos fuzz openapi test-db-clean fmt lint check
 
 help: ## list the targets
 	@echo "usage: make <target> [API_REPLICAS=$(API_REPLICAS)] [WORKERS=$(WORKERS)] [PORT=$(PORT)] [AUTH=$(AUTH)]"
@@ -70,8 +70,8 @@ migrate: ## apply the database migrations (release binary)
 	$(BIN_DIR)/tally-worker migrate
 
 # ---------------------------------------------------------------- quality
-test: ## services, drop leftover test databases, the workspace's tests, the API fuzzer, then chaos SEEDS=9 (every fault kind once)
-	$(SERVICES)
+test: ## services, drop leftover test databases, the workspace's tests, the alert rules, the API fuzzer, then chaos SEEDS=9 (every fault kind once)
+	WITH_TEST_TOOLS=1 $(SERVICES)
 	$(MAKE) test-db-clean
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
@@ -81,8 +81,16 @@ test: ## services, drop leftover test databases, the workspace's tests, the API 
 	  echo "$(CARGO) test --workspace --no-fail-fast"; \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) alerts-test
 	$(MAKE) fuzz
 	$(MAKE) chaos SEEDS=9
+
+# The Prometheus alert rules (deploy/prometheus): syntax, the scrape config, and the fixtures
+# that show each rule firing and staying silent. promtool comes with Debian's prometheus
+# package (installed by `make test`, or WITH_TEST_TOOLS=1 deploy/local/services.sh).
+alerts-test: ## promtool: check the alert rules and scrape config, run their unit tests
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
 
 # Benchmarks (crates/tally-bench; results and how to read them: BENCHMARKS.md). Baselines,
 # worker drain, then HTTP load against `make up` stacks of its own: nginx on BENCH_PORT,

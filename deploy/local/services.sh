@@ -60,6 +60,8 @@ ensure_packages() {
   fi
   for p in rabbitmq-server nginx faketime; do installed "$p" || want+=("$p"); done
   if [[ ${WITH_BENCH_TOOLS:-0} == 1 ]]; then installed wrk || want+=(wrk); fi
+  # promtool (package prometheus) checks and unit-tests the alert rules in `make test`.
+  if [[ ${WITH_TEST_TOOLS:-0} == 1 ]]; then installed prometheus || want+=(prometheus); fi
   ((${#want[@]})) || return 0
   say "installing ${want[*]} (apt)"
   # policy-rc.d blocks daemon starts during install; we start them ourselves below.

@@ -513,6 +513,7 @@ fn admit(state: &AppState, tx: &NewTransaction) -> Result<u16, Answer> {
     let shard = state.publisher.topology().shard_of(&tx.account_id);
     if state.admission.overloaded(tx.kind, shard) {
         tracing::warn!(id = %tx.id, shard, "shard backlog over the admission threshold; answering 503");
+        tally_telemetry::metrics::shed();
         return Err(Answer::Unavailable(
             "the account's shard is too far behind to take this now; nothing was accepted, retry later with the same id",
         ));
@@ -536,7 +537,7 @@ fn trusted_db_now(state: &AppState) -> Result<DateTime<Utc>, Answer> {
 }
 
 /// The deciding steps, one test per answer they give. [`submit`] itself runs against the real
-/// PostgreSQL and RabbitMQ in `tests/api/submit.rs`.
+/// PostgreSQL and RabbitMQ in `crates/tally-e2e/tests/e2e/submit.rs`.
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a panic in a test is its failure message

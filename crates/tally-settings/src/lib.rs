@@ -76,6 +76,9 @@ pub struct WorkerSettings {
     pub batch_max: usize,
     pub prefetch: u16,
     pub hold_sweep_secs: u64,
+    /// Seconds between two runs of the conservation auditor by this worker, exported as
+    /// `tally_audit_failing_checks` for alerting; 0: never.
+    pub audit_every_secs: u64,
     pub lease_ttl_ms: u64,
     pub lease_tick_ms: u64,
     /// `host:port` of the worker's `/metrics` listener; "off" or empty: none.

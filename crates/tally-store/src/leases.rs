@@ -142,6 +142,12 @@ pub async fn leave(pool: &Pool, worker: &str) -> Result<(), StoreError> {
 
 /// The fence, first statement of every batch transaction: locks the shard's lease row (a
 /// takeover waits for this transaction) and fails unless `lease` is still the current one.
+///
+/// The lock is `FOR KEY SHARE`, the weakest that still keeps a takeover out: [`acquire`]
+/// picks its rows `FOR UPDATE`, which conflicts with it, while the owner's own [`renew`]
+/// (an `UPDATE` of `expires_at` only, so `FOR NO KEY UPDATE`) does not. With `FOR SHARE`
+/// every lease tick queued behind the batch in flight on each of the worker's shards, and
+/// the next batches of those shards queued behind the tick.
 /// Returns the database's clock at that moment: the batch's one time for every decision
 /// (deadlines, hold expiry, new holds' TTL) and for `applied_at`, so no decision depends on
 /// the worker host's clock.
@@ -149,7 +155,7 @@ pub async fn fence(tx: &Transaction<'_>, lease: &Lease) -> Result<DateTime<Utc>,
     let statement = tx
         .prepare_cached(
             "SELECT owner, epoch, expires_at > now(), clock_timestamp() FROM shard_leases \
-             WHERE shard = $1 FOR SHARE",
+             WHERE shard = $1 FOR KEY SHARE",
         )
         .await?;
     let row = tx.query_opt(&statement, &[&i32::from(lease.shard)]).await?;

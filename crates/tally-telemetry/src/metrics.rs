@@ -350,6 +350,10 @@ struct Shared {
     holds_open: IntGauge,
     webhooks: IntCounterVec,
     clock_offset: Gauge,
+    audit_failing: IntGauge,
+    audit_last_run: Gauge,
+    dead_letters_pending: IntGauge,
+    shed: IntCounter,
 }
 
 static SHARED: LazyLock<Shared> = LazyLock::new(|| {
@@ -372,8 +376,45 @@ static SHARED: LazyLock<Shared> = LazyLock::new(|| {
         ))
         .expect("valid metric"),
     ),
+    audit_failing: gauge(
+        "tally_audit_failing_checks",
+        "Checks of the conservation auditor that failed in this worker's last run \
+         (worker.audit_every_secs); 0 when every invariant held.",
+    ),
+    audit_last_run: register(
+        Gauge::with_opts(Opts::new(
+            "tally_audit_last_run_timestamp_seconds",
+            "Unix time at which this worker's last auditor run completed (0: none yet).",
+        ))
+        .expect("valid metric"),
+    ),
+    dead_letters_pending: gauge(
+        "tally_dead_letters_pending",
+        "Dead letters archived in PostgreSQL and not yet re-published, as of this worker's \
+         last auditor run.",
+    ),
+    shed: counter(
+        "tally_admission_shed_total",
+        "POST /transaction answered 503 `unavailable` by admission control because the \
+         account's shard queue was over its threshold (nothing was published).",
+    ),
 }
 });
+
+/// The outcome of one auditor run completed at `unix_secs`: how many checks failed, and how
+/// many archived dead letters wait to be re-published.
+pub fn audit_run(failing: usize, dead_letters_pending: i64, unix_secs: f64) {
+    SHARED
+        .audit_failing
+        .set(i64::try_from(failing).unwrap_or(i64::MAX));
+    SHARED.dead_letters_pending.set(dead_letters_pending);
+    SHARED.audit_last_run.set(unix_secs);
+}
+
+/// One command refused by admission control.
+pub fn shed() {
+    SHARED.shed.inc();
+}
 
 /// The last measured offset of PostgreSQL's clock to this host's, in seconds.
 pub fn set_clock_offset_secs(offset_secs: f64) {

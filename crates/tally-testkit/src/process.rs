@@ -1,6 +1,6 @@
-//! Processes a test starts: killed when the test ends however it ends, and run with a shifted
-//! wall clock through libfaketime (Debian package `faketime`, installed by
-//! `deploy/local/services.sh`).
+//! Processes a test starts: the workspace's binaries found from another crate's tests, killed
+//! when the test ends however it ends, and run with a shifted wall clock through libfaketime
+//! (Debian package `faketime`, installed by `deploy/local/services.sh`).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,26 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The workspace binary `name` of the running test's build profile: Cargo gives a test only its
+/// own package's binaries (`CARGO_BIN_EXE_*`), so an end-to-end test finds the API's or the
+/// worker's next to its own executable (`target/<profile>/deps/…` → `target/<profile>/`).
+/// `cargo test --workspace` and `cargo nextest run --workspace` build them.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable under target/<profile>/deps");
+    let path = profile.join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build the binaries first (`cargo build --bins`, or run the tests with \
+         `--workspace`)",
+        path.display()
+    );
+    path
 }
 
 /// Where Debian's `faketime` package puts the multi-threaded preload library (our processes

@@ -3,6 +3,7 @@
 //!
 //! - [`cli`]: the `tally-worker` subcommands.
 //! - [`apply`]: one batch = one transaction (dedupe + effects commit together).
+//! - [`audit`]: the conservation auditor on a timer, exported for the alert rules.
 //! - [`shard`]: the greedy consumer loop of one shard queue.
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
 //! - [`jobs`]: the settlement job runner (claims, chunks, heartbeats, resumes).
@@ -15,6 +16,7 @@
 //!   pass to another within about the lease TTL.
 
 pub mod apply;
+pub mod audit;
 pub mod cli;
 pub mod dead_letters;
 pub mod jobs;
@@ -163,6 +165,14 @@ impl Worker {
             self.settings.webhooks.clone(),
             shutdown.clone(),
         )));
+        // The auditor on a timer, for the alert rules; stopped with the worker.
+        let audit = (self.settings.worker.audit_every_secs > 0).then(|| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(audit::run(
+                self.pool.clone(),
+                Duration::from_secs(self.settings.worker.audit_every_secs),
+                shutdown.clone(),
+            )))
+        });
         // Decisions use PostgreSQL's clock (see `apply`); this host's offset to it is only
         // watched: logged when large and exported as tally_clock_offset_seconds.
         tally_store::clock::DbClock::start(
@@ -178,6 +188,9 @@ impl Worker {
             finish(task).await;
         }
         let _ = hooks.await;
+        if let Some(audit) = audit {
+            let _ = audit.await;
+        }
         tracing::info!("worker stopped");
     }
 

@@ -3,6 +3,8 @@
 
 use futures_util::future::join_all;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tally_core::Kind;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +85,12 @@ async fn a_stopping_api_finishes_its_in_flight_requests() {
             .await
             .map(|r| r.status().as_u16())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Published and waiting for a decision (no worker runs): the request is in flight.
+    let channel = app.broker().await.create_channel().await.unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (app.queued(&channel).await == 1).then_some(())
+    })
+    .await;
     stop.cancel();
     // The request waiting for its decision is answered (deadline passed: 402), not cut off.
     assert_eq!(pending.await.unwrap().unwrap(), 402);
@@ -101,9 +108,11 @@ async fn nginx_keeps_serving_through_a_rolling_restart() {
     let nginx = Nginx::start(&ports).await;
 
     let done = CancellationToken::new();
+    let answered = Arc::new(AtomicUsize::new(0));
     let load = {
         let (done, url) = (done.clone(), format!("{}/transaction", nginx.address));
         let client = app.client.clone();
+        let answered = answered.clone();
         tokio::spawn(async move {
             let mut statuses = Vec::new();
             let mut i = 0;
@@ -117,13 +126,22 @@ async fn nginx_keeps_serving_through_a_rolling_restart() {
                         .await
                         .map_or(0, |r| r.status().as_u16()),
                 );
+                answered.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
             statuses
         })
     };
+    // Each step waits for 20 more answers, so every replica change happens under load.
+    let more_answers = || async {
+        let from = answered.load(Ordering::Relaxed);
+        eventually(Duration::from_secs(20), || async {
+            (answered.load(Ordering::Relaxed) >= from + 20).then_some(())
+        })
+        .await;
+    };
     for slot in &mut replicas {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        more_answers().await;
         let old = slot.take().unwrap();
         old.stop.cancel();
         old.task.await.unwrap().unwrap();
@@ -131,7 +149,7 @@ async fn nginx_keeps_serving_through_a_rolling_restart() {
         // port, as a restarted process would.
         *slot = Some(app.start_replica(old.port, CancellationToken::new()).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    more_answers().await;
     done.cancel();
     let statuses = load.await.unwrap();
     let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();

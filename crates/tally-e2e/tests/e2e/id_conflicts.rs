@@ -56,7 +56,7 @@ async fn a_reuse_of_a_queued_id_is_recorded_once_shown_and_counted() {
     assert_eq!(app.count("SELECT count(*) FROM id_conflicts").await, 1);
 
     // A record without conflicts says so with an empty list.
-    let (_, marker) = app.get("/transactions/marker").await;
+    let marker = app.get_ok("/transactions/marker").await;
     assert_eq!(marker["conflicts"], json!([]));
 
     let port = app.worker.as_ref().and_then(|w| w.metrics_port).unwrap();

@@ -10,7 +10,7 @@ use tally_api::Application;
 use tally_settings::{Secret, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{client_with_key, Nginx, Options, TestApp};
+use crate::helpers::{client_with_key, eventually, Nginx, Options, TestApp};
 use tally_testkit::nginx;
 
 const DEBUG_ROUTES: [&str; 4] = [
@@ -258,14 +258,16 @@ async fn nginx_rate_limits_each_client_address_with_a_json_429() {
     );
     assert_eq!(served + limited, 30);
     // The budget comes back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let response = app
-        .client
-        .get(format!("{}/health/live", nginx.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    eventually(Duration::from_secs(10), || async {
+        let response = app
+            .client
+            .get(format!("{}/health/live", nginx.address))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16() == 200).then_some(())
+    })
+    .await;
 }
 
 /// Per API key, in addition to per address: one key's flood is cut at its own rate while

@@ -1,4 +1,4 @@
-//! Integration tests of the whole write path: real PostgreSQL, real RabbitMQ, the API and the
+//! End-to-end tests of the whole write path: real PostgreSQL, real RabbitMQ, the API and the
 //! worker started in-process on a fresh database and a fresh queue prefix per test.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is its failure message

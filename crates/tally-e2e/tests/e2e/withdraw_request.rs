@@ -47,7 +47,7 @@ async fn the_slash_worked_example_step_by_step() {
     );
     app.wait_balance(a, "50").await;
     assert_eq!(account(&app, a).await["held"], json!(0));
-    let (_, w4) = app.get("/transactions/4").await;
+    let w4 = app.get_ok("/transactions/4").await;
     assert_eq!(
         w4["holdId"], approved["holdId"],
         "the withdraw captured the approved hold"
@@ -86,7 +86,7 @@ async fn a_request_right_after_a_deposit_sees_the_deposit_still_in_the_queue() {
 #[tokio::test]
 async fn three_concurrent_requests_for_the_whole_balance_approve_exactly_one() {
     let app = TestApp::spawn().await;
-    app.post_json(&tx("d", "deposit", json!(100), "three"))
+    app.post_accepted(&tx("d", "deposit", json!(100), "three"))
         .await;
     let requests = (0..3).map(|i| {
         let body = tx(&format!("r{i}"), "withdraw_request", json!(100), "three");
@@ -108,7 +108,7 @@ async fn with_workers_stopped_a_request_is_denied_at_the_deadline_and_leaves_no_
     })
     .await;
     // A deposit waiting in the queue with the request: the request must still be denied.
-    app.post_json(&tx("d", "deposit", json!(100), "stopped"))
+    app.post_accepted(&tx("d", "deposit", json!(100), "stopped"))
         .await;
     let started = Instant::now();
     let (status, body) = app
@@ -156,7 +156,7 @@ async fn a_late_retry_waits_only_the_floor_and_its_answer_matches_the_ledger() {
         ..Options::default()
     })
     .await;
-    app.post_json(&tx("d", "deposit", json!(100), "retried"))
+    app.post_accepted(&tx("d", "deposit", json!(100), "retried"))
         .await;
     let ten_seconds_ago = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -196,7 +196,7 @@ async fn a_late_retry_waits_only_the_floor_and_its_answer_matches_the_ledger() {
 #[tokio::test]
 async fn a_void_releases_a_hold_approved_too_late_for_the_answer() {
     let app = TestApp::spawn().await;
-    app.post_json(&tx("d", "deposit", json!(100), "voided"))
+    app.post_accepted(&tx("d", "deposit", json!(100), "voided"))
         .await;
     app.wait_balance("voided", "100").await;
     // The worker approves this request, but the API "never heard": it publishes the void.
@@ -216,7 +216,7 @@ async fn a_void_releases_a_hold_approved_too_late_for_the_answer() {
     app.publish_raw(&channel, &request.void().encode(), "voided")
         .await;
     eventually(Duration::from_secs(10), || async {
-        let (_, record) = app.get("/transactions/lost").await;
+        let record = app.get_ok("/transactions/lost").await;
         (record["status"] == "denied").then_some(())
     })
     .await;
@@ -241,7 +241,8 @@ async fn an_expired_hold_stops_counting_and_its_expiry_is_recorded() {
         ..Options::default()
     })
     .await;
-    app.post_json(&tx("d", "deposit", json!(100), "ttl")).await;
+    app.post_accepted(&tx("d", "deposit", json!(100), "ttl"))
+        .await;
     let (status, _) = app
         .post_json(&tx("r1", "withdraw_request", json!(30), "ttl"))
         .await;
@@ -264,7 +265,7 @@ async fn an_expired_hold_stops_counting_and_its_expiry_is_recorded() {
 #[tokio::test]
 async fn a_withdraw_naming_request_id_captures_that_hold_not_the_oldest() {
     let app = TestApp::spawn().await;
-    app.post_json(&tx("d", "deposit", json!(100), "named"))
+    app.post_accepted(&tx("d", "deposit", json!(100), "named"))
         .await;
     let (_, first) = app
         .post_json(&tx("r1", "withdraw_request", json!(20), "named"))
@@ -277,7 +278,7 @@ async fn a_withdraw_naming_request_id_captures_that_hold_not_the_oldest() {
         json!({"id":"w","type":"withdraw","amount":20,"accountId":"named","requestId":"r2"});
     assert_eq!(app.post_json(&capture).await.0, 200);
     app.wait_balance("named", "80").await;
-    let (_, w) = app.get("/transactions/w").await;
+    let w = app.get_ok("/transactions/w").await;
     assert_eq!(w["holdId"], second["holdId"]);
     assert_eq!(
         app.count("SELECT count(*) FROM holds WHERE request_id = 'r1' AND status = 'open'")
@@ -376,7 +377,8 @@ async fn reject_overdraft_records_the_withdraw_without_applying_it() {
         ..Options::default()
     })
     .await;
-    app.post_json(&tx("d", "deposit", json!(5), "strict")).await;
+    app.post_accepted(&tx("d", "deposit", json!(5), "strict"))
+        .await;
     assert_eq!(
         app.post_json(&tx("w", "withdraw", json!(10), "strict"))
             .await

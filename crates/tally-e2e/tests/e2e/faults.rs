@@ -39,7 +39,7 @@ async fn a_poison_message_is_dead_lettered_once_and_the_shard_keeps_flowing() {
     app.wait_balance("flowing", "3").await;
 
     let letters = eventually(Duration::from_secs(10), || async {
-        let (_, letters) = app.get("/debug/dead-letters").await;
+        let letters = app.get_ok("/debug/dead-letters").await;
         (letters.as_array().map_or(0, Vec::len) == 2).then_some(letters)
     })
     .await;
@@ -56,7 +56,7 @@ async fn a_poison_message_is_dead_lettered_once_and_the_shard_keeps_flowing() {
     }
     // Still exactly two a moment later: no redelivery loop.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, again) = app.get("/debug/dead-letters").await;
+    let again = app.get_ok("/debug/dead-letters").await;
     assert_eq!(again.as_array().unwrap().len(), 2);
     let report = conservation(&app).await;
     assert_eq!(report["deadLetters"], json!(2));
@@ -106,7 +106,7 @@ async fn a_hand_published_envelope_the_api_would_refuse_is_dead_lettered_once_wi
     app.wait_balance("strict", "5").await;
 
     let letters = eventually(Duration::from_secs(10), || async {
-        let (_, letters) = app.get("/debug/dead-letters").await;
+        let letters = app.get_ok("/debug/dead-letters").await;
         (letters.as_array().map_or(0, Vec::len) >= broken.len()).then_some(letters)
     })
     .await;
@@ -139,7 +139,7 @@ async fn a_hand_published_envelope_the_api_would_refuse_is_dead_lettered_once_wi
     app.publish_raw(&channel, marker.to_string().as_bytes(), "strict")
         .await;
     let total = eventually(Duration::from_secs(10), || async {
-        let (_, letters) = app.get("/debug/dead-letters").await;
+        let letters = app.get_ok("/debug/dead-letters").await;
         let letters = letters.as_array().cloned().unwrap_or_default();
         letters
             .iter()
@@ -174,7 +174,7 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
         .await
         .unwrap();
     let letters = eventually(Duration::from_secs(10), || async {
-        let (_, letters) = app.get("/debug/dead-letters").await;
+        let letters = app.get_ok("/debug/dead-letters").await;
         (letters.as_array().map_or(0, Vec::len) == 1).then_some(letters)
     })
     .await;
@@ -196,7 +196,7 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
     .unwrap();
     assert_eq!(done, [id]);
     app.wait_balance("phoenix", "12.5").await;
-    let (_, letters) = app.get("/debug/dead-letters").await;
+    let letters = app.get_ok("/debug/dead-letters").await;
     assert!(letters[0]["republishedAt"].is_string());
     // Re-publishing again does nothing: it is no longer pending.
     let again = tally_worker::dead_letters::republish(
@@ -214,13 +214,14 @@ async fn a_dead_letter_can_be_republished_after_a_fix() {
 #[tokio::test]
 async fn the_auditor_passes_on_a_healthy_ledger_and_names_tampered_rows() {
     let app = TestApp::spawn().await;
-    app.post_json(&tx("d1", "deposit", json!(100), "audited"))
+    app.post_accepted(&tx("d1", "deposit", json!(100), "audited"))
         .await;
-    app.post_json(&tx("r1", "withdraw_request", json!(40), "audited"))
+    app.post_accepted(&tx("r1", "withdraw_request", json!(40), "audited"))
         .await;
-    app.post_json(&tx("w1", "withdraw", json!(10), "audited"))
+    app.post_accepted(&tx("w1", "withdraw", json!(10), "audited"))
         .await;
-    app.post_json(&tx("d2", "deposit", json!(5), "other")).await;
+    app.post_accepted(&tx("d2", "deposit", json!(5), "other"))
+        .await;
     app.wait_balance("audited", "90").await;
     app.wait_balance("other", "5").await;
 

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::command::NewTransaction;
 use tally_core::{AmountRules, Envelope};
-use tally_testkit::process::{libfaketime, skewed_clock, KillOnDrop};
+use tally_testkit::process::{libfaketime, skewed_clock, workspace_binary, KillOnDrop};
 
 use crate::helpers::{broker_address, eventually, Options, TcpProxy, TestApp};
 
@@ -213,7 +213,7 @@ async fn a_late_approval_is_voided_before_the_402_and_a_retry_gets_402_without_a
 
     // The approval commits late; the void, confirmed before the 402, then denies it.
     wait_record(&app, "r1", "denied").await;
-    let (_, account) = app.get("/account/voided").await;
+    let account = app.get_ok("/account/voided").await;
     assert_eq!(account["available"], json!(100), "{account}");
     assert_eq!(
         app.count("SELECT count(*) FROM holds WHERE status = 'released'")
@@ -327,7 +327,7 @@ async fn a_void_denies_an_approval_that_an_earlier_attempt_never_answered() {
 
     // The record must end as the only answer given says.
     wait_record(&app, "r1", "denied").await;
-    let (_, balance) = app.get(&format!("/account/{account}")).await;
+    let balance = app.get_ok(&format!("/account/{account}")).await;
     assert_eq!(balance["held"], json!(0), "{balance}");
 }
 
@@ -353,7 +353,7 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
         .port();
     let s = &app.settings;
     let _api = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_tally-api"))
+        std::process::Command::new(workspace_binary("tally-api"))
             .envs(skewed_clock(&libfaketime(), 5))
             .env("TALLY_API__PORT", port.to_string())
             .env("TALLY_DATABASE__URL", s.database.url.expose())
@@ -393,7 +393,7 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
     // A retry of an approved request is refused too, but "nothing was accepted" would be false.
     let answer = post(approved).await;
     assert_eq!(code(&answer), (503, "outcome_unknown"), "{}", answer.1);
-    let (_, status) = app.get("/status").await;
+    let status = app.get_ok("/status").await;
     assert_eq!(
         status["clock"]["status"], "ok",
         "the in-process API: {status}"

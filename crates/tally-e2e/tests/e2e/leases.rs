@@ -65,7 +65,12 @@ async fn three_workers_share_eight_shards_and_take_over_a_dead_ones_in_order() {
         }
     });
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A quarter of the commands applied: the rest is in flight or still to be sent.
+        let quarter = (ACCOUNTS * N / 4) as i64;
+        eventually(Duration::from_secs(30), || async {
+            (app.count("SELECT count(*) FROM transactions").await >= quarter).then_some(())
+        })
+        .await;
         workers.remove(0).kill().await;
     };
     tokio::join!(join_all(clients), killer);
@@ -207,7 +212,14 @@ async fn a_lease_whose_release_failed_is_not_renewed_and_another_worker_takes_it
     );
 
     // Once the short lease is over, another worker takes the zombie's shard, not the other.
-    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    eventually(Duration::from_secs(10), || async {
+        let sql = format!(
+            "SELECT count(*) FROM shard_leases WHERE shard = {} AND expires_at <= now()",
+            zombie.shard
+        );
+        (app.count(&sql).await == 1).then_some(())
+    })
+    .await;
     let taken = tally_store::leases::acquire(&app.pool, "w2", 4, short)
         .await
         .unwrap();

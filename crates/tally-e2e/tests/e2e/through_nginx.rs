@@ -79,7 +79,7 @@ async fn five_hundred_requests_of_one_on_a_hundred_approve_exactly_a_hundred() {
     let mut app = TestApp::spawn().await;
     app.spawn_replica().await;
     let nginx = Nginx::start(&app.api_ports).await;
-    app.post_json(&json!({"id":"d","type":"deposit","amount":100,"accountId":"pool"}))
+    app.post_accepted(&json!({"id":"d","type":"deposit","amount":100,"accountId":"pool"}))
         .await;
     app.wait_balance("pool", "100").await;
 
@@ -121,7 +121,7 @@ async fn five_hundred_requests_of_one_on_a_hundred_approve_exactly_a_hundred() {
             .collect::<Vec<_>>()
     );
     let final_view = eventually(Duration::from_secs(5), || async {
-        let (_, v) = app.get("/account/pool").await;
+        let v = app.get_ok("/account/pool").await;
         (v["held"] == json!(100)).then_some(v)
     })
     .await;

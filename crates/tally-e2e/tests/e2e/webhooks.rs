@@ -831,7 +831,7 @@ async fn debug_webhooks_shows_a_short_classification_never_the_receivers_text() 
     assert_eq!(refuse["lastError"], "connect_failed", "{refuse}");
 
     // Nothing the receivers said, and nothing of their addresses, shows through.
-    let (_, page) = app.get("/debug/webhooks").await;
+    let page = app.get_ok("/debug/webhooks").await;
     let text = page.to_string();
     for leaked in [
         "hunter2",

@@ -96,7 +96,7 @@ async fn linking_is_idempotent_and_refuses_an_account_owned_by_another_user() {
         again["linkedAt"], first["linkedAt"],
         "the same link, not a new one"
     );
-    let (_, user) = app.get("/users/bob").await;
+    let user = app.get_ok("/users/bob").await;
     assert_eq!(
         user,
         json!({"userId": "bob", "total": 0,
@@ -148,7 +148,7 @@ async fn linking_is_idempotent_and_refuses_an_account_owned_by_another_user() {
     assert_eq!(app.get("/transactions/c1").await.0, 404);
     assert_eq!(app.get("/transactions/c2").await.0, 404);
     assert_eq!(app.get("/users/carol").await.0, 404);
-    let (_, dave) = app.get("/users/dave").await;
+    let dave = app.get_ok("/users/dave").await;
     assert_eq!(dave["total"], json!(9));
 }
 
@@ -187,8 +187,8 @@ async fn user_largest_expense_spans_the_users_accounts_only() {
     assert_eq!(body["accountId"], "erin-2");
     assert_eq!(body["amount"], json!(90));
 
-    let (_, body) = app
-        .get("/users/erin/largest-expense?from=2024-07-04T00:00:00Z&to=2024-07-05T00:00:00Z")
+    let body = app
+        .get_ok("/users/erin/largest-expense?from=2024-07-04T00:00:00Z&to=2024-07-05T00:00:00Z")
         .await;
     assert_eq!(body["id"], "x4");
 

@@ -242,6 +242,24 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// POSTs a transaction the test needs accepted: 200, or 201 for an approved
+    /// withdraw_request; its JSON body.
+    pub async fn post_accepted(&self, body: &Value) -> Value {
+        let (status, answer) = self.post_json(body).await;
+        assert!(
+            status == 200 || status == 201,
+            "POST {body}: {status} {answer}"
+        );
+        answer
+    }
+
+    /// GET `path`, which must answer 200; its JSON body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
     /// `balance` of an account as the decimal text the API printed.
     pub async fn balance(&self, account: &str) -> String {
         let (_, body) = self.get(&format!("/account/{account}")).await;

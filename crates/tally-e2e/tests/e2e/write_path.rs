@@ -41,12 +41,12 @@ async fn deposit_then_withdrawals_show_exact_balance_even_negative() {
 #[tokio::test]
 async fn decimals_are_exact_end_to_end() {
     let app = TestApp::spawn().await;
-    app.post_json(&tx("a", "deposit", json!(0.1), "exact"))
+    app.post_accepted(&tx("a", "deposit", json!(0.1), "exact"))
         .await;
-    app.post_json(&tx("b", "deposit", json!(0.2), "exact"))
+    app.post_accepted(&tx("b", "deposit", json!(0.2), "exact"))
         .await;
     app.wait_balance("exact", "0.3").await;
-    app.post_json(&tx("c", "deposit", json!("0.20"), "exact"))
+    app.post_accepted(&tx("c", "deposit", json!("0.20"), "exact"))
         .await;
     app.wait_balance("exact", "0.5").await;
 }
@@ -322,7 +322,7 @@ async fn status_and_health_report_up() {
 async fn debug_dumps_page_by_keyset() {
     let app = TestApp::spawn().await;
     for i in 0..5 {
-        app.post_json(&tx(
+        app.post_accepted(&tx(
             &format!("t{i}"),
             "deposit",
             json!(1),
@@ -331,11 +331,11 @@ async fn debug_dumps_page_by_keyset() {
         .await;
     }
     eventually(Duration::from_secs(10), || async {
-        let (_, rows) = app.get("/debug/transactions").await;
+        let rows = app.get_ok("/debug/transactions").await;
         (rows.as_array().map_or(0, Vec::len) == 5).then_some(())
     })
     .await;
-    let (_, page1) = app.get("/debug/transactions?limit=2").await;
+    let page1 = app.get_ok("/debug/transactions?limit=2").await;
     let ids: Vec<&str> = page1
         .as_array()
         .unwrap()
@@ -343,9 +343,9 @@ async fn debug_dumps_page_by_keyset() {
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["t0", "t1"]);
-    let (_, page2) = app.get("/debug/transactions?limit=2&after=t1").await;
+    let page2 = app.get_ok("/debug/transactions?limit=2&after=t1").await;
     assert_eq!(page2[0]["id"], "t2");
-    let (_, accounts) = app.get("/debug/accounts?limit=10").await;
+    let accounts = app.get_ok("/debug/accounts?limit=10").await;
     assert_eq!(accounts.as_array().unwrap().len(), 5);
     assert_eq!(app.get("/debug/accounts?limit=0").await.0, 400);
     assert_eq!(app.get("/debug/accounts?limit=10001").await.0, 400);

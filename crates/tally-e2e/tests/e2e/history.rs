@@ -170,14 +170,16 @@ async fn history_is_newest_first_with_running_balance_filters_and_pages() {
     assert_eq!(page["items"][0]["seq"], 4);
 
     // Keyset: two per page, then the rest.
-    let (_, first) = app.get(&format!("/account/{a}/transactions?limit=2")).await;
+    let first = app
+        .get_ok(&format!("/account/{a}/transactions?limit=2"))
+        .await;
     assert_eq!(ids(&first), ["h4", "h3"]);
     let cursor = first["nextCursor"]
         .as_str()
         .expect("a next cursor")
         .to_string();
-    let (_, second) = app
-        .get(&format!(
+    let second = app
+        .get_ok(&format!(
             "/account/{a}/transactions?limit=2&cursor={cursor}"
         ))
         .await;
@@ -189,12 +191,12 @@ async fn history_is_newest_first_with_running_balance_filters_and_pages() {
     );
 
     // Filters: type, and an inclusive occurredAt range (with an offset written unencoded).
-    let (_, deposits) = app
-        .get(&format!("/account/{a}/transactions?type=deposit"))
+    let deposits = app
+        .get_ok(&format!("/account/{a}/transactions?type=deposit"))
         .await;
     assert_eq!(ids(&deposits), ["h3", "h1"]);
-    let (_, ranged) = app
-        .get(&format!(
+    let ranged = app
+        .get_ok(&format!(
             "/account/{a}/transactions?from=2024-03-02T12:00:00%2B02:00&to=2024-03-03T10:00:00Z"
         ))
         .await;
@@ -208,10 +210,12 @@ async fn history_is_newest_first_with_running_balance_filters_and_pages() {
     assert_eq!(ids(&unencoded), ["h4", "h2"]);
 
     // page=N: 10 per page by default; `limit` sets the page size.
-    let (_, p1) = app.get(&format!("/account/{a}/transactions?page=1")).await;
+    let p1 = app
+        .get_ok(&format!("/account/{a}/transactions?page=1"))
+        .await;
     assert_eq!(ids(&p1), ["h4", "h3", "h2", "h1"]);
-    let (_, p2) = app
-        .get(&format!("/account/{a}/transactions?page=2&limit=3"))
+    let p2 = app
+        .get_ok(&format!("/account/{a}/transactions?page=2&limit=3"))
         .await;
     assert_eq!(ids(&p2), ["h1"]);
 }
@@ -392,8 +396,8 @@ async fn account_largest_expense_picks_the_biggest_applied_withdraw_in_the_perio
     assert_eq!(body["status"], "applied");
 
     // Bounds are inclusive.
-    let (_, body) = app
-        .get(&format!(
+    let body = app
+        .get_ok(&format!(
             "/account/{a}/largest-expense?from=2024-05-04T00:00:00Z&to=2024-06-01T00:00:00Z"
         ))
         .await;

@@ -57,6 +57,15 @@ async fn a_backlogged_shard_sheds_requests_at_once_and_recovers() {
         }
         assert!(accepted < 100, "deposits were never shed");
     }
+    // Each refusal is counted for the alert on shedding (one probe and one deposit at least).
+    let metrics = tally_telemetry::metrics::render().unwrap();
+    let shed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tally_admission_shed_total "))
+        .expect("tally_admission_shed_total exported")
+        .parse()
+        .unwrap();
+    assert!(shed >= 2, "{shed}");
 
     // A worker drains the shard and requests are decided again.
     let _worker = app.start_worker().await;
