@@ -246,7 +246,7 @@ async fn apply_retrying(
     }
 }
 
-/// One debug line per committed command, carrying its request id. Skipped as a whole when
+/// One debug line per committed command, carrying its request id and its key's name. Skipped as a whole when
 /// debug is off: nothing per message on the hot path.
 fn log_outcomes(shard: u16, deliveries: &[Delivery], envelopes: &[Envelope], outcomes: &[Outcome]) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
@@ -259,6 +259,8 @@ fn log_outcomes(shard: u16, deliveries: &[Delivery], envelopes: &[Envelope], out
             id = %env.id,
             kind = env.kind.as_str(),
             status = outcome.status.as_str(),
+            // The name of the API key that posted it (never the key itself).
+            key = env.key_name.as_deref().unwrap_or("-"),
             "transaction processed"
         );
     }

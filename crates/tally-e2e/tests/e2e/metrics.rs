@@ -269,6 +269,13 @@ async fn request_id_is_echoed_and_reaches_the_worker_log_line() {
     .await;
     let parsed: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(parsed["fields"]["id"], "rid-tx-1", "{line}");
+    // And the name of the key that posted it (the test client's admin key), never the key.
+    assert_eq!(
+        parsed["fields"]["key"],
+        tally_testkit::keys::ADMIN_KEY_NAME,
+        "{line}"
+    );
+    assert!(!line.contains(&app.keys.admin[40..]), "{line}");
 
     // Not a sane id (a space, too long): replaced by a generated one, on every answer.
     for bad in ["has space", &"x".repeat(129)] {
