@@ -32,8 +32,13 @@ pub enum PublishError {
     /// The channel refused the publish before sending a frame (closed, closing, reconnecting).
     #[error("broker channel refused the publish: {0}")]
     Refused(lapin::Error),
-    /// The broker refused the message.
-    #[error("broker refused the message (nack)")]
+    /// The broker nacked the message. Not a sure "not accepted": RabbitMQ nacks a publish when
+    /// a queue it was routed to failed while the message was in flight, and a quorum queue
+    /// whose leader node died may still have the message in its replicated log, to be
+    /// delivered once a new leader is elected (seen by `make chaos HA=1`, seed 18: a deposit
+    /// nacked during a broker node loss was applied). So a nack is settled like a lost
+    /// confirm: the same message is published again until a copy is confirmed.
+    #[error("broker nacked the message")]
     Nacked,
     /// The broker returned the message: no queue is bound for its routing key.
     #[error("message was unroutable (no shard queue bound)")]
@@ -47,16 +52,14 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// True when the message surely is in no queue: it was never sent, or the broker nacked
-    /// or returned it. Only then may a client be told "not accepted"; every other failure
-    /// leaves the outcome unknown (the broker may have it and a worker may apply it).
+    /// True when the message surely is in no queue: it was never sent, or the broker returned
+    /// it as unroutable. Only then may a client be told "not accepted"; every other failure,
+    /// a nack included (see [`PublishError::Nacked`]), leaves the outcome unknown (the broker
+    /// may have it and a worker may apply it).
     pub fn surely_not_accepted(&self) -> bool {
         matches!(
             self,
-            PublishError::Unavailable
-                | PublishError::Refused(_)
-                | PublishError::Nacked
-                | PublishError::Unroutable
+            PublishError::Unavailable | PublishError::Refused(_) | PublishError::Unroutable
         )
     }
 
@@ -431,5 +434,20 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
         if !shutdown.is_cancelled() {
             tracing::warn!("broker connection lost; reconnecting");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublishError;
+
+    /// Only a message never sent, or returned unroutable, is surely in no queue; a nack is
+    /// not proof (a quorum queue member may have it).
+    #[test]
+    fn only_unsent_or_unroutable_messages_are_surely_not_accepted() {
+        assert!(PublishError::Unavailable.surely_not_accepted());
+        assert!(PublishError::Unroutable.surely_not_accepted());
+        assert!(!PublishError::Nacked.surely_not_accepted());
+        assert!(!PublishError::Timeout.surely_not_accepted());
     }
 }
