@@ -5,7 +5,6 @@
 //! waits under its correlation id. Each test has its own topology prefix, deleted at the end.
 
 use std::time::Duration;
-use tally_bus::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tally_bus::publisher::PublisherConfig;
 use tally_bus::{
     command_properties, Connection, Consumer, Delivery, Endpoints, Publisher, Topology,
@@ -15,10 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn amqp_url() -> String {
-    std::env::var("TALLY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use tally_testkit::amqp_url;
 
 /// A one-shard topology of its own, a publisher (the API's) and a worker-side connection;
 /// the queues and exchanges are deleted when it is dropped, even by a failed assertion.
@@ -100,38 +96,7 @@ impl Bus {
 impl Drop for Bus {
     fn drop(&mut self) {
         self.stop.cancel();
-        let topology = self.topology.clone();
-        // Drop cannot await: clean up on a thread with its own runtime.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(conn) =
-                    tally_bus::connect(&amqp_url(), "bus-test-cleanup", Duration::from_secs(5))
-                        .await
-                else {
-                    return;
-                };
-                if let Ok(ch) = conn.create_channel().await {
-                    for q in [topology.shard_queue(0), topology.dead_queue()] {
-                        let _ = ch
-                            .queue_delete(q.into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                    for x in [topology.exchange(), topology.dead_exchange()] {
-                        let _ = ch
-                            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = conn.close(200, "done".into()).await;
-            });
-        });
-        let _ = cleanup.join();
+        tally_testkit::queues::delete_test_topology(self.topology.clone());
     }
 }
 

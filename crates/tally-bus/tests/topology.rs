@@ -4,14 +4,11 @@
 //! one named is down. Each test has its own prefix, deleted at the end.
 
 use std::time::Duration;
-use tally_bus::lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use tally_bus::lapin::options::QueueDeclareOptions;
 use tally_bus::lapin::types::{AMQPValue, FieldTable};
 use tally_bus::{Connection, Endpoints, Topology};
 
-fn amqp_url() -> String {
-    std::env::var("TALLY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use tally_testkit::amqp_url;
 
 async fn broker() -> tally_bus::lapin::Connection {
     tally_bus::connect(&amqp_url(), "topology-test", Duration::from_secs(5))
@@ -35,32 +32,7 @@ impl Prefix {
 
 impl Drop for Prefix {
     fn drop(&mut self) {
-        let topology = self.0.clone();
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let conn = broker().await;
-                if let Ok(ch) = conn.create_channel().await {
-                    for q in [topology.shard_queue(0), topology.dead_queue()] {
-                        let _ = ch
-                            .queue_delete(q.into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                    for x in [topology.exchange(), topology.dead_exchange()] {
-                        let _ = ch
-                            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = conn.close(200, "done".into()).await;
-            });
-        });
-        let _ = cleanup.join();
+        tally_testkit::queues::delete_test_topology(self.0.clone());
     }
 }
 
