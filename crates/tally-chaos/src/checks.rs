@@ -112,11 +112,117 @@ pub async fn settle(
             Err(e) => format!("{e:#}"),
         };
         if Instant::now() >= deadline {
-            v.fail(format!("not settled within {timeout:?}: {last}"));
+            let state = diagnose(cluster, cfg, &expected).await;
+            let late = wait_late(cluster, cfg, &expected, &model.poisons).await;
+            v.fail(format!(
+                "not settled within {timeout:?}: {last}; {late}; the state at the deadline is in {}",
+                state.display()
+            ));
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// How much longer than the settle bound the checker keeps looking, to tell a late message
+/// (a queue that stalled, then recovered) from a lost one.
+const LATE_GRACE: Duration = Duration::from_secs(120);
+
+/// After the settle bound: whether the system settles within [`LATE_GRACE`] more, and when.
+async fn wait_late(
+    cluster: &Cluster,
+    cfg: &RunConfig,
+    expected: &[String],
+    poisons: &[String],
+) -> String {
+    let began = Instant::now();
+    let mut last = String::new();
+    while began.elapsed() < LATE_GRACE {
+        match settled(cluster, cfg, expected, poisons).await {
+            Ok(None) => {
+                return format!(
+                    "settled {:.1}s later (late, not lost)",
+                    began.elapsed().as_secs_f64()
+                )
+            }
+            Ok(Some(why)) => last = why,
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    format!("still not settled {LATE_GRACE:?} later: {last}")
+}
+
+/// Writes what an unsettled seed looks like: the answered ids not recorded (and whether they
+/// were dead-lettered or seen as conflicts), the shard leases, and every queue and consumer
+/// of the seed as RabbitMQ reports them (per queue: ready, unacked, leader, members online;
+/// per consumer: active or waiting). Best effort: what cannot be read says why.
+async fn diagnose(cluster: &Cluster, cfg: &RunConfig, expected: &[String]) -> std::path::PathBuf {
+    let path = cluster.log_dir.join("unsettled.txt");
+    let mut out = String::new();
+    match missing_ids(&cluster.db_url, expected).await {
+        Ok(text) => out.push_str(&text),
+        Err(e) => out.push_str(&format!("database: {e:#}\n")),
+    }
+    let prefix = &cluster.topology.prefix;
+    for (what, columns) in [
+        (
+            "list_queues",
+            "name type messages_ready messages_unacknowledged consumers leader members online",
+        ),
+        (
+            "list_consumers",
+            "queue_name channel_pid consumer_tag ack_required prefetch_count active activity_status",
+        ),
+    ] {
+        out.push_str(&format!("\n== rabbitmqctl {what} {columns}\n"));
+        match cfg.rabbitmqctl(what, columns).await {
+            Ok(text) => text
+                .lines()
+                .filter(|l| l.contains(prefix.as_str()))
+                .for_each(|l| out.push_str(&format!("{l}\n"))),
+            Err(e) => out.push_str(&format!("{e:#}\n")),
+        }
+    }
+    if let Err(e) = std::fs::write(&path, out) {
+        eprintln!("chaos: could not write {}: {e}", path.display());
+    }
+    path
+}
+
+/// The answered ids without a record, with what the database knows of them otherwise.
+async fn missing_ids(db_url: &str, expected: &[String]) -> Result<String> {
+    let db = pg_connect(db_url).await?;
+    let rows = db
+        .query(
+            "SELECT x.id, \
+                    (SELECT count(*) FROM dead_letters d WHERE d.message_id = x.id), \
+                    (SELECT count(*) FROM id_conflicts c WHERE c.id = x.id) \
+               FROM unnest($1::text[]) AS x(id) \
+              WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.id = x.id)",
+            &[&expected],
+        )
+        .await?;
+    let mut out = format!("== answered ids with no record ({})\n", rows.len());
+    for r in &rows {
+        let (id, dead, conflicts): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        out.push_str(&format!(
+            "{id} dead_letters={dead} id_conflicts={conflicts}\n"
+        ));
+    }
+    out.push_str("\n== shard_leases\n");
+    for r in db
+        .query(
+            "SELECT shard::text, coalesce(owner, '-'), epoch::text, \
+                    (expires_at > now())::text FROM shard_leases ORDER BY shard",
+            &[],
+        )
+        .await?
+    {
+        let cols: Vec<String> = (0..4).map(|i| r.get::<_, String>(i)).collect();
+        out.push_str(&format!("{}\n", cols.join(" ")));
+    }
+    Ok(out)
 }
 
 /// Every live worker must get its share of the shards back after the faults. Another worker

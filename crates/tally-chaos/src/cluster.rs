@@ -72,6 +72,18 @@ impl RunConfig {
         Err(last.map_or_else(|| anyhow::anyhow!("no broker URL"), anyhow::Error::from))
     }
 
+    /// `rabbitmqctl -q <what> --no-table-headers <columns>` on the run's node; its stdout.
+    pub async fn rabbitmqctl(&self, what: &str, columns: &str) -> Result<String> {
+        let mut args = vec!["-q", what, "--no-table-headers"];
+        args.extend(columns.split_whitespace());
+        let args: Vec<String> = self
+            .rabbitmqctl_args(&args)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        crate::host::host("rabbitmqctl", args).await
+    }
+
     /// `rabbitmqctl` with `-n` when the run names a node.
     fn rabbitmqctl_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut all = Vec::new();
