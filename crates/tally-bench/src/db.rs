@@ -144,6 +144,22 @@ pub async fn applied_between(
     Ok(row.get(0))
 }
 
+/// The longest time between two consecutive commits among the rows applied since `since`
+/// (rows of one batch share their `applied_at`): a drain that stalls for seconds shows here
+/// even when its average rate looks fine.
+pub async fn longest_gap_s(client: &Client, since: DateTime<Utc>) -> Result<Option<f64>> {
+    let row = client
+        .query_one(
+            "SELECT max(gap)::float8 FROM ( \
+                 SELECT extract(epoch FROM at - lag(at) OVER (ORDER BY at)) AS gap \
+                   FROM (SELECT DISTINCT applied_at AS at FROM transactions \
+                          WHERE applied_at >= $1) c) g",
+            &[&since],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// End-to-end lag (accepted by the API or the publisher → applied by a worker) of every row
 /// applied since `since`, by kind.
 pub async fn lag_since(client: &Client, since: DateTime<Utc>) -> Result<Value> {

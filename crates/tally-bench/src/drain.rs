@@ -264,6 +264,9 @@ async fn applied_result(
     result["applied_per_s"] = json!(round1(count as f64 / wall));
     result["first_applied_after_s"] = json!(round1(secs(started_wall, first)));
     result["steady_per_s"] = json!(round1(count as f64 / steady));
+    result["longest_gap_s"] = json!(db::longest_gap_s(ledger, started_wall)
+        .await?
+        .map(|g| (g * 1000.0).round() / 1000.0));
     Ok(())
 }
 
@@ -279,7 +282,10 @@ fn print_result(result: &Value) {
             .as_f64()
             .map_or(String::new(), |r| format!(", {r:.0}/s once leases were balanced")),
     );
-    println!("  batches {}", result["batches"]);
+    println!(
+        "  batches {}, longest time between two commits {} s",
+        result["batches"], result["longest_gap_s"]
+    );
     println!("  cpu: {}", procs::cpu_line(&result["cpu"]));
     println!("  worker peak RSS {} MB", result["rss"]["worker_peak_mb"]);
 }
