@@ -769,8 +769,9 @@ fn running_test_suite(cfg: &RunConfig) -> Option<String> {
     None
 }
 
-/// Whether the process at `/proc/<pid>` may reach our servers: the tests default to them
-/// unless both test URLs name another `host:port`.
+/// Whether the process at `/proc/<pid>` may reach our servers: a test URL left unset means
+/// the test kit's default (`tally-testkit` services: 127.0.0.1:5432 and :5672), so a suite
+/// on the default services does not hold up a run on the HA ports, and the other way round.
 fn uses_our_services(proc_dir: &std::path::Path, cfg: &RunConfig) -> bool {
     let Ok(raw) = std::fs::read(proc_dir.join("environ")) else {
         return true;
@@ -783,8 +784,14 @@ fn uses_our_services(proc_dir: &std::path::Path, cfg: &RunConfig) -> bool {
     let elsewhere = |test_url: Option<String>, ours: &str| {
         test_url.is_some_and(|t| host_port(&t).is_some() && host_port(&t) != host_port(ours))
     };
-    !(elsewhere(var("TALLY_TEST_DATABASE_URL"), &cfg.admin_url)
-        && elsewhere(var("TALLY_TEST_AMQP_URL"), &cfg.amqp_url))
+    let or_default = |v: Option<String>, default: &str| v.or_else(|| Some(default.to_string()));
+    !(elsewhere(
+        or_default(var("TALLY_TEST_DATABASE_URL"), "postgres://127.0.0.1:5432"),
+        &cfg.admin_url,
+    ) && elsewhere(
+        or_default(var("TALLY_TEST_AMQP_URL"), "amqp://127.0.0.1:5672"),
+        &cfg.amqp_url,
+    ))
 }
 
 /// `host:port` of a service URL (default ports filled in).
