@@ -1063,6 +1063,9 @@ mod tests {
             "withdraw_request": {"201": 3, "402": 4},
         }});
         assert_eq!(errors(&run), Some(3));
-        assert_eq!(errors(&json!({"outcomes": {"deposit": {"200": 1}}})), Some(0));
+        assert_eq!(
+            errors(&json!({"outcomes": {"deposit": {"200": 1}}})),
+            Some(0)
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Admission control: a shard too far behind gets 503 + Retry-After at once.
 
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::{eventually, Options, TestApp};
 
@@ -36,12 +36,15 @@ async fn a_backlogged_shard_sheds_requests_at_once_and_recovers() {
         async move { (app.post(&body).await.status() == 503).then_some(()) }
     })
     .await;
-    let started = Instant::now();
+    // "At once" means refused before publishing, not a fast machine: the shed probe names
+    // the backlog as its cause, and it never reaches the ledger (checked after the drain).
     let response = app.post(&probe(1000)).await;
-    let took = started.elapsed();
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
-    assert!(took < Duration::from_millis(100), "503 took {took:?}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too far behind"), "{body}");
 
     // Deposits are still taken until max_backlog, then shed too.
     for i in 20..31 {
@@ -71,8 +74,10 @@ async fn a_backlogged_shard_sheds_requests_at_once_and_recovers() {
     let _worker = app.start_worker().await;
     app.wait_balance("jam", &accepted.to_string()).await;
     let after = json!({"id": "after", "type": "withdraw_request", "amount": 1, "accountId": "jam"});
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(30), || async {
         (app.post(&after).await.status() == 201).then_some(())
     })
     .await;
+    // The shed probe was never published: the drained ledger does not know it.
+    assert_eq!(app.get("/transactions/probe-1000").await.0, 404);
 }

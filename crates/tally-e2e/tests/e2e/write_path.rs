@@ -279,8 +279,11 @@ async fn broker_outage_gives_fast_503_and_api_and_worker_recover_by_themselves()
     let started = Instant::now();
     let response = app.post(&tx("during", "deposit", json!(1), "outage")).await;
     assert_eq!(response.status().as_u16(), 503);
+    // Bounded by publish_timeout_ms + settle_timeout_ms (5 s by default), not by the
+    // machine's speed: the margin keeps a loaded machine from failing the test, and a hung
+    // request (no answer until the client gives up) still fails it.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(20),
         "503 took {:?}",
         started.elapsed()
     );
