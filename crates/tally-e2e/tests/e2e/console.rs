@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::Kind;
 
-use crate::helpers::{client_with_key, eventually, TestApp};
+use crate::helpers::{broker_address, client_with_key, eventually, Options, TcpProxy, TestApp};
 
 /// Sends a valid deposit of `amount` to `account` straight to the dead-letter exchange (as if
 /// it had crashed consumers past the delivery limit) and returns its archived dead letter's id.
@@ -170,7 +170,7 @@ async fn shards_show_their_lease_queue_and_recent_lag() {
 
 #[tokio::test]
 async fn the_console_page_is_served_without_a_key_with_strict_headers_and_no_data() {
-    let app = TestApp::spawn_with(crate::helpers::Options {
+    let app = TestApp::spawn_with(Options {
         worker: false,
         ..Default::default()
     })
@@ -215,4 +215,57 @@ async fn the_console_page_is_served_without_a_key_with_strict_headers_and_no_dat
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn a_republish_without_a_confirm_is_outcome_unknown_and_leaves_the_letter_unmarked() {
+    let proxy = TcpProxy::start(broker_address()).await;
+    let app = TestApp::spawn_with(Options {
+        broker_proxy: Some(proxy.clone()),
+        tweak: |s| {
+            s.api.publish_timeout_ms = 300;
+            s.api.settle_timeout_ms = 700;
+        },
+        ..Options::default()
+    })
+    .await;
+    let id = dead_deposit(&app, "limbo", "limbo", "4").await;
+    let path = format!("/debug/dead-letters/{id}/republish");
+    // The API's publishes reach the broker, its confirms never come back.
+    proxy.stall();
+    let response = app
+        .client
+        .post(format!("{}{path}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
+    // It was sent after all ("unavailable" would have been a lie), and is not marked.
+    app.wait_balance("limbo", "4").await;
+    let letters = app.get_ok("/debug/dead-letters").await;
+    assert!(letters[0]["republishedAt"].is_null(), "{letters}");
+    proxy.resume();
+
+    // Re-publishing it again is harmless: marked now, one effect.
+    let (status, letter) = eventually(Duration::from_secs(20), || async {
+        let (status, body) = post(&app, &app.client, &path).await;
+        (status == 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert!(letter["republishedAt"].is_string(), "{letter}");
+    eventually(Duration::from_secs(15), || async {
+        let channel = app.broker().await.create_channel().await.unwrap();
+        (app.queued(&channel).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(app.balance("limbo").await, "4");
+    assert_eq!(
+        app.count("SELECT count(*) FROM transactions WHERE id = 'limbo'")
+            .await,
+        1
+    );
 }
