@@ -25,9 +25,10 @@ pub fn command_properties(id: &str, request_id: &str) -> BasicProperties {
 
 /// Properties of a re-published dead letter (`tally-worker dead-letters republish`, the API's
 /// `POST /debug/dead-letters/{id}/republish`): its original message id, so the worker dedupes
-/// it like any copy. The archive keeps no headers, so the original request id is lost.
+/// it like any copy. The archive keeps no headers, so the original request id is lost; no
+/// content type either, as the body may be the garbage that got it dead-lettered.
 pub fn republish_properties(message_id: Option<&str>) -> BasicProperties {
-    let properties = BasicProperties::default().with_content_type("application/json".into());
+    let properties = BasicProperties::default();
     match message_id {
         Some(id) => properties.with_message_id(id.into()),
         None => properties,
