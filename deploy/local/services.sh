@@ -10,7 +10,8 @@
 # daemons are started directly, never through service/systemctl. Idempotent; a
 # second run when everything is up only does cheap probes (no rabbitmqctl).
 # Env: TALLY_DB_USER / TALLY_DB_PASSWORD / TALLY_DB_NAME (default tally),
-#      WITH_BENCH_TOOLS=1 to also install wrk.
+#      WITH_BENCH_TOOLS=1 to also install wrk, WITH_TEST_TOOLS=1 (make test) promtool
+#      (prometheus), chromium and chromium-driver.
 set -euo pipefail
 
 DB_USER=${TALLY_DB_USER:-tally}
@@ -60,8 +61,12 @@ ensure_packages() {
   fi
   for p in rabbitmq-server nginx faketime; do installed "$p" || want+=("$p"); done
   if [[ ${WITH_BENCH_TOOLS:-0} == 1 ]]; then installed wrk || want+=(wrk); fi
-  # promtool (package prometheus) checks and unit-tests the alert rules in `make test`.
-  if [[ ${WITH_TEST_TOOLS:-0} == 1 ]]; then installed prometheus || want+=(prometheus); fi
+  # promtool (package prometheus) checks and unit-tests the alert rules in `make test`;
+  # chromium + chromium-driver: the operator console's browser test (tally-e2e browser.rs)
+  # drives headless Chromium through chromedriver; under CI it fails without them.
+  if [[ ${WITH_TEST_TOOLS:-0} == 1 ]]; then
+    for p in prometheus chromium chromium-driver; do installed "$p" || want+=("$p"); done
+  fi
   ((${#want[@]})) || return 0
   say "installing ${want[*]} (apt)"
   # policy-rc.d blocks daemon starts during install; we start them ourselves below.

@@ -9,7 +9,7 @@
 use lapin::options::ConfirmSelectOptions;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{Channel, Confirmation};
 use std::time::Duration;
 
 use crate::consumer::Consumer;
@@ -117,10 +117,7 @@ impl ConfirmedChannel {
         body: &[u8],
         message_id: Option<&str>,
     ) -> Result<bool, BusError> {
-        let mut properties = BasicProperties::default().with_delivery_mode(2);
-        if let Some(id) = message_id {
-            properties = properties.with_message_id(id.into());
-        }
+        let properties = crate::republish_properties(message_id).with_delivery_mode(2);
         let confirmation = self
             .channel
             .basic_publish(

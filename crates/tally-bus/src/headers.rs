@@ -23,6 +23,18 @@ pub fn command_properties(id: &str, request_id: &str) -> BasicProperties {
         .with_headers(headers)
 }
 
+/// Properties of a re-published dead letter (`tally-worker dead-letters republish`, the API's
+/// `POST /debug/dead-letters/{id}/republish`): its original message id, so the worker dedupes
+/// it like any copy. The archive keeps no headers, so the original request id is lost; no
+/// content type either, as the body may be the garbage that got it dead-lettered.
+pub fn republish_properties(message_id: Option<&str>) -> BasicProperties {
+    let properties = BasicProperties::default();
+    match message_id {
+        Some(id) => properties.with_message_id(id.into()),
+        None => properties,
+    }
+}
+
 /// A text value of a header table (long or short string), lossy on invalid UTF-8.
 pub(crate) fn text(value: &AMQPValue) -> Option<String> {
     match value {

@@ -30,7 +30,7 @@ pub mod topology;
 pub use connection::{ConfirmedChannel, Connection};
 pub use consumer::{Consumer, Death, Delivery, Tag};
 pub use endpoints::Endpoints;
-pub use headers::command_properties;
+pub use headers::{command_properties, republish_properties};
 pub use lapin;
 pub use publisher::{PublishError, Publisher};
 pub use reply::{Replier, ReplyTo};

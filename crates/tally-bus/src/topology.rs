@@ -6,7 +6,7 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
-use tally_core::shard_of;
+use tally_core::{shard_of, AmountRules, Envelope};
 
 /// The topology of one tally installation (or of one test: each test has its own prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,17 @@ impl Topology {
 
     pub fn shard_of(&self, account_id: &str) -> u16 {
         shard_of(account_id, self.shard_count)
+    }
+
+    /// Where a dead letter goes when it is re-published (by `tally-worker dead-letters
+    /// republish` and the API's `POST /debug/dead-letters/{id}/republish` alike): the shard of
+    /// its account when the body decodes (the shard count is fixed), else the routing key it
+    /// had.
+    pub fn dead_letter_route(&self, body: &[u8], routing_key: &str, rules: &AmountRules) -> String {
+        match Envelope::decode(body, rules) {
+            Ok(env) => Self::routing_key(self.shard_of(&env.account_id)),
+            Err(_) => routing_key.to_string(),
+        }
     }
 
     /// The arguments of a shard queue. Two traps: the delivery limit must be an integer (a

@@ -75,6 +75,9 @@ pub fn required(method: &str, pattern: Option<&str>, public_metrics: bool) -> Ac
     };
     match (method, pattern) {
         (_, "/health/live" | "/health/ready") => Access::Public,
+        // The operator console's page and assets hold no data (its calls for data carry the
+        // admin key); a browser cannot send a key on navigation.
+        ("GET" | "HEAD", "/console" | "/console/{asset}") => Access::Public,
         (_, "/metrics") if public_metrics => Access::Public,
         (_, "/status") => Access::AnyKey,
         ("POST", "/transaction") => Access::Scope(Scope::TransactionsWrite),
@@ -209,6 +212,12 @@ mod tests {
             Access::Scope(Scope::Admin)
         );
         assert_eq!(scope("GET", "/debug/accounts"), Access::Scope(Scope::Admin));
+        assert_eq!(scope("GET", "/console"), Access::Public);
+        assert_eq!(scope("GET", "/console/{asset}"), Access::Public);
+        assert_eq!(
+            scope("POST", "/debug/dead-letters/{id}/republish"),
+            Access::Scope(Scope::Admin)
+        );
         assert_eq!(required("GET", None, true), Access::AnyKey);
     }
 }

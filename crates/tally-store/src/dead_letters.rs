@@ -88,6 +88,18 @@ pub async fn page(
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// One dead letter by id, re-published or not.
+pub async fn get(pool: &Pool, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
 /// Dead letters not yet re-published: all of them, or those among `ids`.
 pub async fn pending(pool: &Pool, ids: Option<&[String]>) -> Result<Vec<DeadLetter>, StoreError> {
     let client = pool.get().await?;

@@ -106,12 +106,7 @@ pub async fn republish(
     let channel = connection.confirmed(topology).await?;
     let mut done = Vec::new();
     for letter in dead_letters::pending(pool, ids).await? {
-        // Route by the account when the body decodes (the shard count is fixed), else by the
-        // routing key it had.
-        let routing_key = match Envelope::decode(&letter.body, rules) {
-            Ok(env) => Topology::routing_key(topology.shard_of(&env.account_id)),
-            Err(_) => letter.routing_key.clone(),
-        };
+        let routing_key = topology.dead_letter_route(&letter.body, &letter.routing_key, rules);
         let confirmed = channel
             .publish(&routing_key, &letter.body, letter.message_id.as_deref())
             .await?;

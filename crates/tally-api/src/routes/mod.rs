@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod body;
+pub mod console;
 pub mod debug;
 pub mod health;
 pub mod history;
@@ -19,7 +20,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::error::ApiError;
 
-/// Registers every route; the debug routes only when `debug` (`debug.enabled`). Each handler
+/// Registers every route; the debug routes and the console only when `debug`
+/// (`debug.enabled`). Each handler
 /// carries its `#[utoipa::path]`: registering it here also documents it ([`crate::openapi`]),
 /// and tells [`Allowed`] its method.
 pub fn configure(cfg: &mut ServiceConfig, debug: bool) {
@@ -46,7 +48,12 @@ pub fn configure(cfg: &mut ServiceConfig, debug: bool) {
             .service(debug::transactions)
             .service(debug::conservation)
             .service(debug::dead_letters);
-        cfg.service(debug::webhooks);
+        cfg.service(debug::webhooks)
+            .service(console::shards)
+            .service(console::throughput)
+            .service(console::holds)
+            .service(console::republish);
+        cfg.service(console::page).service(console::console_asset);
     }
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest {

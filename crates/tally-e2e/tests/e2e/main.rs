@@ -7,6 +7,8 @@ mod admission;
 mod answers;
 mod auth;
 mod broker_nodes;
+mod browser;
+mod console;
 mod deploy;
 mod faults;
 mod ha;

@@ -13,11 +13,14 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{client_with_key, eventually, Nginx, Options, TestApp};
 use tally_testkit::nginx;
 
-const DEBUG_ROUTES: [&str; 4] = [
+const DEBUG_ROUTES: [&str; 7] = [
     "/debug/accounts",
     "/debug/transactions",
     "/debug/conservation",
     "/debug/dead-letters",
+    "/debug/shards",
+    "/debug/throughput",
+    "/debug/accounts/a-1/holds",
 ];
 
 /// `method path` on the test's API, with an `Authorization` header when given.
@@ -62,6 +65,19 @@ async fn debug_routes_do_not_exist_in_the_production_profile() {
         let (status, _) = status_of(&app, path, Some(app.keys.admin.as_str())).await;
         assert_eq!(status, 404, "{path} with the admin key");
     }
+    // Nor the operator console, nor its re-publish route.
+    for path in ["/console", "/console/console.js"] {
+        let (status, _) = status_of(&app, path, Some(app.keys.admin.as_str())).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let response = send(
+        &app,
+        "POST",
+        "/debug/dead-letters/x/republish",
+        Some(format!("Bearer {}", app.keys.admin)),
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 404);
 }
 
 #[tokio::test]
