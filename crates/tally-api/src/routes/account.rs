@@ -61,7 +61,7 @@ const MIN_SEQ_POLL: Duration = Duration::from_millis(20);
         (status = 400, description = "`invalid_id` (path) or `invalid_min_seq`; `field` names it.", body = model::ErrorBody, example = json!({"error": {"code": "invalid_min_seq", "message": "`minSeq` must be a non-negative integer (an account's `seq`)", "field": "minSeq"}})),
         (status = 500, response = openapi::Internal),
         (status = 503, response = openapi::Unavailable),
-        (status = 504, description = "Code `min_seq_not_reached`: the account's `seq` stayed below `minSeq` for the whole bounded wait (its command is still queued, or `minSeq` is beyond anything posted). Retry after `Retry-After` seconds.", body = model::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before reading again (`api.retry_after_secs`).")), example = json!({"error": {"code": "min_seq_not_reached", "message": "account \"acc-1\" is at seq 3, below minSeq 5, after waiting 5000 ms; its commands are still queued, read again"}})),
+        (status = 504, description = "Code `min_seq_not_reached`: the account's `seq` stayed below `minSeq` for the whole bounded wait (its command is still queued, or `minSeq` is beyond anything posted). Retry after `Retry-After` seconds.", body = model::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before reading again (`api.retry_after_secs`).")), example = json!({"error": {"code": "min_seq_not_reached", "message": "account \"acc-1\" is at seq 3, below minSeq 5, after waiting 5000 ms: the commands up to that seq are still queued (or were never posted); read again"}})),
     ),
 )]
 #[get("/account/{account_id}")]
@@ -93,7 +93,8 @@ pub async fn get_account(
                 code: "min_seq_not_reached",
                 message: format!(
                     "account {account_id:?} is at seq {}, below minSeq {min_seq}, after waiting \
-                     {} ms; its commands are still queued, read again",
+                     {} ms: the commands up to that seq are still queued (or were never posted); \
+                     read again",
                     view.seq,
                     wait.as_millis()
                 ),
