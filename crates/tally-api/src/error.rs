@@ -56,6 +56,13 @@ pub enum ApiError {
         message: &'static str,
         retry_after_secs: u32,
     },
+    /// 504 with its own code: what the request waits for (e.g. an account reaching `minSeq`)
+    /// did not happen within the bounded wait; nothing is wrong, retry after `Retry-After`.
+    NotYet {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u32,
+    },
     /// 500: a bug or an unexpected failure; the cause is logged, not returned.
     Internal(String),
 }
@@ -103,6 +110,7 @@ impl fmt::Display for ApiError {
             | ApiError::Unprocessable { message, .. }
             | ApiError::TooManyRequests { message, .. }
             | ApiError::Busy { message, .. }
+            | ApiError::NotYet { message, .. }
             | ApiError::Forbidden { message } => f.write_str(message),
             ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
             ApiError::MethodNotAllowed { method, allow } => {
@@ -137,6 +145,7 @@ impl ResponseError for ApiError {
             ApiError::Busy { .. }
             | ApiError::Unavailable { .. }
             | ApiError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotYet { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,7 +157,8 @@ impl ResponseError for ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::TooManyRequests { code, .. }
-            | ApiError::Busy { code, .. } => *code,
+            | ApiError::Busy { code, .. }
+            | ApiError::NotYet { code, .. } => *code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -185,6 +195,9 @@ impl ResponseError for ApiError {
             retry_after_secs, ..
         }
         | ApiError::Busy {
+            retry_after_secs, ..
+        }
+        | ApiError::NotYet {
             retry_after_secs, ..
         } = self
         {

@@ -11,6 +11,7 @@
 //! - [`model`]: the HTTP shapes of the answers, converted from the store's rows.
 //! - [`openapi`]: the OpenAPI document, generated from the routes and the model.
 //! - [`submit`]: the write protocol of `POST /transaction` and what each answer promises.
+//! - [`prefer`]: the `Prefer: wait` header (read-your-writes on request).
 
 pub mod admission;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod model;
 pub mod observe;
 pub mod openapi;
+pub mod prefer;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -86,6 +86,18 @@ pub struct Accepted {
     pub accepted_at: DateTime<Utc>,
 }
 
+/// The 200 of `POST /transaction`: a deposit or withdraw `accepted` (in its shard queue), or,
+/// when the client sent `Prefer: wait` and the worker decided it in time, its record (with
+/// the header `Preference-Applied: wait`). Documentation only: the handler serializes the
+/// variant's own type.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // never built: it only names the two shapes of the answer in the document
+pub enum Posted {
+    Accepted(Accepted),
+    Decided(TransactionRecord),
+}
+
 /// An approved withdraw_request: a hold of `amount` counts against `available` until a withdraw
 /// captures it or it expires.
 #[derive(Debug, Serialize, ToSchema)]
@@ -142,6 +154,11 @@ pub struct Account {
     #[serde(with = "money_json")]
     #[schema(value_type = Money)]
     pub held: Decimal,
+    /// How many commands the ledger has decided for the account: the `seq` of its latest
+    /// record (0 for an account never used). A read with `minSeq=N` reflects every command
+    /// whose record has `seq` <= N.
+    #[schema(minimum = 0)]
+    pub seq: i64,
 }
 
 /// A transaction as the worker recorded it. `reason`, `holdId` and `requestId` are omitted when
@@ -228,6 +245,25 @@ pub struct RecordedTransaction {
     /// Commands that reused the id with another payload and had no effect, in the order they
     /// were detected; empty when there were none.
     pub conflicts: Vec<IdConflict>,
+    /// Copies of a command with this id that the broker dead-lettered (`message_id` = the id),
+    /// oldest first: e.g. a copy that crashed consumers past the delivery limit after the
+    /// record was written. Empty when there were none.
+    #[serde(rename = "deadLetters")]
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// The 404 of `GET /transactions/{id}`: the usual error, plus the dead-lettered copies of a
+/// command with this id when there are some (code `transaction_dead_lettered`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"error": {"code": "transaction_dead_lettered", "message": "no record of id \"t-9\": its command was dead-lettered (rejected) and is not applied; an operator may republish it after a fix"}, "deadLetters": [{"id": "5d1c…", "queue": "tally.shard.3", "routingKey": "3", "reason": "rejected", "detail": "invalid envelope: `amount` must have at most 2 decimal places", "messageId": "t-9", "body": "{…}", "deadAt": "2024-01-01T00:00:01Z", "archivedAt": "2024-01-01T00:00:02Z", "republishedAt": null}]}))]
+pub struct TransactionNotRecorded {
+    #[schema(inline)]
+    pub error: ErrorDetail,
+    /// The dead-lettered copies, oldest first; omitted when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 /// An account row as stored (debug). `held` here is the stored sum of open holds, which may still
@@ -719,6 +755,7 @@ impl From<tally_store::reads::AccountView> for Account {
             balance: v.balance,
             available: v.available,
             held: v.held,
+            seq: v.seq,
         }
     }
 }

@@ -11,6 +11,13 @@
 //!   [`tally_bus::PublishError::surely_not_accepted`]); no effect, ever.
 //! - [`Answer::OutcomeUnknown`] (503 `outcome_unknown`): it may be in a queue; a retry with the
 //!   same id, or `GET /transactions/{id}`, tells the truth.
+//! - [`Answer::Decided`] (200 with `Preference-Applied: wait`, a deposit or withdraw whose
+//!   client sent `Prefer: wait`): the record itself, read from the ledger (never built from a
+//!   reply), so it says exactly what the record says: a deposit's or withdraw's record is final
+//!   once committed. The worker's reply to the attempt's own copy only says when to read it,
+//!   or, when it says `id_reused`, answers 422: the id is recorded with another payload, and
+//!   this copy was recorded as a conflict without effect. Without a decision in time, the
+//!   answer is the ordinary 200 `accepted` (the copy is in the queue, settled as usual).
 //!
 //! The withdraw_request rules that keep its first answer final ([`Attempt`] applies them to
 //! what an attempt observed; the async functions only publish, wait and read):
@@ -57,6 +64,9 @@ pub enum Answer {
     Unavailable(&'static str),
     /// 503 `outcome_unknown`: the command may have been accepted.
     OutcomeUnknown(&'static str),
+    /// 200 with `Preference-Applied: wait`: the deposit or withdraw is decided, and this is
+    /// its record (status `applied` or `rejected`).
+    Decided(Box<TransactionRecord>),
 }
 
 /// What a 200 says of a deposit or withdraw.
@@ -84,17 +94,110 @@ pub struct Decision {
 }
 
 /// Takes a validated command through the write protocol. `request_id` travels with it to the
-/// worker's logs; `wait` bounds a withdraw_request's wait for its decision.
+/// worker's logs; `wait` bounds a withdraw_request's wait for its decision; `prefer_wait`
+/// (`Prefer: wait`, capped) makes a deposit or withdraw wait for its decision too.
 pub async fn submit(
     state: &AppState,
     tx: &NewTransaction,
     request_id: &str,
     wait: Duration,
+    prefer_wait: Option<Duration>,
 ) -> Answer {
-    if tx.kind == Kind::WithdrawRequest {
-        request(state, tx, request_id, wait).await
+    match (tx.kind, prefer_wait) {
+        (Kind::WithdrawRequest, _) => request(state, tx, request_id, wait).await,
+        (_, Some(wait)) => accept_waiting(state, tx, request_id, wait).await,
+        (_, None) => accept(state, tx, request_id).await,
+    }
+}
+
+/// A deposit or withdraw whose client asked to wait for its decision (`Prefer: wait`): the
+/// record when it is decided within `wait`, else what [`accept`] answers. Published like
+/// [`accept`] (same checks, same settle budget), with a reply address: the worker replies
+/// after its commit.
+async fn accept_waiting(
+    state: &AppState,
+    tx: &NewTransaction,
+    request_id: &str,
+    wait: Duration,
+) -> Answer {
+    let deadline = Instant::now() + wait;
+    match tally_store::reads::transaction(&state.pool, &tx.id).await {
+        Ok(Some(record)) => return from_record(tx, record),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(id = %tx.id, error = %e, "idempotency pre-check skipped"),
+    }
+    if owned_by_another(state, tx).await {
+        return Answer::OwnedByAnother;
+    }
+    let shard = match admit(state, tx) {
+        Ok(shard) => shard,
+        Err(answer) => return answer,
+    };
+    let envelope = Envelope::new(tx, Utc::now());
+    let api = &state.settings.api;
+    let settle_by = Instant::now()
+        + Duration::from_millis(api.publish_timeout_ms)
+        + Duration::from_millis(api.settle_timeout_ms);
+    let reply = state
+        .publisher
+        .request_until(
+            &Topology::routing_key(shard),
+            &envelope.encode(),
+            command_properties(&tx.id, request_id),
+            settle_by,
+            deadline,
+        )
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => return publish_failed(&tx.id, &e),
+    };
+    // A copy is surely in the queue from here on: without a decision, the ordinary 200.
+    let accepted = Answer::Accepted(Receipt {
+        id: envelope.id,
+        account_id: envelope.account_id,
+        kind: envelope.kind,
+        amount: envelope.amount,
+        accepted_at: envelope.accepted_at,
+    });
+    match reply.as_deref().map(serde_json::from_slice::<Outcome>) {
+        Some(Ok(outcome)) if outcome.status == OutcomeStatus::IdReused => return Answer::IdReused,
+        Some(Err(e)) => tracing::error!(id = %tx.id, error = %e, "undecodable reply"),
+        _ => {}
+    }
+    // Decided (the reply is sent after the commit), or no reply here: the record, if it can
+    // be read in time, is the answer.
+    look_up(state, tx, deadline).await.unwrap_or(accepted)
+}
+
+/// The answer a record of the id gives a deposit or withdraw whose client waits for it: the
+/// record itself (final once committed), or 422 when it holds another payload (this one can
+/// never be applied under that id: its copy is recorded as a conflict).
+fn from_record(tx: &NewTransaction, record: TransactionRecord) -> Answer {
+    if record.fingerprint == tx.fingerprint() {
+        Answer::Decided(Box::new(record))
     } else {
-        accept(state, tx, request_id).await
+        Answer::IdReused
+    }
+}
+
+/// Reads the record of a deposit or withdraw until it is found or `until` passes (at least
+/// once, each read bounded by what is left, never less than [`LAST_LOOK`]); `None` when it
+/// was not found or could not be read.
+async fn look_up(state: &AppState, tx: &NewTransaction, until: Instant) -> Option<Answer> {
+    loop {
+        let bound = until
+            .saturating_duration_since(Instant::now())
+            .max(LAST_LOOK);
+        let read =
+            tokio::time::timeout(bound, tally_store::reads::transaction(&state.pool, &tx.id));
+        if let Ok(Ok(Some(record))) = read.await {
+            return Some(from_record(tx, record));
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep_until(until.min(Instant::now() + POLL)).await;
     }
 }
 
@@ -614,6 +717,18 @@ mod tests {
             replayed(&other, &record(&tx, "applied", at(7))),
             Answer::IdReused
         );
+    }
+
+    #[test]
+    fn a_waiting_deposit_is_answered_with_its_own_record_and_another_payloads_is_id_reused() {
+        let tx = command("deposit", 10);
+        let own = record(&tx, "applied", at(7));
+        assert_eq!(
+            from_record(&tx, own.clone()),
+            Answer::Decided(Box::new(own))
+        );
+        let other = record(&command("deposit", 11), "applied", at(7));
+        assert_eq!(from_record(&tx, other), Answer::IdReused);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The API side of RabbitMQ: one long-lived connection with a confirm-mode channel for
-//! publishing and an exclusive reply queue for withdraw_request decisions, kept alive by a
+//! publishing and an exclusive reply queue for the worker's decisions (withdraw_requests, and
+//! deposits or withdraws whose client sent `Prefer: wait`), kept alive by a
 //! supervisor task that reconnects with back-off after the broker goes away — to another
 //! node of the cluster when its node died (see [`Endpoints`]).
 //!
@@ -321,12 +322,28 @@ impl Publisher {
         properties: BasicProperties,
         by: Instant,
     ) -> Result<Option<Vec<u8>>, PublishError> {
+        self.request_until(routing_key, body, properties, by, by)
+            .await
+    }
+
+    /// Like [`Publisher::request`], with the publish settled until `settle_by` and the reply
+    /// awaited until `reply_by`: a deposit whose client asked to wait for its decision keeps
+    /// the ordinary settle budget (its answer without a decision is the ordinary 200), and
+    /// waits for the reply only as long as the client asked.
+    pub async fn request_until(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        settle_by: Instant,
+        reply_by: Instant,
+    ) -> Result<Option<Vec<u8>>, PublishError> {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let mut reply = None;
         // Every copy asks for its reply on the session it is sent on; the slot is registered
         // before publishing, as a fast worker may reply before the confirm arrives.
         let mut slot = self.inner.waiting.slot(&correlation_id);
-        self.settled(by, || {
+        self.settled(settle_by, || {
             reply = Some(slot.register());
             let properties = properties.clone();
             let correlation_id = correlation_id.clone();
@@ -347,7 +364,7 @@ impl Publisher {
         let Some(rx) = reply else {
             return Ok(None);
         };
-        match tokio::time::timeout_at(by, rx).await {
+        match tokio::time::timeout_at(reply_by, rx).await {
             Ok(Ok(reply)) => Ok(Some(reply)),
             // Sender dropped (session replaced) or deadline passed: no reply will come here.
             Ok(Err(_)) | Err(_) => Ok(None),

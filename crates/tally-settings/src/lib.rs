@@ -67,6 +67,9 @@ pub struct ApiSettings {
     /// After a publish whose outcome is unknown: how long the same message is published
     /// again to settle it before the answer says `outcome_unknown`.
     pub settle_timeout_ms: u64,
+    /// Longest wait a client may ask for with `Prefer: wait` (a deposit's or withdraw's
+    /// decision) or that `GET /account/{id}?minSeq=` spends; 0: such waits are off.
+    pub max_prefer_wait_ms: u64,
     pub retry_after_secs: u32,
     pub threads: usize,
 }

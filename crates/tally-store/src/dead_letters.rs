@@ -115,6 +115,19 @@ pub async fn pending(pool: &Pool, ids: Option<&[String]>) -> Result<Vec<DeadLett
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// The dead letters carrying `message_id` (the API sets it to the transaction id), oldest
+/// death first: what `GET /transactions/{id}` tells of the id's dead-lettered copies.
+pub async fn of_message(pool: &Pool, message_id: &str) -> Result<Vec<DeadLetter>, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM dead_letters WHERE message_id = $1 ORDER BY dead_at, id"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&message_id]).await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
 /// Records that a dead letter was published again.
 pub async fn mark_republished(pool: &Pool, id: &str) -> Result<(), StoreError> {
     let client = pool.get().await?;

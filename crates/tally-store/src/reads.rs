@@ -19,6 +19,9 @@ pub struct AccountView {
     pub balance: Decimal,
     pub available: Decimal,
     pub held: Decimal,
+    /// How many commands the ledger decided for the account (`accounts.version`): the `seq` of
+    /// its latest record; 0 for an account never used.
+    pub seq: i64,
 }
 
 /// Balance, available and held of an account; zeros for an account never used. `held` counts
@@ -31,19 +34,25 @@ pub async fn account(pool: &Pool, account_id: &str) -> Result<AccountView, Store
             "SELECT a.balance, \
                     COALESCE((SELECT sum(h.amount) FROM holds h \
                               WHERE h.account_id = a.id AND h.status = 'open' \
-                                AND h.expires_at > now()), 0) \
+                                AND h.expires_at > now()), 0), \
+                    a.version \
              FROM accounts a WHERE a.id = $1",
         )
         .await?;
-    let (balance, held) = match client.query_opt(&stmt, &[&account_id]).await? {
-        Some(row) => (row.get::<_, Decimal>(0), row.get::<_, Decimal>(1)),
-        None => (Decimal::ZERO, Decimal::ZERO),
+    let (balance, held, seq) = match client.query_opt(&stmt, &[&account_id]).await? {
+        Some(row) => (
+            row.get::<_, Decimal>(0),
+            row.get::<_, Decimal>(1),
+            row.get(2),
+        ),
+        None => (Decimal::ZERO, Decimal::ZERO, 0),
     };
     Ok(AccountView {
         account_id: account_id.to_string(),
         balance,
         available: balance - held,
         held,
+        seq,
     })
 }
 

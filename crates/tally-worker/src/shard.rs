@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::{BusError, Consumer, Delivery, Replier};
 use tally_core::ledger::Rules;
-use tally_core::{AmountRules, Envelope, Kind, Outcome};
+use tally_core::{AmountRules, Envelope, Outcome};
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
 use tally_telemetry::metrics;
@@ -32,8 +32,9 @@ pub struct ShardContext {
     pub amount_rules: AmountRules,
     /// Most deliveries per transaction.
     pub batch_max: usize,
-    /// Sends withdraw_request replies (best effort: a lost reply makes the API time out and
-    /// deny, which the void command then makes true in the ledger).
+    /// Sends the replies API replicas wait for (best effort: after a lost reply the API looks
+    /// at the record, or times out: a withdraw_request is then voided, a deposit or withdraw
+    /// answered with the ordinary 200 `accepted`).
     pub replies: Replier,
     pub sweep_every: Duration,
 }
@@ -266,7 +267,9 @@ fn log_outcomes(shard: u16, deliveries: &[Delivery], envelopes: &[Envelope], out
     }
 }
 
-/// Sends each withdraw_request's outcome to the API replica that waits for it.
+/// Sends each outcome that an API replica waits for (the message asked for a reply: a
+/// withdraw_request, or a deposit or withdraw posted with `Prefer: wait`) to that replica. Sent
+/// after the commit: a reply is never ahead of the record.
 async fn reply_all(
     ctx: &ShardContext,
     deliveries: &[Delivery],
@@ -274,9 +277,6 @@ async fn reply_all(
     outcomes: &[Outcome],
 ) {
     for ((delivery, env), outcome) in deliveries.iter().zip(envelopes).zip(outcomes) {
-        if env.kind != Kind::WithdrawRequest {
-            continue;
-        }
         let Some(reply_to) = delivery.reply_to() else {
             continue;
         };

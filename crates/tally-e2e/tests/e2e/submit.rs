@@ -37,22 +37,36 @@ async fn recorded(app: &TestApp, id: &str) {
 async fn a_deposit_is_accepted_then_replayed_from_its_record_and_a_reuse_is_refused() {
     let app = TestApp::spawn().await;
     let deposit = tx("d1", "deposit", 10, "s-acc");
-    let Answer::Accepted(first) = submit(&app.state, &deposit, "r1", WAIT).await else {
+    let Answer::Accepted(first) = submit(&app.state, &deposit, "r1", WAIT, None).await else {
         panic!("not accepted")
     };
     assert_eq!((first.kind, first.id.as_str()), (Kind::Deposit, "d1"));
     recorded(&app, "d1").await;
 
-    let again = submit(&app.state, &deposit, "r2", WAIT).await;
+    let again = submit(&app.state, &deposit, "r2", WAIT, None).await;
     assert_eq!(again, Answer::Replayed(first));
-    let reuse = submit(&app.state, &tx("d1", "deposit", 11, "s-acc"), "r3", WAIT).await;
+    let reuse = submit(
+        &app.state,
+        &tx("d1", "deposit", 11, "s-acc"),
+        "r3",
+        WAIT,
+        None,
+    )
+    .await;
     assert_eq!(reuse, Answer::IdReused);
 }
 
 #[tokio::test]
 async fn a_withdraw_request_is_approved_with_a_hold_or_denied_with_a_reason() {
     let app = TestApp::spawn().await;
-    submit(&app.state, &tx("d1", "deposit", 100, "s-req"), "r", WAIT).await;
+    submit(
+        &app.state,
+        &tx("d1", "deposit", 100, "s-req"),
+        "r",
+        WAIT,
+        None,
+    )
+    .await;
     app.wait_balance("s-req", "100").await;
 
     let approved = submit(
@@ -60,6 +74,7 @@ async fn a_withdraw_request_is_approved_with_a_hold_or_denied_with_a_reason() {
         &tx("w1", "withdraw_request", 30, "s-req"),
         "r",
         WAIT,
+        None,
     )
     .await;
     let Answer::Approved(decision) = approved else {
@@ -72,6 +87,7 @@ async fn a_withdraw_request_is_approved_with_a_hold_or_denied_with_a_reason() {
         &tx("w2", "withdraw_request", 1000, "s-req"),
         "r",
         WAIT,
+        None,
     )
     .await;
     let Answer::Denied(decision) = denied else {
@@ -98,6 +114,7 @@ async fn a_withdraw_request_nobody_decides_in_time_is_voided_and_denied() {
         &tx("w1", "withdraw_request", 5, "s-late"),
         "r",
         wait,
+        None,
     )
     .await;
     let Answer::Denied(decision) = answer else {
@@ -120,7 +137,7 @@ async fn a_command_for_an_account_another_user_owns_is_refused() {
         json!({"id": "d1", "type": "deposit", "amount": 1, "accountId": "s-owned", "userId": "u2"}),
     );
     assert_eq!(
-        submit(&app.state, &foreign, "r", WAIT).await,
+        submit(&app.state, &foreign, "r", WAIT, None).await,
         Answer::OwnedByAnother
     );
 }
@@ -139,6 +156,7 @@ async fn a_withdraw_request_while_the_ledger_is_away_is_unavailable() {
         &tx("w1", "withdraw_request", 1, "s-pg"),
         "r",
         WAIT,
+        None,
     )
     .await;
     assert!(matches!(answer, Answer::Unavailable(_)), "{answer:?}");
@@ -158,7 +176,14 @@ async fn a_deposit_whose_publish_cannot_be_settled_has_an_unknown_outcome() {
     })
     .await;
     proxy.stall();
-    let answer = submit(&app.state, &tx("d1", "deposit", 7, "s-unknown"), "r", WAIT).await;
+    let answer = submit(
+        &app.state,
+        &tx("d1", "deposit", 7, "s-unknown"),
+        "r",
+        WAIT,
+        None,
+    )
+    .await;
     assert!(matches!(answer, Answer::OutcomeUnknown(_)), "{answer:?}");
     proxy.resume();
 }

@@ -38,7 +38,7 @@ async fn the_slash_worked_example_step_by_step() {
     assert_eq!(denied["reason"], "insufficient_funds");
     assert_eq!(
         account(&app, a).await,
-        json!({"accountId": a, "balance": 100, "available": 50, "held": 50})
+        json!({"accountId": a, "balance": 100, "available": 50, "held": 50, "seq": 3})
     );
 
     assert_eq!(
@@ -222,7 +222,7 @@ async fn a_void_releases_a_hold_approved_too_late_for_the_answer() {
     .await;
     assert_eq!(
         account(&app, "voided").await,
-        json!({"accountId": "voided", "balance": 100, "available": 100, "held": 0})
+        json!({"accountId": "voided", "balance": 100, "available": 100, "held": 0, "seq": 2})
     );
     assert_eq!(
         app.count("SELECT count(*) FROM holds WHERE status = 'released'")

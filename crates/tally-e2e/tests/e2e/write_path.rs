@@ -69,7 +69,7 @@ async fn transaction_is_404_before_it_is_applied_and_unknown_account_is_zero() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"accountId":"nobody","balance":0,"available":0,"held":0})
+        json!({"accountId":"nobody","balance":0,"available":0,"held":0,"seq":0})
     );
 
     let _worker = app.start_worker().await;
