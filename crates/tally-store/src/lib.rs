@@ -15,6 +15,7 @@ pub mod keys;
 pub mod leases;
 pub mod meta;
 pub mod migrate;
+pub mod notify;
 pub mod pool;
 pub mod reads;
 pub mod settlement;
