@@ -48,3 +48,37 @@ CREATE TRIGGER webhook_deliveries_scheduled
     REFERENCING NEW TABLE AS scheduled
     FOR EACH STATEMENT
     EXECUTE FUNCTION tally_notify_webhook_deliveries();
+
+-- --------------------------------------------------------------------- policy per account
+-- The account's own withdraw policy (`PUT /account/{id}/policy`), written by the shard's
+-- worker like the rest of the row: a policy change is a command of the account's queue, so it
+-- applies in order with the account's transactions. NULL: the global ledger.withdraw_policy.
+-- overdraft_limit: how far below zero `available` may go under reject_overdraft (0 under
+-- always_apply, which has no limit).
+ALTER TABLE accounts
+    ADD COLUMN withdraw_policy text
+        CHECK (withdraw_policy IN ('always_apply', 'reject_overdraft')),
+    ADD COLUMN overdraft_limit numeric NOT NULL DEFAULT 0 CHECK (overdraft_limit >= 0),
+    ADD COLUMN policy_version bigint NOT NULL DEFAULT 0,
+    ADD CONSTRAINT accounts_limit_needs_reject_overdraft
+        CHECK (overdraft_limit = 0 OR withdraw_policy = 'reject_overdraft');
+
+-- Every policy change applied, the dedupe guard of policy commands (primary key on the id,
+-- as for transactions). A change takes no `seq` (the transactions of an account stay
+-- numbered 1, 2, 3… with no gap, which the auditor checks); it records the account's seq
+-- when it was applied instead: it governs the transactions with seq > after_seq, until the
+-- next change (policy_version orders changes made between the same two transactions).
+CREATE TABLE account_policy_changes (
+    id              text PRIMARY KEY,
+    account_id      text NOT NULL,
+    policy_version  bigint NOT NULL,
+    after_seq       bigint NOT NULL,
+    withdraw_policy text NOT NULL CHECK (withdraw_policy IN ('always_apply', 'reject_overdraft')),
+    overdraft_limit numeric NOT NULL CHECK (overdraft_limit >= 0),
+    fingerprint     text NOT NULL,
+    accepted_at     timestamptz NOT NULL,
+    applied_at      timestamptz NOT NULL,
+    key_name        text,
+    shard           integer NOT NULL,
+    UNIQUE (account_id, policy_version)
+);

@@ -207,8 +207,8 @@ impl PolicyEnvelope {
             validate_id(id).map_err(|e| field("invalid_id", name, format!("`{name}` {e}")))?;
         }
         let negative = self.overdraft_limit.is_sign_negative() && !self.overdraft_limit.is_zero();
-        let limit_without_policy = self.withdraw_policy == WithdrawPolicy::AlwaysApply
-            && !self.overdraft_limit.is_zero();
+        let limit_without_policy =
+            self.withdraw_policy == WithdrawPolicy::AlwaysApply && !self.overdraft_limit.is_zero();
         if negative || limit_without_policy {
             return Err(field(
                 "invalid_policy",
@@ -263,8 +263,8 @@ impl Command {
         if !is_policy {
             return Envelope::decode(bytes, rules).map(Command::Transaction);
         }
-        let env: PolicyEnvelope = serde_json::from_slice(bytes)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let env: PolicyEnvelope =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if env.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::UnknownVersion(env.v));
         }
@@ -306,13 +306,34 @@ mod tests {
             (json!({}), true),
             (json!({"withdrawPolicy": 1}), true),
             (json!({"withdrawPolicy": "sometimes"}), true),
-            (json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": "x"}), true),
-            (json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": true}), true),
-            (json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": "0.001"}), true),
-            (json!({"withdrawPolicy": "reject_overdraft", "extra": 1}), true),
-            (json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": -5}), false),
-            (json!({"withdrawPolicy": "always_apply", "overdraftLimit": 10}), false),
-            (json!({"withdrawPolicy": "always_apply", "overdraftLimit": 0}), false),
+            (
+                json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": "x"}),
+                true,
+            ),
+            (
+                json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": true}),
+                true,
+            ),
+            (
+                json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": "0.001"}),
+                true,
+            ),
+            (
+                json!({"withdrawPolicy": "reject_overdraft", "extra": 1}),
+                true,
+            ),
+            (
+                json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": -5}),
+                false,
+            ),
+            (
+                json!({"withdrawPolicy": "always_apply", "overdraftLimit": 10}),
+                false,
+            ),
+            (
+                json!({"withdrawPolicy": "always_apply", "overdraftLimit": 0}),
+                false,
+            ),
         ] {
             match parse(body.clone()) {
                 Err(Malformed(_)) => assert!(malformed, "{body} should be 422"),
@@ -329,8 +350,8 @@ mod tests {
 
     #[test]
     fn a_policy_message_round_trips_and_a_transaction_still_decodes() {
-        let request = parse(json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": 7}))
-            .unwrap();
+        let request =
+            parse(json!({"withdrawPolicy": "reject_overdraft", "overdraftLimit": 7})).unwrap();
         let env = PolicyEnvelope::new("p1", &request, Utc::now(), Some("k".into()));
         let rules = AmountRules::default();
         assert_eq!(

@@ -16,6 +16,7 @@ pub mod leases;
 pub mod meta;
 pub mod migrate;
 pub mod notify;
+pub mod policies;
 pub mod pool;
 pub mod reads;
 pub mod settlement;

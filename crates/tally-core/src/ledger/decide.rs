@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
 use crate::command::{Envelope, Outcome};
-use crate::policy::{Command, PolicyEnvelope};
 use crate::ledger::books::{self, Books};
 use crate::ledger::commands;
 use crate::ledger::effects::{
@@ -14,6 +13,7 @@ use crate::ledger::effects::{
 };
 use crate::ledger::state::{Recorded, Snapshot};
 use crate::ledger::{AccountPolicy, Rules};
+use crate::policy::{Command, PolicyEnvelope};
 use crate::vocabulary::{Kind, OutcomeStatus, Reason};
 
 /// What a batch decided: rows to write, and one outcome per input command, in input order.
@@ -31,7 +31,8 @@ pub fn decide(
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Decision {
-    let (effects, outcomes) = decide_all(envelopes.iter().map(One::Transaction), snapshot, now, rules);
+    let (effects, outcomes) =
+        decide_all(envelopes.iter().map(One::Transaction), snapshot, now, rules);
     Decision {
         effects,
         outcomes: outcomes.into_iter().flatten().collect(),

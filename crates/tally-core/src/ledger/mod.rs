@@ -42,11 +42,11 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub use decide::{decide, decide_commands, Decision};
+pub use effects::NewPolicyChange;
 pub use effects::{
     ClosedHold, Closure, Effects, HoldEnd, IdConflict, NewHold, NewRecord, OverlappingEffects,
     VOIDED_REASON, VOIDED_STATUS,
 };
-pub use effects::NewPolicyChange;
 pub use state::{AccountState, Hold, Recorded, Snapshot};
 
 /// What a withdraw that the account cannot cover does.
@@ -61,7 +61,8 @@ pub enum WithdrawPolicy {
 }
 
 impl WithdrawPolicy {
-    pub const ALL: [WithdrawPolicy; 2] = [WithdrawPolicy::AlwaysApply, WithdrawPolicy::RejectOverdraft];
+    pub const ALL: [WithdrawPolicy; 2] =
+        [WithdrawPolicy::AlwaysApply, WithdrawPolicy::RejectOverdraft];
 
     /// The policy's text, as stored and as shown.
     pub const fn as_str(self) -> &'static str {

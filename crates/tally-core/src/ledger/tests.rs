@@ -489,8 +489,10 @@ fn a_policy_change_governs_the_withdraws_after_it_in_the_queue() {
     ];
     let (effects, outcomes) = decide_commands(&commands, Snapshot::default(), Utc::now(), &RULES);
     use OutcomeStatus::*;
-    let statuses: Vec<Option<OutcomeStatus>> =
-        outcomes.iter().map(|o| o.as_ref().map(|o| o.status)).collect();
+    let statuses: Vec<Option<OutcomeStatus>> = outcomes
+        .iter()
+        .map(|o| o.as_ref().map(|o| o.status))
+        .collect();
     // Global always_apply: w1 overdraws to -5. Limit 3: w2 (-5 - 2 < -3) rejected. Limit 10:
     // w3 (to -9) applied, w4 (to -10) applied: the redelivered p1 did not bring back 3.
     assert_eq!(
