@@ -249,6 +249,16 @@ pub struct AccountRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The account's own withdraw policy (`always_apply` or `reject_overdraft`); null: the
+    /// global `ledger.withdraw_policy` (see `GET /account/{accountId}/policy`).
+    #[schema(required = true)]
+    pub withdraw_policy: Option<String>,
+    /// Under its own `reject_overdraft`: how far below zero `available` may go.
+    #[serde(with = "money_json")]
+    #[schema(value_type = Money)]
+    pub overdraft_limit: Decimal,
+    /// Policy changes applied to the account.
+    pub policy_version: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -767,6 +777,9 @@ impl From<tally_store::reads::AccountRow> for AccountRow {
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            withdraw_policy: r.withdraw_policy,
+            overdraft_limit: r.overdraft_limit,
+            policy_version: r.policy_version,
         }
     }
 }

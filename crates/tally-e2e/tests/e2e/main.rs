@@ -16,6 +16,7 @@ mod id_conflicts;
 mod jobs;
 mod leases;
 mod metrics;
+mod policy;
 mod security;
 mod shutdown;
 mod startup;
