@@ -291,8 +291,10 @@ pub async fn next_due(pool: &Pool) -> Result<Option<Duration>, StoreError> {
     let client = pool.get().await?;
     let row = client
         .query_one(
-            "SELECT GREATEST(0, EXTRACT(EPOCH FROM \
-                 min(GREATEST(due_at, COALESCE(locked_until, due_at))) - now()))::float8 \
+            // NULL when nothing is pending (not GREATEST(0, …): it would turn NULL into 0);
+            // a past time is negative and clamped to zero below.
+            "SELECT EXTRACT(EPOCH FROM \
+                 min(GREATEST(due_at, COALESCE(locked_until, due_at))) - now())::float8 \
              FROM webhook_deliveries WHERE status = 'pending'",
             &[],
         )
