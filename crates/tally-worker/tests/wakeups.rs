@@ -134,14 +134,14 @@ async fn a_scheduled_delivery_is_sent_without_waiting_for_the_poll() {
     ));
 
     // Deliveries for accounts with no webhook: claimed and finished as soon as the sender
-    // looks. The first may be found by the sender's first look; once it is finished the
-    // sender has nothing pending and sleeps for the fallback minute. The second is due now:
-    // only the notification of its insert wakes the sender in time. The third is due a
-    // second after its insert (the sender, woken too early, sleeps until it is due).
+    // looks. The first may be found by the sender's first look. Once it is finished and the
+    // sender went to sleep (nothing pending: the fallback minute), the second, due now, can
+    // only be sent in time if the notification of its insert wakes the sender. The third is
+    // due a second after its insert (the sender, woken too early, sleeps until it is due).
     for (account, due_in_ms) in [("first", 0), ("now", 0), ("later", 1_000)] {
         schedule(&pool, account, due_in_ms).await;
         eventually(BOUND, || async {
-            (pending(&pool).await == 0).then_some(())
+            (pending(&pool).await == 0 && sender_asleep(&pool).await).then_some(())
         })
         .await;
     }
