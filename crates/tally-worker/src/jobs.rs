@@ -2,7 +2,8 @@
 //! job (`FOR UPDATE SKIP LOCKED`, so runners of several workers share the queue), runs it
 //! chunk by chunk (one day each; a few computing at once on their own connections, committing
 //! in day order) while a heartbeat proves it alive, and checks for cancellation and shutdown
-//! between chunks.
+//! between chunks. An idle runner is woken by PostgreSQL when a job becomes QUEUED
+//! (`LISTEN/NOTIFY`, see [`crate::wakeups`]); its poll is only a fallback.
 //!
 //! Jobs survive their runner: a runner that dies (process killed, task aborted) leaves its
 //! job RUNNING with an aging heartbeat; after [`JobsConfig::stale_after`] another runner

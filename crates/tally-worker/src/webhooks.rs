@@ -2,6 +2,8 @@
 //! pool of its own. It claims due deliveries (a lease in PostgreSQL, `SKIP LOCKED`, so the
 //! senders of several workers share the queue), POSTs each one signed, and records the
 //! outcome: sent, a retry after an exponential back-off, or failed once out of attempts.
+//! It does not poll: new deliveries wake it (`LISTEN/NOTIFY`, see [`crate::wakeups`]), and in
+//! between it sleeps until the next pending delivery is due; `poll_ms` is only a fallback.
 //!
 //! Deliveries live in PostgreSQL from the batch that made the change until they end, so
 //! nothing is lost with a sender: a killed one leaves its leases to expire and another sender
