@@ -256,10 +256,16 @@ impl Command {
         struct Kind {
             kind: Option<String>,
         }
-        let is_policy = serde_json::from_slice::<Kind>(bytes)
-            .ok()
-            .and_then(|k| k.kind)
-            .is_some_and(|k| k == POLICY_KIND);
+        // A transaction (nearly every message) never contains the policy kind's text: one
+        // byte scan instead of a second JSON parse on the hot path.
+        let mentions_policy = bytes
+            .windows(POLICY_KIND.len())
+            .any(|w| w == POLICY_KIND.as_bytes());
+        let is_policy = mentions_policy
+            && serde_json::from_slice::<Kind>(bytes)
+                .ok()
+                .and_then(|k| k.kind)
+                .is_some_and(|k| k == POLICY_KIND);
         if !is_policy {
             return Envelope::decode(bytes, rules).map(Command::Transaction);
         }
