@@ -285,6 +285,16 @@ pub struct AccountRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The account's own withdraw policy (`always_apply` or `reject_overdraft`); null: the
+    /// global `ledger.withdraw_policy` (see `GET /account/{accountId}/policy`).
+    #[schema(required = true)]
+    pub withdraw_policy: Option<String>,
+    /// Under its own `reject_overdraft`: how far below zero `available` may go.
+    #[serde(with = "money_json")]
+    #[schema(value_type = Money)]
+    pub overdraft_limit: Decimal,
+    /// Policy changes applied to the account.
+    pub policy_version: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -804,6 +814,9 @@ impl From<tally_store::reads::AccountRow> for AccountRow {
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            withdraw_policy: r.withdraw_policy,
+            overdraft_limit: r.overdraft_limit,
+            policy_version: r.policy_version,
         }
     }
 }
@@ -935,6 +948,124 @@ impl From<crate::submit::Decision> for WithdrawDenied {
             amount: d.amount,
             status: OutcomeStatus::Denied.as_str(),
             reason: d.reason,
+        }
+    }
+}
+
+/// What a withdraw the account cannot cover does: `always_apply` applies it anyway (the
+/// balance may go negative); `reject_overdraft` records it `rejected` unless `available` plus
+/// the hold it captures plus the overdraft limit covers it.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawPolicyName {
+    AlwaysApply,
+    RejectOverdraft,
+}
+
+impl From<tally_core::ledger::WithdrawPolicy> for WithdrawPolicyName {
+    fn from(p: tally_core::ledger::WithdrawPolicy) -> Self {
+        match p {
+            tally_core::ledger::WithdrawPolicy::AlwaysApply => WithdrawPolicyName::AlwaysApply,
+            tally_core::ledger::WithdrawPolicy::RejectOverdraft => {
+                WithdrawPolicyName::RejectOverdraft
+            }
+        }
+    }
+}
+
+// The body of `PUT /account/{id}/policy`, as `tally_core::policy::PolicyRequest::from_json`
+// reads it. Plain comments: a doc comment would become the schema's public description.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // a schema only: never built
+pub struct PolicyInput {
+    #[schema(value_type = WithdrawPolicyName)]
+    pub withdraw_policy: String,
+    /// Only with `reject_overdraft` (else 422 `invalid_policy`): how far below zero
+    /// `available` may go; 0 or more (negative: 422), default 0.
+    #[schema(value_type = AmountInput)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub overdraft_limit: Option<String>,
+}
+
+/// A policy command the broker confirmed; the worker applies it in the account's order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAccepted {
+    /// The command's id: the `Idempotency-Key`, else drawn by the API.
+    pub id: String,
+    pub account_id: String,
+    pub withdraw_policy: WithdrawPolicyName,
+    #[serde(with = "money_json")]
+    #[schema(value_type = Money)]
+    pub overdraft_limit: Decimal,
+    /// Always `accepted`.
+    pub status: &'static str,
+    pub accepted_at: DateTime<Utc>,
+}
+
+impl From<&tally_core::policy::PolicyEnvelope> for PolicyAccepted {
+    fn from(e: &tally_core::policy::PolicyEnvelope) -> Self {
+        Self {
+            id: e.id.clone(),
+            account_id: e.account_id.clone(),
+            withdraw_policy: e.withdraw_policy.into(),
+            overdraft_limit: e.overdraft_limit,
+            status: "accepted",
+            accepted_at: e.accepted_at,
+        }
+    }
+}
+
+/// Where an account's policy comes from: its own (`account`) or the global setting
+/// (`default`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicySource {
+    Account,
+    Default,
+}
+
+/// The withdraw policy in force for an account's next command.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountPolicyView {
+    pub account_id: String,
+    pub withdraw_policy: WithdrawPolicyName,
+    /// Under `reject_overdraft`: how far below zero `available` may go. 0 otherwise.
+    #[serde(with = "money_json")]
+    #[schema(value_type = Money)]
+    pub overdraft_limit: Decimal,
+    pub source: PolicySource,
+    /// Policy changes applied to the account (0: never changed).
+    pub policy_version: i64,
+    /// The account's `seq` when the current policy was applied; absent for the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub after_seq: Option<i64>,
+}
+
+impl AccountPolicyView {
+    pub fn own(account_id: String, applied: &tally_store::policies::AppliedPolicy) -> Self {
+        Self {
+            account_id,
+            withdraw_policy: applied.policy.withdraw.into(),
+            overdraft_limit: applied.policy.overdraft_limit,
+            source: PolicySource::Account,
+            policy_version: applied.policy_version,
+            after_seq: Some(applied.after_seq),
+        }
+    }
+
+    pub fn default_of(account_id: String, policy: tally_core::ledger::WithdrawPolicy) -> Self {
+        Self {
+            account_id,
+            withdraw_policy: policy.into(),
+            overdraft_limit: Decimal::ZERO,
+            source: PolicySource::Default,
+            policy_version: 0,
+            after_seq: None,
         }
     }
 }

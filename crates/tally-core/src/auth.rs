@@ -87,6 +87,7 @@ pub fn required(method: &str, pattern: Option<&str>, public_metrics: bool) -> Ac
             | "/transactions/{id}"
             | "/account/{account_id}/transactions"
             | "/account/{account_id}/largest-expense"
+            | "/account/{account_id}/policy"
             | "/users/{user_id}"
             | "/users/{user_id}/largest-expense",
         ) => Access::Scope(Scope::LedgerRead),

@@ -285,6 +285,9 @@ pub struct JobSettings {
     pub max_queued: u32,
     /// CSV downloads served at once by one API replica, on a pool of their own of this size.
     pub download_connections: usize,
+    /// The workers' fallback poll for QUEUED jobs: they are woken by LISTEN/NOTIFY, and poll
+    /// only in case a notification was lost (the listening connection was down).
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,10 +405,14 @@ impl Settings {
             return bad("webhooks.per_receiver must be at least 1");
         }
         let j = &self.jobs;
-        if j.max_range_days == 0 || j.max_queued == 0 || j.download_connections == 0 {
+        if j.max_range_days == 0
+            || j.max_queued == 0
+            || j.download_connections == 0
+            || j.poll_ms == 0
+        {
             return bad(
-                "jobs.max_range_days, jobs.max_queued and jobs.download_connections must be \
-                 positive",
+                "jobs.max_range_days, jobs.max_queued, jobs.download_connections and \
+                 jobs.poll_ms must be positive",
             );
         }
         if self.auth.refresh_ms == 0 {

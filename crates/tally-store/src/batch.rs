@@ -23,8 +23,8 @@ use deadpool_postgres::Transaction;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use tally_core::ledger::{
-    AccountState, ClosedHold, Effects, Hold, IdConflict, NewHold, NewRecord, Recorded, Snapshot,
-    VOIDED_REASON, VOIDED_STATUS,
+    AccountPolicy, AccountState, ClosedHold, Effects, Hold, IdConflict, NewHold, NewPolicyChange,
+    NewRecord, Recorded, Snapshot, WithdrawPolicy, VOIDED_REASON, VOIDED_STATUS,
 };
 use tally_core::{HoldStatus, OutcomeStatus, Reason};
 use tokio_postgres::Row;
@@ -44,15 +44,15 @@ pub async fn load(
     let by_id: [&Param<'_>; 1] = [&ids];
     let by_account: [&Param<'_>; 1] = [&accounts];
     // Cached statements: after the first batch, each query is one pipelined round trip.
-    let (q_recorded, q_accounts, q_holds, q_links) = tokio::try_join!(
+    let (q_recorded, q_accounts, q_holds, q_links, q_policies) = tokio::try_join!(
         tx.prepare_cached(
             "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint, \
                  COALESCE(last_copy_at, accepted_at) \
              FROM transactions WHERE id = ANY($1)"
         ),
         tx.prepare_cached(
-            "SELECT id, user_id, balance, held, version FROM accounts WHERE id = ANY($1) \
-             FOR UPDATE"
+            "SELECT id, user_id, balance, held, version, withdraw_policy, overdraft_limit, \
+                 policy_version FROM accounts WHERE id = ANY($1) FOR UPDATE"
         ),
         // Oldest first = in the order their requests were recorded on the account (`seq`):
         // holds placed by one batch share `created_at`, and "the oldest hold of the same
@@ -69,20 +69,23 @@ pub async fn load(
         tx.prepare_cached(
             "SELECT account_id, user_id FROM account_owners WHERE account_id = ANY($1)"
         ),
+        // Policy commands of the batch already applied (V10): their dedupe.
+        tx.prepare_cached("SELECT id, fingerprint FROM account_policy_changes WHERE id = ANY($1)"),
     )?;
-    let (recorded, account_rows, hold_rows, link_rows) = tokio::try_join!(
+    let (recorded, account_rows, hold_rows, link_rows, policy_rows) = tokio::try_join!(
         tx.query(&q_recorded, &by_id),
         tx.query(&q_accounts, &by_account),
         tx.query(&q_holds, &by_account),
         tx.query(&q_links, &by_account),
+        tx.query(&q_policies, &by_id),
     )?;
     let mut accounts: HashMap<String, AccountState> = account_rows
         .iter()
         .map(|r| {
-            let account = account_of(r);
-            (account.id.clone(), account)
+            let account = account_of(r)?;
+            Ok((account.id.clone(), account))
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     for link in &link_rows {
         let id: String = link.get(0);
         let owner = Some(link.get(1));
@@ -95,6 +98,7 @@ pub async fn load(
         recorded: recorded.iter().map(recorded_of).collect::<Result<_, _>>()?,
         accounts,
         holds: hold_rows.iter().map(hold_of).collect(),
+        policy_changes: policy_rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
     })
 }
 
@@ -115,14 +119,26 @@ fn recorded_of(r: &Row) -> Result<(String, Recorded), StoreError> {
     Ok((r.get(0), recorded))
 }
 
-fn account_of(r: &Row) -> AccountState {
-    AccountState {
+fn account_of(r: &Row) -> Result<AccountState, StoreError> {
+    let policy = match r.get::<_, Option<String>>(5) {
+        None => None,
+        Some(text) => Some(AccountPolicy {
+            withdraw: WithdrawPolicy::parse(&text).ok_or(StoreError::UnknownCode {
+                column: "withdraw_policy",
+                value: text,
+            })?,
+            overdraft_limit: r.get(6),
+        }),
+    };
+    Ok(AccountState {
         id: r.get(0),
         user_id: r.get(1),
         balance: r.get(2),
         held: r.get(3),
         version: r.get(4),
-    }
+        policy,
+        policy_version: r.get(7),
+    })
 }
 
 fn hold_of(r: &Row) -> Hold {
@@ -183,7 +199,7 @@ pub async fn write(
 ) -> Result<Written, StoreError> {
     effects.check_disjoint()?;
     let shard = i32::from(shard);
-    let (_, inserted, _, _, _, _, new_conflicts, superseded) = tokio::try_join!(
+    let (_, inserted, _, _, _, _, new_conflicts, superseded, policies) = tokio::try_join!(
         upsert_accounts(tx, effects.accounts(), now),
         insert_records(tx, effects.records(), now, shard),
         insert_holds(tx, effects.new_holds(), now, shard),
@@ -192,11 +208,14 @@ pub async fn write(
         answer_copies(tx, effects.copies()),
         insert_conflicts(tx, effects.conflicts(), now),
         schedule_webhooks(tx, changed, now),
+        insert_policy_changes(tx, effects.policy_changes(), now, shard),
     )?;
     // ON CONFLICT DO NOTHING + count: a conflict means another writer recorded one of these
     // ids since `load` (an id reused on two accounts at once). The caller rolls back and the
     // retry sees that row as a duplicate.
-    if inserted != effects.records().len() as u64 {
+    if inserted != effects.records().len() as u64
+        || policies != effects.policy_changes().len() as u64
+    {
         return Err(StoreError::Conflict);
     }
     Ok(Written {
@@ -213,21 +232,87 @@ async fn upsert_accounts(
     now: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
     const SQL: &str =
-        "INSERT INTO accounts (id, user_id, balance, held, version, created_at, updated_at) \
-         SELECT u.id, u.user_id, u.balance, u.held, u.version, $6, $6 \
-         FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::int8[]) \
-              AS u(id, user_id, balance, held, version) \
+        "INSERT INTO accounts (id, user_id, balance, held, version, created_at, updated_at, \
+             withdraw_policy, overdraft_limit, policy_version) \
+         SELECT u.id, u.user_id, u.balance, u.held, u.version, $6, $6, u.policy, u.limit_, \
+             u.policy_version \
+         FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::int8[], \
+                     $7::text[], $8::numeric[], $9::int8[]) \
+              AS u(id, user_id, balance, held, version, policy, limit_, policy_version) \
          ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
              version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, \
-             user_id = COALESCE(accounts.user_id, EXCLUDED.user_id)";
+             user_id = COALESCE(accounts.user_id, EXCLUDED.user_id), \
+             withdraw_policy = EXCLUDED.withdraw_policy, \
+             overdraft_limit = EXCLUDED.overdraft_limit, \
+             policy_version = EXCLUDED.policy_version";
     let a = accounts;
     let ids: Vec<&str> = a.iter().map(|x| x.id.as_str()).collect();
     let users: Vec<Option<&str>> = a.iter().map(|x| x.user_id.as_deref()).collect();
     let balances: Vec<Decimal> = a.iter().map(|x| x.balance).collect();
     let held: Vec<Decimal> = a.iter().map(|x| x.held).collect();
     let versions: Vec<i64> = a.iter().map(|x| x.version).collect();
-    let params: [&Param<'_>; 6] = [&ids, &users, &balances, &held, &versions, &now];
+    let policies: Vec<Option<&str>> = a
+        .iter()
+        .map(|x| x.policy.map(|p| p.withdraw.as_str()))
+        .collect();
+    let limits: Vec<Decimal> = a
+        .iter()
+        .map(|x| x.policy.map_or(Decimal::ZERO, |p| p.overdraft_limit))
+        .collect();
+    let policy_versions: Vec<i64> = a.iter().map(|x| x.policy_version).collect();
+    let params: [&Param<'_>; 9] = [
+        &ids,
+        &users,
+        &balances,
+        &held,
+        &versions,
+        &now,
+        &policies,
+        &limits,
+        &policy_versions,
+    ];
     execute_unless_empty(tx, SQL, &params, a.is_empty()).await
+}
+
+/// Inserts the policy changes applied; returns how many (see [`write`]: fewer means another
+/// writer recorded one of these ids since [`load`]).
+async fn insert_policy_changes(
+    tx: &Transaction<'_>,
+    changes: &[NewPolicyChange],
+    now: DateTime<Utc>,
+    shard: i32,
+) -> Result<u64, tokio_postgres::Error> {
+    const SQL: &str =
+        "INSERT INTO account_policy_changes (id, account_id, policy_version, after_seq, \
+             withdraw_policy, overdraft_limit, fingerprint, accepted_at, key_name, applied_at, \
+             shard) \
+         SELECT u.*, $10, $11 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], \
+             $5::text[], $6::numeric[], $7::text[], $8::timestamptz[], $9::text[]) AS u \
+         ON CONFLICT (id) DO NOTHING";
+    let c = changes;
+    let ids: Vec<&str> = c.iter().map(|x| x.id.as_str()).collect();
+    let accounts: Vec<&str> = c.iter().map(|x| x.account_id.as_str()).collect();
+    let versions: Vec<i64> = c.iter().map(|x| x.policy_version).collect();
+    let after: Vec<i64> = c.iter().map(|x| x.after_seq).collect();
+    let policies: Vec<&str> = c.iter().map(|x| x.policy.withdraw.as_str()).collect();
+    let limits: Vec<Decimal> = c.iter().map(|x| x.policy.overdraft_limit).collect();
+    let fingerprints: Vec<&str> = c.iter().map(|x| x.fingerprint.as_str()).collect();
+    let accepted: Vec<DateTime<Utc>> = c.iter().map(|x| x.accepted_at).collect();
+    let keys: Vec<Option<&str>> = c.iter().map(|x| x.key_name.as_deref()).collect();
+    let params: [&Param<'_>; 11] = [
+        &ids,
+        &accounts,
+        &versions,
+        &after,
+        &policies,
+        &limits,
+        &fingerprints,
+        &accepted,
+        &keys,
+        &now,
+        &shard,
+    ];
+    execute_unless_empty(tx, SQL, &params, c.is_empty()).await
 }
 
 /// Inserts the new records; returns how many were inserted (see [`write`]).

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// An API key that cannot be created as asked (its name, its scopes).
     #[error("invalid API key: {0}")]
     InvalidKey(String),
+    /// The dedicated `LISTEN` connection ended without an error of its own (the server
+    /// closed it): the listener reconnects.
+    #[error("the listening connection closed")]
+    ListenerClosed,
 }
 
 impl StoreError {
@@ -53,7 +57,7 @@ impl StoreError {
             StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) | StoreError::Db(e) => {
                 db_error_is_retryable(e)
             }
-            StoreError::Pool(_) | StoreError::Conflict => true,
+            StoreError::Pool(_) | StoreError::Conflict | StoreError::ListenerClosed => true,
             StoreError::Migration(_)
             | StoreError::ShardCountMismatch { .. }
             | StoreError::Fenced { .. }

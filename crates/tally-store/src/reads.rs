@@ -230,6 +230,10 @@ pub struct AccountRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its own withdraw policy (`always_apply` / `reject_overdraft`); `None`: the global one.
+    pub withdraw_policy: Option<String>,
+    pub overdraft_limit: Decimal,
+    pub policy_version: i64,
 }
 
 /// Debug dump: accounts ordered by id, strictly after `after`.
@@ -241,7 +245,8 @@ pub async fn accounts_page(
     let client = pool.get().await?;
     let rows = client
         .query(
-            "SELECT id, user_id, balance, held, version, created_at, updated_at FROM accounts \
+            "SELECT id, user_id, balance, held, version, created_at, updated_at, \
+                 withdraw_policy, overdraft_limit, policy_version FROM accounts \
              WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
             &[&after, &limit],
         )
@@ -256,6 +261,9 @@ pub async fn accounts_page(
             version: r.get(4),
             created_at: r.get(5),
             updated_at: r.get(6),
+            withdraw_policy: r.get(7),
+            overdraft_limit: r.get(8),
+            policy_version: r.get(9),
         })
         .collect())
 }

@@ -282,3 +282,24 @@ pub async fn prune(pool: &Pool, retention: Duration, limit: i64) -> Result<u64, 
         )
         .await?)
 }
+
+/// How long until the next pending delivery is due (its `due_at`, or the end of its lease if
+/// a sender holds it): zero if one is due now, `None` if nothing is pending. A sender sleeps
+/// until then (delays and retry back-offs are known times, not something to poll for); new
+/// deliveries wake it through `LISTEN` ([`crate::notify::WEBHOOK_DELIVERIES`]).
+pub async fn next_due(pool: &Pool) -> Result<Option<Duration>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            // NULL when nothing is pending (not GREATEST(0, …): it would turn NULL into 0);
+            // a past time is negative and clamped to zero below.
+            "SELECT EXTRACT(EPOCH FROM \
+                 min(GREATEST(due_at, COALESCE(locked_until, due_at))) - now())::float8 \
+             FROM webhook_deliveries WHERE status = 'pending'",
+            &[],
+        )
+        .await?;
+    Ok(row
+        .get::<_, Option<f64>>(0)
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))))
+}

@@ -11,8 +11,8 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_core::ledger::{decide, AccountState, NewRecord, Rules};
-use tally_core::{Envelope, Outcome};
+use tally_core::ledger::{decide_commands, AccountState, NewRecord, Rules};
+use tally_core::{Command, Envelope, Outcome};
 use tally_store::batch;
 use tally_store::leases::{self, Lease};
 use tally_store::Pool;
@@ -27,7 +27,7 @@ pub async fn apply_batch(
     envelopes: &[Envelope],
     rules: &Rules,
 ) -> Result<Vec<Outcome>, StoreError> {
-    apply(pool, lease, envelopes, rules, None).await
+    transactions_only(pool, lease, envelopes, rules, None).await
 }
 
 /// [`apply_batch`] decided and written at `now` instead of the database's time: the same
@@ -39,23 +39,57 @@ pub async fn apply_batch_at(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    apply(pool, lease, envelopes, rules, Some(now)).await
+    transactions_only(pool, lease, envelopes, rules, Some(now)).await
 }
 
-async fn apply(
+async fn transactions_only(
     pool: &Pool,
     lease: &Lease,
     envelopes: &[Envelope],
     rules: &Rules,
     at: Option<DateTime<Utc>>,
 ) -> Result<Vec<Outcome>, StoreError> {
+    let commands: Vec<Command> = envelopes.iter().cloned().map(Command::from).collect();
+    let outcomes = apply(pool, lease, &commands, rules, at).await?;
+    Ok(outcomes.into_iter().flatten().collect())
+}
+
+/// Applies a batch of commands — transactions and policy changes — in delivery order; one
+/// outcome per command, `None` for a policy change.
+pub async fn apply_commands(
+    pool: &Pool,
+    lease: &Lease,
+    commands: &[Command],
+    rules: &Rules,
+) -> Result<Vec<Option<Outcome>>, StoreError> {
+    apply(pool, lease, commands, rules, None).await
+}
+
+/// [`apply_commands`] at `now` (tests with a fake clock).
+pub async fn apply_commands_at(
+    pool: &Pool,
+    lease: &Lease,
+    commands: &[Command],
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<Outcome>>, StoreError> {
+    apply(pool, lease, commands, rules, Some(now)).await
+}
+
+async fn apply(
+    pool: &Pool,
+    lease: &Lease,
+    commands: &[Command],
+    rules: &Rules,
+    at: Option<DateTime<Utc>>,
+) -> Result<Vec<Option<Outcome>>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let database_now = leases::fence(&tx, lease).await?;
     let now = at.unwrap_or(database_now);
 
-    let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
-    let mut accounts: Vec<&str> = envelopes.iter().map(|e| e.account_id.as_str()).collect();
+    let ids: Vec<&str> = commands.iter().map(Command::id).collect();
+    let mut accounts: Vec<&str> = commands.iter().map(Command::account_id).collect();
     accounts.sort_unstable();
     accounts.dedup();
     let snapshot = batch::load(&tx, &ids, &accounts).await?;
@@ -70,11 +104,10 @@ async fn apply(
         })
         .collect();
 
-    let decision = decide(envelopes, snapshot, now, rules);
+    let (effects, outcomes) = decide_commands(commands, snapshot, now, rules);
     // Balance or held moved (so balance or available did): a recorded-only command (denied,
     // rejected, id reused) bumps the version but is no balance change.
-    let changed: Vec<&AccountState> = decision
-        .effects
+    let changed: Vec<&AccountState> = effects
         .accounts()
         .iter()
         .filter(|a| match accounts.binary_search(&a.id.as_str()) {
@@ -82,12 +115,12 @@ async fn apply(
             Err(_) => true,
         })
         .collect();
-    let written = batch::write(&tx, lease.shard, now, &decision.effects, &changed).await?;
+    let written = batch::write(&tx, lease.shard, now, &effects, &changed).await?;
     tx.commit().await?;
-    count(decision.effects.records());
+    count(effects.records());
     metrics::webhooks_superseded(written.superseded);
     metrics::id_conflicts(written.new_conflicts);
-    Ok(decision.outcomes)
+    Ok(outcomes)
 }
 
 /// Feeds the outcome metrics from the rows a batch committed: only new records, so a

@@ -2,7 +2,8 @@
 //! job (`FOR UPDATE SKIP LOCKED`, so runners of several workers share the queue), runs it
 //! chunk by chunk (one day each; a few computing at once on their own connections, committing
 //! in day order) while a heartbeat proves it alive, and checks for cancellation and shutdown
-//! between chunks.
+//! between chunks. An idle runner is woken by PostgreSQL when a job becomes QUEUED
+//! (`LISTEN/NOTIFY`, see [`crate::wakeups`]); its poll is only a fallback.
 //!
 //! Jobs survive their runner: a runner that dies (process killed, task aborted) leaves its
 //! job RUNNING with an aging heartbeat; after [`JobsConfig::stale_after`] another runner
@@ -12,11 +13,12 @@
 
 use chrono::{Days, NaiveDate};
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use std::sync::Arc;
 use std::time::Duration;
 use tally_settings::DatabaseSettings;
 use tally_store::settlement::{self, Claim, JobStatus, Step};
 use tally_store::{Pool, StoreError};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::{self, Delays};
@@ -26,7 +28,8 @@ use crate::retry::{self, Delays};
 pub struct JobsConfig {
     /// Name recorded on claimed jobs, for operators.
     pub runner: String,
-    /// Pause between looks for work when the queue is empty: the pickup latency of a job.
+    /// Pause between looks for work when the queue is empty and no notification came: the
+    /// fallback for a runner whose listener was disconnected (see [`run_woken`]).
     pub poll_every: Duration,
     /// Heartbeat period; well below `stale_after` so a busy runner is never taken for dead.
     pub heartbeat_every: Duration,
@@ -55,7 +58,7 @@ impl Default for JobsConfig {
                 std::process::id(),
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
-            poll_every: Duration::from_secs(1),
+            poll_every: Duration::from_secs(5),
             heartbeat_every: Duration::from_secs(3),
             stale_after: settlement::STALE_AFTER,
             max_attempts: 3,
@@ -80,33 +83,42 @@ pub fn own_pool(database: &DatabaseSettings, config: &JobsConfig, shared: &Pool)
     })
 }
 
-/// Runs jobs until `stop` is cancelled. A job in hand is handed back (QUEUED) at the next
-/// chunk boundary.
+/// Runs jobs until `stop` is cancelled, polling every [`JobsConfig::poll_every`] only. A job
+/// in hand is handed back (QUEUED) at the next chunk boundary.
 pub async fn run(pool: Pool, config: JobsConfig, stop: CancellationToken) {
+    run_woken(pool, config, Arc::new(Notify::new()), stop).await;
+}
+
+/// [`run`], also woken by `wake` (the listener's notification that a job became QUEUED):
+/// an idle runner then claims at once, and `poll_every` is only the fallback for
+/// notifications lost while the listener was disconnected.
+pub async fn run_woken(pool: Pool, config: JobsConfig, wake: Arc<Notify>, stop: CancellationToken) {
     // After a failed poll the next waits twice the poll interval, doubling up to the cap.
     let mut failing = Delays::doubling((config.poll_every * 2).min(POLL_MAX), POLL_MAX);
     while !stop.is_cancelled() {
-        let pause = match next(&pool, &config).await {
+        match next(&pool, &config).await {
             Ok(Some(claim)) => {
                 failing.reset();
                 tracing::info!(job = %claim.job.id, from = %claim.job.from, to = %claim.job.to,
                     processed = claim.job.processed, attempt = claim.job.attempts,
                     "settlement job claimed");
                 run_job(&pool, &config, claim, &stop).await;
-                continue;
             }
             Ok(None) => {
                 failing.reset();
-                config.poll_every
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(config.poll_every) => {}
+                }
             }
             Err(e) => {
                 let retry_in = failing.next_delay();
                 tracing::warn!(error = %e, ?retry_in, "settlement job poll failed");
-                retry_in
+                if !retry::pause(&stop, retry_in).await {
+                    break;
+                }
             }
-        };
-        if !retry::pause(&stop, pause).await {
-            break;
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod retry;
 pub mod shard;
+pub mod wakeups;
 pub mod webhooks;
 
 use futures_util::future::join_all;
@@ -157,17 +158,26 @@ impl Worker {
         // Settlement jobs need only PostgreSQL: their runner lives beside the broker sessions,
         // through reconnections. Aborted with this future (a killed worker kills its runner,
         // whose job is then resumed elsewhere); on shutdown it hands its job back.
-        let config = jobs::JobsConfig::default();
-        let jobs = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(jobs::run(
+        // Both are woken by one LISTEN connection (new work starts at once); their polls are
+        // only a fallback for notifications lost while it was disconnected.
+        let (wake, listener) = wakeups::spawn(self.settings.database.clone(), shutdown.clone());
+        let listener = tokio_util::task::AbortOnDropHandle::new(listener);
+        let config = jobs::JobsConfig {
+            poll_every: Duration::from_millis(self.settings.jobs.poll_ms),
+            ..jobs::JobsConfig::default()
+        };
+        let jobs = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(jobs::run_woken(
             jobs::own_pool(&self.settings.database, &config, &self.pool),
             config,
+            wake.jobs.clone(),
             shutdown.clone(),
         )));
         // Webhooks, likewise: killed with the worker (its leases expire, another sender
         // delivers); on shutdown it stops claiming and what it has not sent stays pending.
-        let hooks = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(webhooks::run(
+        let hooks = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(webhooks::run_woken(
             webhooks::own_pool(&self.settings.database, &self.settings.webhooks, &self.pool),
             self.settings.webhooks.clone(),
+            wake.webhooks.clone(),
             shutdown.clone(),
         )));
         // The auditor on a timer, for the alert rules; stopped with the worker.
@@ -193,6 +203,7 @@ impl Worker {
             finish(task).await;
         }
         let _ = hooks.await;
+        let _ = listener.await;
         if let Some(audit) = audit {
             let _ = audit.await;
         }

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::{BusError, Consumer, Delivery, Replier};
 use tally_core::ledger::Rules;
-use tally_core::{AmountRules, Envelope, Outcome};
+use tally_core::{AmountRules, Command, Outcome};
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
 use tally_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{apply_batch, sweep_holds};
+use crate::apply::{apply_commands, sweep_holds};
 use crate::retry::{self, Delays};
 
 /// What every shard loop of a worker shares.
@@ -137,7 +137,7 @@ async fn process(
 /// to the store as one slice, without a copy).
 struct Decoded {
     deliveries: Vec<Delivery>,
-    envelopes: Vec<Envelope>,
+    envelopes: Vec<Command>,
 }
 
 /// Decodes each delivery; one that can never be applied is dead-lettered (in place: the
@@ -153,7 +153,7 @@ async fn decode_or_dead_letter(
         envelopes: Vec::with_capacity(deliveries.len()),
     };
     for delivery in deliveries {
-        match Envelope::decode(&delivery.body, &ctx.amount_rules) {
+        match Command::decode(&delivery.body, &ctx.amount_rules) {
             Ok(env) => {
                 good.deliveries.push(delivery);
                 good.envelopes.push(env);
@@ -190,7 +190,7 @@ async fn one_by_one(
             Applied::Stopped => return Ok(()),
             Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
             Applied::Permanent(error) => {
-                tracing::error!(shard = lease.shard, id = %env.id,
+                tracing::error!(shard = lease.shard, id = %env.id(),
                     request_id = delivery.request_id_or_dash(),
                     %error, "dead-lettering a command the ledger cannot apply");
                 consumer.dead_letter(&delivery.tag).await?;
@@ -205,15 +205,15 @@ async fn committed(
     ctx: &ShardContext,
     shard: u16,
     deliveries: &[Delivery],
-    envelopes: &[Envelope],
-    outcomes: &[Outcome],
+    envelopes: &[Command],
+    outcomes: &[Option<Outcome>],
 ) {
     log_outcomes(shard, deliveries, envelopes, outcomes);
     reply_all(ctx, deliveries, envelopes, outcomes).await;
 }
 
 enum Applied {
-    Done(Vec<Outcome>),
+    Done(Vec<Option<Outcome>>),
     /// Shutdown while the store was failing: the batch stays unacked and is redelivered.
     Stopped,
     /// The lease is gone: stop, uncommitted.
@@ -227,14 +227,14 @@ enum Applied {
 async fn apply_retrying(
     ctx: &ShardContext,
     lease: &Lease,
-    envelopes: &[Envelope],
+    envelopes: &[Command],
     stop: &CancellationToken,
 ) -> Applied {
     let shard = lease.shard;
     let applied = retry::until_stopped(
         Delays::doubling(Duration::from_millis(50), Duration::from_secs(2)),
         stop,
-        || apply_batch(&ctx.pool, lease, envelopes, &ctx.rules),
+        || apply_commands(&ctx.pool, lease, envelopes, &ctx.rules),
         StoreError::is_retryable,
         |e, retry_in| tracing::warn!(shard, error = %e, ?retry_in, "batch failed; retrying"),
     )
@@ -249,11 +249,28 @@ async fn apply_retrying(
 
 /// One debug line per committed command, carrying its request id and its key's name. Skipped as a whole when
 /// debug is off: nothing per message on the hot path.
-fn log_outcomes(shard: u16, deliveries: &[Delivery], envelopes: &[Envelope], outcomes: &[Outcome]) {
+fn log_outcomes(
+    shard: u16,
+    deliveries: &[Delivery],
+    envelopes: &[Command],
+    outcomes: &[Option<Outcome>],
+) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    for ((delivery, env), outcome) in deliveries.iter().zip(envelopes).zip(outcomes) {
+    for ((delivery, command), outcome) in deliveries.iter().zip(envelopes).zip(outcomes) {
+        let (env, outcome) = match (command, outcome) {
+            (Command::Transaction(env), Some(outcome)) => (env, outcome),
+            (Command::Policy(change), _) => {
+                tracing::debug!(shard, request_id = delivery.request_id_or_dash(),
+                    id = %change.id, account = %change.account_id,
+                    policy = change.withdraw_policy.as_str(), limit = %change.overdraft_limit,
+                    key = change.key_name.as_deref().unwrap_or("-"),
+                    "policy change processed");
+                continue;
+            }
+            (Command::Transaction(_), None) => continue,
+        };
         tracing::debug!(
             shard,
             request_id = delivery.request_id_or_dash(),
@@ -273,10 +290,15 @@ fn log_outcomes(shard: u16, deliveries: &[Delivery], envelopes: &[Envelope], out
 async fn reply_all(
     ctx: &ShardContext,
     deliveries: &[Delivery],
-    envelopes: &[Envelope],
-    outcomes: &[Outcome],
+    envelopes: &[Command],
+    outcomes: &[Option<Outcome>],
 ) {
-    for ((delivery, env), outcome) in deliveries.iter().zip(envelopes).zip(outcomes) {
+    // Every transaction whose message asked for a reply gets one: withdraw_requests always,
+    // deposits and withdraws sent with `Prefer: wait`. A policy change has no outcome.
+    for ((delivery, command), outcome) in deliveries.iter().zip(envelopes).zip(outcomes) {
+        let (Command::Transaction(env), Some(outcome)) = (command, outcome) else {
+            continue;
+        };
         let Some(reply_to) = delivery.reply_to() else {
             continue;
         };

@@ -2,6 +2,8 @@
 //! pool of its own. It claims due deliveries (a lease in PostgreSQL, `SKIP LOCKED`, so the
 //! senders of several workers share the queue), POSTs each one signed, and records the
 //! outcome: sent, a retry after an exponential back-off, or failed once out of attempts.
+//! It does not poll: new deliveries wake it (`LISTEN/NOTIFY`, see [`crate::wakeups`]), and in
+//! between it sleeps until the next pending delivery is due; `poll_ms` is only a fallback.
 //!
 //! Deliveries live in PostgreSQL from the batch that made the change until they end, so
 //! nothing is lost with a sender: a killed one leaves its leases to expire and another sender
@@ -38,6 +40,7 @@ use tally_settings::{DatabaseSettings, WebhookSettings};
 use tally_store::webhooks::{self, Claimed, Outcome};
 use tally_store::Pool;
 use tally_telemetry::metrics::{self, WebhookOutcome};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -284,8 +287,27 @@ impl Pruning {
     }
 }
 
-/// Sends due deliveries until `stop` is cancelled.
+/// Sends due deliveries until `stop` is cancelled, looking for them every `poll_ms` (and
+/// when a delay or a retry falls due).
 pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken) {
+    run_woken(pool, settings, Arc::new(Notify::new()), stop).await;
+}
+
+/// Shortest sleep between two claims: a delivery due now that could not be claimed (its
+/// receiver has all its slots, another sender is claiming it) must not spin the loop.
+const MIN_PAUSE: Duration = Duration::from_millis(50);
+
+/// [`run`], also woken by `wake` (the listener's notification that deliveries were
+/// scheduled): a new delivery is claimed at once. Between wake-ups the sender sleeps until
+/// the next pending delivery is due ([`webhooks::next_due`]: a webhook's delay, a retry's
+/// back-off, a dead sender's lease), and `poll_ms` is only the fallback for notifications
+/// lost while the listener was disconnected.
+pub async fn run_woken(
+    pool: Pool,
+    settings: WebhookSettings,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let client = match http_client(&settings) {
         Ok(client) => client,
         Err(e) => {
@@ -310,12 +332,12 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
             match webhooks::claim(&pool, limit, lease, per_receiver).await {
                 Ok(claimed) => {
                     failing.reset();
-                    pause = poll;
                     for c in claimed {
                         let (pool, client, settings) =
                             (pool.clone(), client.clone(), settings.clone());
                         sends.spawn(async move { deliver(&pool, &client, &settings, c).await });
                     }
+                    pause = until_due(&pool, poll).await;
                 }
                 Err(e) => {
                     pause = failing.next_delay();
@@ -331,6 +353,7 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
                     tracing::error!(error = %e, "webhook send task failed");
                 }
             }
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
         }
     }
@@ -344,6 +367,19 @@ pub async fn run(pool: Pool, settings: WebhookSettings, stop: CancellationToken)
             sends = sends.len(),
             "webhook sends abandoned at shutdown; they stay pending"
         );
+    }
+}
+
+/// How long to sleep before the next claim: until the next pending delivery is due, at most
+/// `poll` (at least [`MIN_PAUSE`]). If that cannot be read, `poll`.
+async fn until_due(pool: &Pool, poll: Duration) -> Duration {
+    match webhooks::next_due(pool).await {
+        Ok(Some(due)) => due.clamp(MIN_PAUSE, poll.max(MIN_PAUSE)),
+        Ok(None) => poll,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading when the next webhook delivery is due failed");
+            poll
+        }
     }
 }
 

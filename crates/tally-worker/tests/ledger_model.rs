@@ -8,7 +8,8 @@
 //! withdraw_requests (some past their `decide_by`), voids (of sent and never-sent requests, and
 //! older attempts' voids arriving after a retry's copy),
 //! exact resends, and reuses of an id with another payload (ids are drawn from small pools, so
-//! they collide). Time advances between batches, past the hold TTL at times.
+//! they collide), and policy changes of an account (`always_apply`, or `reject_overdraft` with
+//! an overdraft limit; some redelivered) that govern the withdraws after them in its order. Time advances between batches, past the hold TTL at times.
 //!
 //! Cases: 128 by default (CI); `PROPTEST_CASES=N` for more. One database per test; each case
 //! uses its own account and id names and a later stretch of the fake clock.
@@ -21,12 +22,12 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use tally_core::ledger::Rules;
-use tally_core::ledger::WithdrawPolicy;
+use tally_core::ledger::{AccountPolicy, Rules, WithdrawPolicy};
+use tally_core::policy::{Command, PolicyEnvelope, PolicyRequest};
 use tally_core::{Envelope, Kind, Outcome};
 use tally_store::leases::Lease;
 use tally_store::Pool;
-use tally_worker::apply::{apply_batch_at, sweep_holds_at};
+use tally_worker::apply::{apply_commands_at, sweep_holds_at};
 
 const TTL_SECS: i64 = 10;
 const DEFAULT_CASES: u32 = 128;
@@ -70,6 +71,17 @@ enum Op {
         of: Index,
         amount: u32,
     },
+    /// A policy change of `account` with a fresh id: `reject_overdraft` with `limit` when
+    /// `reject`, else `always_apply`.
+    Policy {
+        account: u8,
+        reject: bool,
+        limit: u32,
+    },
+    /// A policy change sent before, redelivered (no second effect).
+    ResendPolicy {
+        of: Index,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +106,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..SLOTS, any::<bool>()).prop_map(|(slot, oldest)| Op::Void { slot, oldest }),
         1 => any::<Index>().prop_map(|of| Op::Resend { of }),
         1 => (any::<Index>(), amount()).prop_map(|(of, amount)| Op::Reuse { of, amount }),
+        2 => (0..2u8, any::<bool>(), prop_oneof![Just(0u32), Just(10), Just(30)])
+            .prop_map(|(account, reject, limit)| Op::Policy { account, reject, limit }),
+        1 => any::<Index>().prop_map(|of| Op::ResendPolicy { of }),
     ]
 }
 
@@ -116,6 +131,7 @@ fn batches() -> impl Strategy<Value = Vec<Batch>> {
 struct Sender {
     prefix: String,
     sent: Vec<Envelope>,
+    policies: Vec<PolicyEnvelope>,
     /// Deposits and withdraws get fresh ids `t{n}`; only Resend and Reuse repeat them.
     next: u32,
 }
@@ -148,6 +164,43 @@ impl Sender {
             decide_by: None,
             void: false,
             key_name: None,
+        }
+    }
+
+    fn policy(&mut self, account: u8, reject: bool, limit: u32, now: DateTime<Utc>) -> Command {
+        let request = PolicyRequest {
+            account_id: self.account(account),
+            policy: AccountPolicy {
+                withdraw: if reject {
+                    WithdrawPolicy::RejectOverdraft
+                } else {
+                    WithdrawPolicy::AlwaysApply
+                },
+                overdraft_limit: if reject {
+                    Decimal::from(limit)
+                } else {
+                    Decimal::ZERO
+                },
+            },
+        };
+        let id = format!("{}p{}", self.prefix, self.policies.len());
+        let env = PolicyEnvelope::new(&id, &request, now, None);
+        self.policies.push(env.clone());
+        Command::Policy(env)
+    }
+
+    fn command(&mut self, op: &Op, now: DateTime<Utc>) -> Command {
+        match *op {
+            Op::Policy {
+                account,
+                reject,
+                limit,
+            } => self.policy(account, reject, limit, now),
+            Op::ResendPolicy { of } => match self.policies.len() {
+                0 => self.policy(0, true, 0, now),
+                n => Command::Policy(self.policies[of.index(n)].clone()),
+            },
+            _ => Command::Transaction(self.send(op, now)),
         }
     }
 
@@ -226,6 +279,7 @@ impl Sender {
                     self.envelope(id, kind, 1, amount + 1, now)
                 }
             },
+            Op::Policy { .. } | Op::ResendPolicy { .. } => unreachable!("see Sender::command"),
         };
         self.sent.push(env.clone());
         env
@@ -275,6 +329,10 @@ struct Model {
     last_copy: BTreeMap<String, DateTime<Utc>>,
     /// Voids that came after a later copy was answered "approved", and left the approval.
     late_voids: u32,
+    /// Each account's own policy, once one was set: (policy, overdraft limit).
+    policies: BTreeMap<String, (&'static str, Decimal)>,
+    /// Ids of the policy changes applied (a redelivered one changes nothing).
+    policy_ids: BTreeSet<String>,
 }
 
 impl Model {
@@ -302,7 +360,36 @@ impl Model {
         }
     }
 
-    fn apply(&mut self, e: &Envelope, now: DateTime<Utc>, policy: WithdrawPolicy) -> Answer {
+    /// A policy change: the account's policy from here on, once per id. Its account exists
+    /// from then on (a zero balance), as a first transaction would create it, and, as on any
+    /// command of the account, its holds past their TTL expire first.
+    fn change_policy(&mut self, p: &PolicyEnvelope, now: DateTime<Utc>) {
+        if self.policy_ids.insert(p.id.clone()) {
+            self.expire(Some(&p.account_id), now);
+            self.policies.insert(
+                p.account_id.clone(),
+                (p.withdraw_policy.as_str(), p.overdraft_limit),
+            );
+            self.balances.entry(p.account_id.clone()).or_default();
+        }
+    }
+
+    fn apply_command(
+        &mut self,
+        c: &Command,
+        now: DateTime<Utc>,
+        global: WithdrawPolicy,
+    ) -> Option<Answer> {
+        match c {
+            Command::Transaction(e) => Some(self.apply(e, now, global)),
+            Command::Policy(p) => {
+                self.change_policy(p, now);
+                None
+            }
+        }
+    }
+
+    fn apply(&mut self, e: &Envelope, now: DateTime<Utc>, global: WithdrawPolicy) -> Answer {
         if let Some(r) = self.records.get(&e.id) {
             if r.fingerprint != e.fingerprint {
                 self.conflicts.insert((e.id.clone(), e.fingerprint.clone()));
@@ -353,7 +440,12 @@ impl Model {
                         }
                 });
                 let own = target.map_or(Decimal::ZERO, |i| self.holds[i].amount);
-                if policy == WithdrawPolicy::RejectOverdraft && available + own < e.amount {
+                let (policy, limit) = self
+                    .policies
+                    .get(&account)
+                    .copied()
+                    .unwrap_or((global.as_str(), Decimal::ZERO));
+                if policy == "reject_overdraft" && available + own + limit < e.amount {
                     ("rejected", Some("insufficient_funds"), None)
                 } else {
                     *self.balances.entry(account.clone()).or_default() -= e.amount;
@@ -442,7 +534,8 @@ async fn ledger_state(pool: &Pool, prefix: &str) -> Model {
     let mut held = BTreeMap::new();
     for r in client
         .query(
-            "SELECT id, balance, held FROM accounts WHERE id LIKE $1 || '%'",
+            "SELECT id, balance, held, withdraw_policy, overdraft_limit FROM accounts \
+             WHERE id LIKE $1 || '%'",
             &[&prefix],
         )
         .await
@@ -450,6 +543,9 @@ async fn ledger_state(pool: &Pool, prefix: &str) -> Model {
     {
         m.balances.insert(r.get(0), r.get(1));
         held.insert(r.get::<_, String>(0), r.get::<_, Decimal>(2));
+        if let Some(policy) = r.get::<_, Option<String>>(3) {
+            m.policies.insert(r.get(0), (leak(policy), r.get(4)));
+        }
     }
     for r in client
         .query(
@@ -544,29 +640,33 @@ impl Harness {
         let mut sender = Sender {
             prefix: prefix.clone(),
             sent: Vec::new(),
+            policies: Vec::new(),
             next: 0,
         };
         let mut model = Model::default();
         for (b, batch) in batches.iter().enumerate() {
             now += Duration::seconds(batch.advance);
-            let envelopes: Vec<Envelope> =
-                batch.ops.iter().map(|op| sender.send(op, now)).collect();
-            let expected: Vec<Answer> = envelopes
+            let commands: Vec<Command> =
+                batch.ops.iter().map(|op| sender.command(op, now)).collect();
+            let expected: Vec<Option<Answer>> = commands
                 .iter()
-                .map(|e| model.apply(e, now, self.rules.withdraw_policy))
+                .map(|c| model.apply_command(c, now, self.rules.withdraw_policy))
                 .collect();
             let outcomes = self
                 .rt
-                .block_on(apply_batch_at(
+                .block_on(apply_commands_at(
                     pool,
                     &self.lease,
-                    &envelopes,
+                    &commands,
                     &self.rules,
                     now,
                 ))
                 .map_err(|e| TestCaseError::fail(format!("batch {b}: {e}")))?;
             let names = self.rt.block_on(hold_names(pool, &prefix));
-            let answers: Vec<Answer> = outcomes.iter().map(|o| answer_of(o, &names)).collect();
+            let answers: Vec<Option<Answer>> = outcomes
+                .iter()
+                .map(|o| o.as_ref().map(|o| answer_of(o, &names)))
+                .collect();
             prop_assert_eq!(&answers, &expected, "answers of batch {}", b);
             if batch.sweep {
                 self.rt
@@ -592,6 +692,7 @@ impl Harness {
         prop_assert_eq!(holds(&ledger), holds(&model), "holds");
         prop_assert_eq!(&ledger.records, &model.records, "records");
         prop_assert_eq!(&ledger.conflicts, &model.conflicts, "id conflicts");
+        prop_assert_eq!(&ledger.policies, &model.policies, "account policies");
         let mut seen = self.seen.borrow_mut();
         let events = model
             .holds
@@ -604,7 +705,13 @@ impl Harness {
                     .map(|r| format!("{} {}", r.status, r.reason.unwrap_or(""))),
             )
             .chain(model.conflicts.iter().map(|_| "id conflict".to_string()))
-            .chain((0..model.late_voids).map(|_| "late void left the approval".to_string()));
+            .chain((0..model.late_voids).map(|_| "late void left the approval".to_string()))
+            .chain(
+                model
+                    .policies
+                    .values()
+                    .map(|(p, limit)| format!("account policy {p} {limit}")),
+            );
         for event in events {
             *seen.entry(event).or_default() += 1;
         }

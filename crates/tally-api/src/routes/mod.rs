@@ -9,6 +9,7 @@ pub mod health;
 pub mod history;
 pub mod jobs;
 pub mod metrics;
+pub mod policy;
 pub mod transaction;
 pub mod users;
 pub mod webhooks;
@@ -28,6 +29,8 @@ pub fn configure(cfg: &mut ServiceConfig, debug: bool) {
     cfg.service(transaction::post_transaction)
         .service(account::get_account)
         .service(account::get_transaction)
+        .service(policy::put_policy)
+        .service(policy::get_policy)
         .service(health::status)
         .service(health::live)
         .service(health::ready);

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::command::Envelope;
 use crate::ledger::state::{AccountState, Hold};
-use crate::ledger::WithdrawPolicy;
+use crate::ledger::{AccountPolicy, WithdrawPolicy};
 use crate::vocabulary::{Kind, OutcomeStatus, Reason};
 
 /// What a new command does to its account.
@@ -46,20 +46,21 @@ pub(super) fn deposit() -> Verdict {
 
 /// A withdraw captures the hold it names, else the oldest open hold of its amount. Under
 /// `reject_overdraft` it must fit in `available` plus that hold (money promised to this very
-/// request is its own); a rejected withdraw captures nothing.
+/// request is its own) plus the account's overdraft limit; a rejected withdraw captures
+/// nothing. `policy` is the account's own, else the global one.
 pub(super) fn withdraw(
     env: &Envelope,
     account: &AccountState,
     holds: &[Hold],
-    policy: WithdrawPolicy,
+    policy: AccountPolicy,
 ) -> Verdict {
     let capture = match &env.request_id {
         Some(request) => holds.iter().position(|h| &h.request_id == request),
         None => holds.iter().position(|h| h.amount == env.amount),
     };
-    if policy == WithdrawPolicy::RejectOverdraft {
+    if policy.withdraw == WithdrawPolicy::RejectOverdraft {
         let promised = capture.map_or(Decimal::ZERO, |i| holds[i].amount);
-        if account.available() + promised < env.amount {
+        if account.available() + promised + policy.overdraft_limit < env.amount {
             return Verdict::Refused(OutcomeStatus::Rejected, Reason::InsufficientFunds);
         }
     }

@@ -8,9 +8,12 @@ use std::collections::HashMap;
 use crate::command::{Envelope, Outcome};
 use crate::ledger::books::{self, Books};
 use crate::ledger::commands;
-use crate::ledger::effects::{Effects, IdConflict, NewRecord, VOIDED_REASON, VOIDED_STATUS};
+use crate::ledger::effects::{
+    Effects, IdConflict, NewPolicyChange, NewRecord, VOIDED_REASON, VOIDED_STATUS,
+};
 use crate::ledger::state::{Recorded, Snapshot};
-use crate::ledger::Rules;
+use crate::ledger::{AccountPolicy, Rules};
+use crate::policy::{Command, PolicyEnvelope};
 use crate::vocabulary::{Kind, OutcomeStatus, Reason};
 
 /// What a batch decided: rows to write, and one outcome per input command, in input order.
@@ -20,26 +23,102 @@ pub struct Decision {
     pub outcomes: Vec<Outcome>,
 }
 
-/// Decides a batch. `now` is the batch's decision time (the database's clock).
+/// Decides a batch of transactions. `now` is the batch's decision time (the database's
+/// clock).
 pub fn decide(
     envelopes: &[Envelope],
     snapshot: Snapshot,
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Decision {
+    let (effects, outcomes) =
+        decide_all(envelopes.iter().map(One::Transaction), snapshot, now, rules);
+    Decision {
+        effects,
+        outcomes: outcomes.into_iter().flatten().collect(),
+    }
+}
+
+/// Decides a batch of commands, transactions and policy changes in their queue order; one
+/// outcome per command, `None` for a policy change (nobody waits for its decision).
+pub fn decide_commands(
+    commands: &[Command],
+    snapshot: Snapshot,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> (Effects, Vec<Option<Outcome>>) {
+    let ones = commands.iter().map(|c| match c {
+        Command::Transaction(env) => One::Transaction(env),
+        Command::Policy(p) => One::Policy(p),
+    });
+    decide_all(ones, snapshot, now, rules)
+}
+
+enum One<'a> {
+    Transaction(&'a Envelope),
+    Policy(&'a PolicyEnvelope),
+}
+
+fn decide_all<'a>(
+    commands: impl Iterator<Item = One<'a>>,
+    snapshot: Snapshot,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> (Effects, Vec<Option<Outcome>>) {
     let Snapshot {
         mut recorded,
         accounts,
         holds,
+        mut policy_changes,
     } = snapshot;
     let mut books = Books::new(accounts, holds);
     let mut effects = Effects::default();
-    let outcomes = envelopes
-        .iter()
-        .map(|env| decide_one(env, &mut recorded, &mut books, &mut effects, now, rules))
+    let outcomes = commands
+        .map(|one| match one {
+            One::Transaction(env) => Some(decide_one(
+                env,
+                &mut recorded,
+                &mut books,
+                &mut effects,
+                now,
+                rules,
+            )),
+            One::Policy(change) => {
+                change_policy(change, &mut policy_changes, &mut books, &mut effects, now);
+                None
+            }
+        })
         .collect();
     effects.set_accounts(books.into_touched());
-    Decision { effects, outcomes }
+    (effects, outcomes)
+}
+
+/// A policy command: applied once per id (a redelivered copy, or a reuse of the id with
+/// another policy, changes nothing); the account's policy from here on in its order.
+fn change_policy(
+    change: &PolicyEnvelope,
+    applied: &mut HashMap<String, String>,
+    books: &mut Books,
+    effects: &mut Effects,
+    now: DateTime<Utc>,
+) {
+    if applied.contains_key(&change.id) {
+        return;
+    }
+    applied.insert(change.id.clone(), change.fingerprint.clone());
+    let (account, _) = books.enter(&change.account_id, now, effects);
+    account.policy = Some(change.policy());
+    account.policy_version += 1;
+    effects.policy_change(NewPolicyChange {
+        id: change.id.clone(),
+        account_id: change.account_id.clone(),
+        policy: change.policy(),
+        policy_version: account.policy_version,
+        after_seq: account.version,
+        fingerprint: change.fingerprint.clone(),
+        accepted_at: change.accepted_at,
+        key_name: change.key_name.clone(),
+    });
 }
 
 /// One command of the batch; `recorded` grows with it, so a later copy of its id in the same
@@ -151,7 +230,10 @@ fn decide_new(
     let (account, holds) = books.enter(&env.account_id, now, effects);
     let verdict = commands::foreign_owner(account, env).unwrap_or_else(|| match env.kind {
         Kind::Deposit => commands::deposit(),
-        Kind::Withdraw => commands::withdraw(env, account, holds, rules.withdraw_policy),
+        Kind::Withdraw => {
+            let policy = account.policy.unwrap_or(AccountPolicy::default_of(rules));
+            commands::withdraw(env, account, holds, policy)
+        }
         Kind::WithdrawRequest => commands::withdraw_request(env, account, now),
     });
     if account.user_id.is_none() {

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use crate::ledger::state::{AccountState, Hold, Recorded};
+use crate::ledger::AccountPolicy;
 use crate::vocabulary::{HoldStatus, Kind, OutcomeStatus, Reason};
 
 /// A transaction row to insert, in its final state for this batch.
@@ -49,6 +50,23 @@ impl From<&NewRecord> for Recorded {
             last_copy_at: r.last_copy_at.unwrap_or(r.accepted_at),
         }
     }
+}
+
+/// A policy command applied by the batch: a row of the account's policy history
+/// (`account_policy_changes`, V10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPolicyChange {
+    pub id: String,
+    pub account_id: String,
+    pub policy: AccountPolicy,
+    /// The account's `policy_version` after this change (1 for its first).
+    pub policy_version: i64,
+    /// The account's `seq` when it was applied: it governs the transactions with a greater
+    /// `seq` (until the next change).
+    pub after_seq: i64,
+    pub fingerprint: String,
+    pub accepted_at: DateTime<Utc>,
+    pub key_name: Option<String>,
 }
 
 /// What a voided approval becomes: the API answered "denied, deadline exceeded" without
@@ -146,6 +164,7 @@ pub struct Effects {
     voided: Vec<String>,
     copies: Vec<(String, DateTime<Utc>)>,
     conflicts: Vec<IdConflict>,
+    policy_changes: Vec<NewPolicyChange>,
 }
 
 impl Effects {
@@ -180,6 +199,16 @@ impl Effects {
 
     pub fn conflicts(&self) -> &[IdConflict] {
         &self.conflicts
+    }
+
+    /// Policy commands applied, in the batch's order.
+    pub fn policy_changes(&self) -> &[NewPolicyChange] {
+        &self.policy_changes
+    }
+
+    /// A policy command applied.
+    pub(super) fn policy_change(&mut self, change: NewPolicyChange) {
+        self.policy_changes.push(change);
     }
 
     /// Sets the final state of the accounts the batch touched.

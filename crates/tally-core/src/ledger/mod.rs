@@ -16,6 +16,11 @@
 //! record say that: an undecided request is recorded denied; an approved one becomes denied
 //! whichever attempt decided it, and its hold, if still open, is released; a denied one stays.
 //!
+//! Each account may carry its own withdraw policy ([`AccountPolicy`]: `reject_overdraft` may
+//! allow an overdraft limit below zero), set by a policy command that travels the account's
+//! queue like a transaction, so every withdraw is judged by the policy in force at its
+//! position in the account's order; accounts without one follow the global setting.
+//!
 //! - [`decide`] (decide.rs): one batch, command by command: duplicates, voids, new commands.
 //! - commands.rs: one pure function per command (deposit, withdraw, withdraw_request, void,
 //!   expiry) saying what it decides, as a `Verdict`.
@@ -33,9 +38,11 @@ mod state;
 mod tests;
 
 use chrono::Duration;
-use serde::Deserialize;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
-pub use decide::{decide, Decision};
+pub use decide::{decide, decide_commands, Decision};
+pub use effects::NewPolicyChange;
 pub use effects::{
     ClosedHold, Closure, Effects, HoldEnd, IdConflict, NewHold, NewRecord, OverlappingEffects,
     VOIDED_REASON, VOIDED_STATUS,
@@ -43,7 +50,7 @@ pub use effects::{
 pub use state::{AccountState, Hold, Recorded, Snapshot};
 
 /// What a withdraw that the account cannot cover does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WithdrawPolicy {
     /// Applied anyway: the balance may go negative.
@@ -51,6 +58,45 @@ pub enum WithdrawPolicy {
     /// Recorded rejected (`insufficient_funds`) when `available` plus the hold it captures
     /// does not cover it.
     RejectOverdraft,
+}
+
+impl WithdrawPolicy {
+    pub const ALL: [WithdrawPolicy; 2] =
+        [WithdrawPolicy::AlwaysApply, WithdrawPolicy::RejectOverdraft];
+
+    /// The policy's text, as stored and as shown.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WithdrawPolicy::AlwaysApply => "always_apply",
+            WithdrawPolicy::RejectOverdraft => "reject_overdraft",
+        }
+    }
+
+    /// The policy whose text is `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// The withdraw policy of one account: set by a policy command (`PUT /account/{id}/policy`),
+/// applied in the account's order; an account without one follows [`Rules::withdraw_policy`]
+/// with no overdraft limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountPolicy {
+    pub withdraw: WithdrawPolicy,
+    /// Under `reject_overdraft`: how far below zero `available` may go (0: not at all).
+    /// Always 0 under `always_apply`, which has no limit.
+    pub overdraft_limit: Decimal,
+}
+
+impl AccountPolicy {
+    /// The global default: the configured policy, no overdraft limit.
+    pub fn default_of(rules: &Rules) -> Self {
+        Self {
+            withdraw: rules.withdraw_policy,
+            overdraft_limit: Decimal::ZERO,
+        }
+    }
 }
 
 /// The policy knobs the rules depend on.

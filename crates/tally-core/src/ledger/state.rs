@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::command::Outcome;
+use crate::ledger::AccountPolicy;
 use crate::vocabulary::{Kind, OutcomeStatus, Reason};
 
 /// A transaction id the ledger already decided: what dedupe and idempotent replies need.
@@ -53,6 +54,11 @@ pub struct AccountState {
     pub held: Decimal,
     /// Number of commands recorded on the account; the last one's `seq`.
     pub version: i64,
+    /// Its own withdraw policy; `None`: the global one ([`crate::ledger::Rules`]).
+    pub policy: Option<AccountPolicy>,
+    /// Number of policy changes applied to the account (they take no `seq`: the history of
+    /// transactions stays gapless; each change records the `seq` it came after).
+    pub policy_version: i64,
 }
 
 impl AccountState {
@@ -63,6 +69,8 @@ impl AccountState {
             balance: Decimal::ZERO,
             held: Decimal::ZERO,
             version: 0,
+            policy: None,
+            policy_version: 0,
         }
     }
 
@@ -90,4 +98,6 @@ pub struct Snapshot {
     pub accounts: HashMap<String, AccountState>,
     /// Open holds of the batch's accounts, oldest first (per account).
     pub holds: Vec<Hold>,
+    /// Policy commands of the batch already applied: id → fingerprint (dedupe).
+    pub policy_changes: HashMap<String, String>,
 }

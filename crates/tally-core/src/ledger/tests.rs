@@ -460,3 +460,61 @@ fn reject_overdraft_judges_against_available_plus_the_captured_hold() {
     let a = &d.effects.accounts()[0];
     assert_eq!((a.balance, a.held), (dec("0"), dec("0")));
 }
+
+#[test]
+fn a_policy_change_governs_the_withdraws_after_it_in_the_queue() {
+    use crate::ledger::{decide_commands, AccountPolicy};
+    use crate::policy::{Command, PolicyEnvelope, PolicyRequest};
+    let policy = |id: &str, withdraw, limit: &str| {
+        let request = PolicyRequest {
+            account_id: "a".into(),
+            policy: AccountPolicy {
+                withdraw,
+                overdraft_limit: dec(limit),
+            },
+        };
+        Command::Policy(PolicyEnvelope::new(id, &request, Utc::now(), None))
+    };
+    let tx = |e: Envelope| Command::Transaction(e);
+    let commands = [
+        tx(env("d", Kind::Deposit, dec("5"))),
+        tx(env("w1", Kind::Withdraw, dec("10"))),
+        policy("p1", WithdrawPolicy::RejectOverdraft, "3"),
+        tx(env("w2", Kind::Withdraw, dec("2"))),
+        policy("p2", WithdrawPolicy::RejectOverdraft, "10"),
+        tx(env("w3", Kind::Withdraw, dec("4"))),
+        // A redelivered policy command changes nothing.
+        policy("p1", WithdrawPolicy::RejectOverdraft, "3"),
+        tx(env("w4", Kind::Withdraw, dec("1"))),
+    ];
+    let (effects, outcomes) = decide_commands(&commands, Snapshot::default(), Utc::now(), &RULES);
+    use OutcomeStatus::*;
+    let statuses: Vec<Option<OutcomeStatus>> = outcomes
+        .iter()
+        .map(|o| o.as_ref().map(|o| o.status))
+        .collect();
+    // Global always_apply: w1 overdraws to -5. Limit 3: w2 (-5 - 2 < -3) rejected. Limit 10:
+    // w3 (to -9) applied, w4 (to -10) applied: the redelivered p1 did not bring back 3.
+    assert_eq!(
+        statuses,
+        [
+            Some(Applied),
+            Some(Applied),
+            None,
+            Some(Rejected),
+            None,
+            Some(Applied),
+            None,
+            Some(Applied)
+        ]
+    );
+    let a = &effects.accounts()[0];
+    assert_eq!(a.balance, dec("-10"));
+    assert_eq!(a.policy_version, 2);
+    let changes: Vec<(i64, i64)> = effects
+        .policy_changes()
+        .iter()
+        .map(|c| (c.policy_version, c.after_seq))
+        .collect();
+    assert_eq!(changes, [(1, 2), (2, 3)]);
+}

@@ -19,6 +19,7 @@ mod jobs;
 mod leases;
 mod lifecycle;
 mod metrics;
+mod policy;
 mod read_your_writes;
 mod security;
 mod shutdown;
