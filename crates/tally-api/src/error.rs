@@ -56,8 +56,10 @@ pub enum ApiError {
         message: &'static str,
         retry_after_secs: u32,
     },
-    /// 504 with its own code: what the request waits for (e.g. an account reaching `minSeq`)
-    /// did not happen within the bounded wait; nothing is wrong, retry after `Retry-After`.
+    /// 409 with its own code: the resource is not yet in the state the request asks for
+    /// (an account below `minSeq`) after the bounded wait; nothing is wrong, retry after
+    /// `Retry-After`. Not a 5xx: it is no failure of ours (and a 504 would read as nginx's
+    /// upstream timeout).
     NotYet {
         code: &'static str,
         message: String,
@@ -145,7 +147,7 @@ impl ResponseError for ApiError {
             ApiError::Busy { .. }
             | ApiError::Unavailable { .. }
             | ApiError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotYet { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NotYet { .. } => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

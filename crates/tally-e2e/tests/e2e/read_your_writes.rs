@@ -420,7 +420,7 @@ async fn a_read_with_min_seq_waits_for_the_write_it_names() {
 }
 
 #[tokio::test]
-async fn a_min_seq_not_reached_in_time_is_a_504_and_a_bad_one_a_400() {
+async fn a_min_seq_not_reached_in_time_is_a_409_and_a_bad_one_a_400() {
     let app = TestApp::spawn_with(Options {
         worker: false,
         ..Options::default()
@@ -439,7 +439,7 @@ async fn a_min_seq_not_reached_in_time_is_a_504_and_a_bad_one_a_400() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 504);
+    assert_eq!(response.status().as_u16(), 409);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "min_seq_not_reached", "{body}");
