@@ -994,6 +994,26 @@ fn cpu_table(r: &Value) -> String {
             ms_cell(&c["tally-bench"]),
         ));
     }
+    // The floor no tally run can go under: what the broker alone spends per confirmed
+    // publish at its ceiling (same run, no HTTP, no consumer), and its confirm latency.
+    for level in r["broker_ceiling"]["levels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let per_s = f(&level["per_s"]).unwrap_or(0.0);
+        let pct = &level["cpu"]["percent_of_one_core"];
+        if per_s > 0.0 {
+            let ms = |k: &str| f(&pct[k]).map(|p| json!(p / 100.0 / per_s * 1000.0));
+            s.push_str(&format!(
+                "| broker ceiling, window {} (baseline) | {} | – | – | {} | – | – | – | {} |\n",
+                cell(&level["window"]),
+                cell(&level["per_s"]),
+                ms_cell(&ms("rabbitmq").unwrap_or(Value::Null)),
+                ms_cell(&ms("tally-bench").unwrap_or(Value::Null)),
+            ));
+        }
+    }
     s
 }
 
@@ -1054,6 +1074,29 @@ mod tests {
         assert_eq!(c["tally-bench"], json!(0.1));
         // The system under test: everything but the load generator and dev processes.
         assert_eq!(c["system"], json!(0.75));
+    }
+
+    #[test]
+    fn the_cpu_table_ends_with_the_brokers_own_cost_per_publish_at_its_ceiling() {
+        let report = json!({
+            "loads": [with_cpu_per_tx(json!({
+                "label": "deposits-c64", "sustainable_per_s": 1000.0,
+                "cpu": {"percent_of_one_core": {"postgres": 40.0, "rabbitmq": 20.0}},
+            }))],
+            "broker_ceiling": {"levels": [{
+                "window": 64, "per_s": 10000.0,
+                "cpu": {"percent_of_one_core": {"rabbitmq": 150.0, "tally-bench": 30.0}},
+            }]},
+        });
+        let table = cpu_table(&report);
+        assert!(
+            table.contains("| deposits-c64 | 1000 | **0.600** | 0.400 | 0.200 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| broker ceiling, window 64 (baseline) | 10000 | – | – | 0.150 |"),
+            "{table}"
+        );
     }
 
     #[test]
