@@ -29,6 +29,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Until when a command published now may be settled: the confirm wait
+    /// (`api.publish_timeout_ms`) and then the republishing of an unconfirmed copy
+    /// (`api.settle_timeout_ms`). Past it the answer is `outcome_unknown`.
+    pub fn publish_deadline(&self) -> tokio::time::Instant {
+        let api = &self.settings.api;
+        tokio::time::Instant::now()
+            + std::time::Duration::from_millis(api.publish_timeout_ms)
+            + std::time::Duration::from_millis(api.settle_timeout_ms)
+    }
+
     /// A 503 carrying the configured Retry-After.
     pub fn unavailable(&self, message: &'static str) -> ApiError {
         ApiError::Unavailable {

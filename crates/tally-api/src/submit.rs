@@ -81,6 +81,19 @@ pub struct Receipt {
     pub accepted_at: DateTime<Utc>,
 }
 
+impl Receipt {
+    /// The receipt of an envelope this attempt published.
+    fn of(envelope: Envelope) -> Self {
+        Self {
+            id: envelope.id,
+            account_id: envelope.account_id,
+            kind: envelope.kind,
+            amount: envelope.amount,
+            accepted_at: envelope.accepted_at,
+        }
+    }
+}
+
 /// What a 201 or 402 says of a withdraw_request: the hold of an approval, the reason of a
 /// denial (a denied request holds nothing, even when a late approval's released hold is linked
 /// to its record).
@@ -121,30 +134,17 @@ async fn accept_waiting(
     wait: Duration,
 ) -> Answer {
     let deadline = Instant::now() + wait;
-    match tally_store::reads::transaction(&state.pool, &tx.id).await {
-        Ok(Some(record)) => return from_record(tx, record),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(id = %tx.id, error = %e, "idempotency pre-check skipped"),
-    }
-    if owned_by_another(state, tx).await {
-        return Answer::OwnedByAnother;
-    }
-    let shard = match admit(state, tx) {
-        Ok(shard) => shard,
+    let (shard, envelope) = match before_publishing(state, tx, from_record).await {
+        Ok(ready) => ready,
         Err(answer) => return answer,
     };
-    let envelope = Envelope::new(tx, Utc::now());
-    let api = &state.settings.api;
-    let settle_by = Instant::now()
-        + Duration::from_millis(api.publish_timeout_ms)
-        + Duration::from_millis(api.settle_timeout_ms);
     let reply = state
         .publisher
         .request_until(
             &Topology::routing_key(shard),
             &envelope.encode(),
             command_properties(&tx.id, request_id),
-            settle_by,
+            state.publish_deadline(),
             deadline,
         )
         .await;
@@ -153,13 +153,7 @@ async fn accept_waiting(
         Err(e) => return publish_failed(&tx.id, &e),
     };
     // A copy is surely in the queue from here on: without a decision, the ordinary 200.
-    let accepted = Answer::Accepted(Receipt {
-        id: envelope.id,
-        account_id: envelope.account_id,
-        kind: envelope.kind,
-        amount: envelope.amount,
-        accepted_at: envelope.accepted_at,
-    });
+    let accepted = Answer::Accepted(Receipt::of(envelope));
     match reply.as_deref().map(serde_json::from_slice::<Outcome>) {
         Some(Ok(outcome)) if outcome.status == OutcomeStatus::IdReused => return Answer::IdReused,
         Some(Err(e)) => tracing::error!(id = %tx.id, error = %e, "undecodable reply"),
@@ -204,44 +198,45 @@ async fn look_up(state: &AppState, tx: &NewTransaction, until: Instant) -> Optio
 /// A deposit or withdraw: answered from its record when it is already decided, else published
 /// (settled) and accepted once a copy is surely in the shard queue.
 async fn accept(state: &AppState, tx: &NewTransaction, request_id: &str) -> Answer {
-    // A retry of a decided id is answered from the record, without publishing again. If the
-    // database is unreachable we publish anyway: the worker dedupes in-flight copies.
-    match tally_store::reads::transaction(&state.pool, &tx.id).await {
-        Ok(Some(record)) => return replayed(tx, &record),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(id = %tx.id, error = %e, "idempotency pre-check skipped"),
-    }
-    if owned_by_another(state, tx).await {
-        return Answer::OwnedByAnother;
-    }
-    let shard = match admit(state, tx) {
-        Ok(shard) => shard,
+    let (shard, envelope) = match before_publishing(state, tx, replayed).await {
+        Ok(ready) => ready,
         Err(answer) => return answer,
     };
-    let envelope = Envelope::new(tx, Utc::now());
-    let api = &state.settings.api;
-    let settle_by = Instant::now()
-        + Duration::from_millis(api.publish_timeout_ms)
-        + Duration::from_millis(api.settle_timeout_ms);
     let published = state
         .publisher
         .publish_settled(
             &Topology::routing_key(shard),
             &envelope.encode(),
             command_properties(&tx.id, request_id),
-            settle_by,
+            state.publish_deadline(),
         )
         .await;
     match published {
-        Ok(()) => Answer::Accepted(Receipt {
-            id: envelope.id,
-            account_id: envelope.account_id,
-            kind: envelope.kind,
-            amount: envelope.amount,
-            accepted_at: envelope.accepted_at,
-        }),
+        Ok(()) => Answer::Accepted(Receipt::of(envelope)),
         Err(e) => publish_failed(&tx.id, &e),
     }
+}
+
+/// What a deposit or withdraw goes through before it is published, with or without
+/// `Prefer: wait`: a retry of a decided id is answered from its record (`answer_from`) without
+/// publishing again — if the database is unreachable we publish anyway, the worker dedupes
+/// in-flight copies — then the ownership rule and admission. The shard and the envelope to
+/// publish, or the answer already given.
+async fn before_publishing(
+    state: &AppState,
+    tx: &NewTransaction,
+    answer_from: fn(&NewTransaction, TransactionRecord) -> Answer,
+) -> Result<(u16, Envelope), Answer> {
+    match tally_store::reads::transaction(&state.pool, &tx.id).await {
+        Ok(Some(record)) => return Err(answer_from(tx, record)),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(id = %tx.id, error = %e, "idempotency pre-check skipped"),
+    }
+    if owned_by_another(state, tx).await {
+        return Err(Answer::OwnedByAnother);
+    }
+    let shard = admit(state, tx)?;
+    Ok((shard, Envelope::new(tx, Utc::now())))
 }
 
 /// A withdraw_request: published to the account's shard and answered with the worker's
@@ -574,13 +569,13 @@ fn decided(
 }
 
 /// Answers a retry of a deposit or withdraw from its record: same 200, never a second effect.
-fn replayed(tx: &NewTransaction, record: &TransactionRecord) -> Answer {
+fn replayed(tx: &NewTransaction, record: TransactionRecord) -> Answer {
     if record.fingerprint != tx.fingerprint() {
         return Answer::IdReused;
     }
     Answer::Replayed(Receipt {
-        id: record.id.clone(),
-        account_id: record.account_id.clone(),
+        id: record.id,
+        account_id: record.account_id,
         // The fingerprint covers the kind: the record's is the command's.
         kind: tx.kind,
         amount: record.amount,
@@ -707,14 +702,14 @@ mod tests {
     #[test]
     fn a_recorded_deposit_is_replayed_and_another_payload_is_id_reused() {
         let tx = command("deposit", 10);
-        let answer = replayed(&tx, &record(&tx, "applied", at(7)));
+        let answer = replayed(&tx, record(&tx, "applied", at(7)));
         let Answer::Replayed(receipt) = answer else {
             panic!("{answer:?}")
         };
         assert_eq!((receipt.kind, receipt.accepted_at), (Kind::Deposit, at(7)));
         let other = command("deposit", 11);
         assert_eq!(
-            replayed(&other, &record(&tx, "applied", at(7))),
+            replayed(&other, record(&tx, "applied", at(7))),
             Answer::IdReused
         );
     }

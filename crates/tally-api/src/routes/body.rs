@@ -1,9 +1,11 @@
 //! Request bodies: every JSON route reads its body the same way, capped while it streams in
 //! (a larger body is refused before it is buffered) and required to be one JSON object.
 
+use actix_web::http::header::HeaderMap;
 use actix_web::web;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
+use tally_core::validate_id;
 
 use crate::error::ApiError;
 
@@ -48,4 +50,21 @@ async fn read(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, 
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The `Idempotency-Key` header (IETF draft), validated like every identifier: 400
+/// `invalid_idempotency_key` when it is not one.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("\u{0}");
+    validate_id(key).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            format!("`Idempotency-Key` {e}"),
+        )
+    })?;
+    Ok(Some(key.to_string()))
 }

@@ -4,20 +4,16 @@
 //! account's order, so the withdraws queued before it are judged by the old policy and those
 //! after it by the new one. The GET reads the policy applied so far.
 
-use actix_web::http::header::HeaderMap;
 use actix_web::{get, put, web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use std::time::Duration;
 use tally_bus::{command_properties, Topology};
 use tally_core::policy::{PolicyEnvelope, PolicyError, PolicyRequest};
-use tally_core::validate_id;
-use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::observe::RequestId;
 use crate::routes::account::store_error;
-use crate::routes::body::json_object;
+use crate::routes::body::{idempotency_key, json_object};
 use crate::routes::path_id;
 use crate::state::AppState;
 use crate::{model, openapi};
@@ -72,10 +68,7 @@ pub async fn put_policy(
         Err(e) => tracing::warn!(%id, error = %e, "policy idempotency pre-check skipped"),
     }
     let shard = state.publisher.topology().shard_of(&account_id);
-    let api = &state.settings.api;
-    let settle_by = Instant::now()
-        + Duration::from_millis(api.publish_timeout_ms)
-        + Duration::from_millis(api.settle_timeout_ms);
+    let settle_by = state.publish_deadline();
     let published = state
         .publisher
         .publish_settled(
@@ -135,19 +128,4 @@ pub async fn get_policy(
         }
     };
     Ok(HttpResponse::Ok().json(view))
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or("\u{0}");
-    validate_id(key).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_idempotency_key",
-            "Idempotency-Key",
-            format!("`Idempotency-Key` {e}"),
-        )
-    })?;
-    Ok(Some(key.to_string()))
 }

@@ -7,12 +7,11 @@ use actix_web::http::StatusCode;
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use std::time::Duration;
 use tally_core::command::NewTransaction;
-use tally_core::validate_id;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::observe::RequestId;
-use crate::routes::body::json_object;
+use crate::routes::body::{idempotency_key, json_object};
 use crate::routes::users::owned_by_another_error;
 use crate::state::AppState;
 use crate::submit::{self, Answer};
@@ -108,21 +107,6 @@ fn deadline_budget(headers: &HeaderMap, full: Duration, floor: Duration) -> Dura
     full.saturating_sub(Duration::from_secs_f64(elapsed))
         .max(floor)
         .min(full)
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or("\u{0}");
-    validate_id(key).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_idempotency_key",
-            "Idempotency-Key",
-            format!("`Idempotency-Key` {e}"),
-        )
-    })?;
-    Ok(Some(key.to_string()))
 }
 
 #[cfg(test)]
