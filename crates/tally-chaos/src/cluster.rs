@@ -769,9 +769,7 @@ fn running_test_suite(cfg: &RunConfig) -> Option<String> {
     None
 }
 
-/// Whether the process at `/proc/<pid>` may reach our servers: a test URL left unset means
-/// the test kit's default (`tally-testkit` services: 127.0.0.1:5432 and :5672), so a suite
-/// on the default services does not hold up a run on the HA ports, and the other way round.
+/// Whether the process at `/proc/<pid>` may reach our servers (see [`suite_reaches`]).
 fn uses_our_services(proc_dir: &std::path::Path, cfg: &RunConfig) -> bool {
     let Ok(raw) = std::fs::read(proc_dir.join("environ")) else {
         return true;
@@ -781,17 +779,25 @@ fn uses_our_services(proc_dir: &std::path::Path, cfg: &RunConfig) -> bool {
             .filter_map(|kv| std::str::from_utf8(kv).ok())
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
     };
-    let elsewhere = |test_url: Option<String>, ours: &str| {
-        test_url.is_some_and(|t| host_port(&t).is_some() && host_port(&t) != host_port(ours))
-    };
-    let or_default = |v: Option<String>, default: &str| v.or_else(|| Some(default.to_string()));
-    !(elsewhere(
-        or_default(var("TALLY_TEST_DATABASE_URL"), "postgres://127.0.0.1:5432"),
+    suite_reaches(
+        var("TALLY_TEST_DATABASE_URL").as_deref(),
+        var("TALLY_TEST_AMQP_URL").as_deref(),
         &cfg.admin_url,
-    ) && elsewhere(
-        or_default(var("TALLY_TEST_AMQP_URL"), "amqp://127.0.0.1:5672"),
         &cfg.amqp_url,
-    ))
+    )
+}
+
+/// Whether a test suite with these test URLs may reach our database or broker. An unset URL
+/// means the test kit's default (`tally-testkit`: 127.0.0.1:5432 and :5672), so a suite on
+/// the default services does not hold up a run on the HA ports, and the other way round; a
+/// URL that does not parse is assumed to reach them.
+fn suite_reaches(db: Option<&str>, amqp: Option<&str>, our_db: &str, our_amqp: &str) -> bool {
+    let reaches = |test: &str, ours: &str| {
+        let test = host_port(test);
+        test.is_none() || test == host_port(ours)
+    };
+    reaches(db.unwrap_or("postgres://127.0.0.1:5432"), our_db)
+        || reaches(amqp.unwrap_or("amqp://127.0.0.1:5672"), our_amqp)
 }
 
 /// `host:port` of a service URL (default ports filled in).
@@ -926,4 +932,38 @@ pub async fn clean_leftovers(cfg: &RunConfig) -> Result<usize> {
         count += queues.len() + exchanges.len();
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suite_reaches;
+
+    const DEFAULT_DB: &str = "postgres://tally:tally@127.0.0.1:5432/tally";
+    const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    const HA_DB: &str = "postgres://tally@127.0.0.1:5622,127.0.0.1:5623/tally";
+    const HA_AMQP: &str = "amqp://guest:guest@127.0.0.1:5692/%2f";
+
+    #[test]
+    fn a_suite_with_no_test_urls_uses_the_default_services_only() {
+        assert!(suite_reaches(None, None, DEFAULT_DB, DEFAULT_AMQP));
+        assert!(!suite_reaches(None, None, HA_DB, HA_AMQP));
+    }
+
+    #[test]
+    fn a_suite_pointed_elsewhere_reaches_only_what_it_names() {
+        let (db, amqp) = (
+            Some("postgres://127.0.0.1:5611/t"),
+            Some("amqp://127.0.0.1:5682"),
+        );
+        assert!(!suite_reaches(db, amqp, DEFAULT_DB, DEFAULT_AMQP));
+        // Sharing either service is enough to be held up.
+        assert!(suite_reaches(
+            db,
+            Some(DEFAULT_AMQP),
+            DEFAULT_DB,
+            DEFAULT_AMQP
+        ));
+        // A URL that does not parse may reach anything.
+        assert!(suite_reaches(Some("not a url"), amqp, HA_DB, HA_AMQP));
+    }
 }
