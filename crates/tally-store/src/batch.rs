@@ -35,16 +35,29 @@ use crate::StoreError;
 
 type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
-/// Loads the snapshot for `ids` on `accounts`, locking the account rows.
+/// Loads the snapshot for `ids` on `accounts`, locking the account rows. `policy_ids`: the
+/// ids of the batch's policy commands, whose dedupe is read only when there are any (nearly
+/// no batch has one, and every statement of a batch costs PostgreSQL CPU).
 pub async fn load(
     tx: &Transaction<'_>,
     ids: &[&str],
     accounts: &[&str],
+    policy_ids: &[&str],
 ) -> Result<Snapshot, StoreError> {
     let by_id: [&Param<'_>; 1] = [&ids];
     let by_account: [&Param<'_>; 1] = [&accounts];
+    // Policy commands of the batch already applied (V10): their dedupe.
+    let policies = async {
+        if policy_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = tx
+            .prepare_cached("SELECT id, fingerprint FROM account_policy_changes WHERE id = ANY($1)")
+            .await?;
+        tx.query(&q, &[&policy_ids]).await
+    };
     // Cached statements: after the first batch, each query is one pipelined round trip.
-    let (q_recorded, q_accounts, q_holds, q_links, q_policies) = tokio::try_join!(
+    let (q_recorded, q_accounts, q_holds, q_links) = tokio::try_join!(
         tx.prepare_cached(
             "SELECT id, account_id, kind, amount, status, reason, hold_id, fingerprint, \
                  COALESCE(last_copy_at, accepted_at) \
@@ -69,15 +82,13 @@ pub async fn load(
         tx.prepare_cached(
             "SELECT account_id, user_id FROM account_owners WHERE account_id = ANY($1)"
         ),
-        // Policy commands of the batch already applied (V10): their dedupe.
-        tx.prepare_cached("SELECT id, fingerprint FROM account_policy_changes WHERE id = ANY($1)"),
     )?;
     let (recorded, account_rows, hold_rows, link_rows, policy_rows) = tokio::try_join!(
         tx.query(&q_recorded, &by_id),
         tx.query(&q_accounts, &by_account),
         tx.query(&q_holds, &by_account),
         tx.query(&q_links, &by_account),
-        tx.query(&q_policies, &by_id),
+        policies,
     )?;
     let mut accounts: HashMap<String, AccountState> = account_rows
         .iter()

@@ -63,7 +63,7 @@ async fn decided(
 ) -> (Decision, DateTime<Utc>) {
     let now = leases::fence(tx, lease).await.expect("fence");
     let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
-    let snapshot = batch::load(tx, &ids, &accounts_of(envelopes))
+    let snapshot = batch::load(tx, &ids, &accounts_of(envelopes), &[])
         .await
         .expect("load");
     (decide(envelopes, snapshot, now, &RULES), now)
@@ -102,7 +102,7 @@ async fn what_a_batch_writes_is_what_the_next_load_reads_back() {
 
     let mut client = pool.get().await.expect("connection");
     let tx = client.transaction().await.expect("begin");
-    let snapshot = batch::load(&tx, &["d1", "r1", "w1", "unknown"], &["acc"])
+    let snapshot = batch::load(&tx, &["d1", "r1", "w1", "unknown"], &["acc"], &[])
         .await
         .expect("load");
     let account = &snapshot.accounts["acc"];

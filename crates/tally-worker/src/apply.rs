@@ -92,7 +92,12 @@ async fn apply(
     let mut accounts: Vec<&str> = commands.iter().map(Command::account_id).collect();
     accounts.sort_unstable();
     accounts.dedup();
-    let snapshot = batch::load(&tx, &ids, &accounts).await?;
+    let policy_ids: Vec<&str> = commands
+        .iter()
+        .filter(|c| matches!(c, Command::Policy(_)))
+        .map(Command::id)
+        .collect();
+    let snapshot = batch::load(&tx, &ids, &accounts, &policy_ids).await?;
     // Before the decision, aligned with `accounts`: what a webhook compares against.
     let before: Vec<(Decimal, Decimal)> = accounts
         .iter()
