@@ -189,13 +189,15 @@ pub async fn lag_since(client: &Client, since: DateTime<Utc>) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
-/// Batches the workers committed since `since`: each batch stamps all its rows with one
-/// `applied_at` on one shard, so distinct (shard, applied_at) pairs are batches.
+/// Batches the workers committed since `since`: each transaction stamps all its rows with one
+/// `applied_at`, so distinct `applied_at` are commits, and distinct (shard, applied_at) pairs
+/// are shard batches (a commit holds the batches of one worker's shards that were ready).
 pub async fn batches_since(client: &Client, since: DateTime<Utc>) -> Result<Value> {
     let row = client
         .query_one(
-            "SELECT count(*), coalesce(avg(n), 0)::float8, coalesce(max(n), 0)::int8 FROM \
-             (SELECT count(*) AS n FROM transactions WHERE applied_at >= $1 \
+            "SELECT count(*), coalesce(avg(n), 0)::float8, coalesce(max(n), 0)::int8, \
+                    count(DISTINCT applied_at), coalesce(sum(n), 0)::int8 FROM \
+             (SELECT applied_at, count(*) AS n FROM transactions WHERE applied_at >= $1 \
               GROUP BY shard, applied_at) b",
             &[&since],
         )
@@ -203,7 +205,18 @@ pub async fn batches_since(client: &Client, since: DateTime<Utc>) -> Result<Valu
     let batches: i64 = row.get(0);
     let avg: f64 = row.get(1);
     let max: i64 = row.get(2);
-    Ok(json!({"batches": batches, "avg_size": (avg * 10.0).round() / 10.0, "max_size": max}))
+    let commits: i64 = row.get(3);
+    let rows: i64 = row.get(4);
+    #[allow(clippy::cast_precision_loss)] // counts of a bench run
+    let per_commit = if commits > 0 {
+        (rows as f64 / commits as f64 * 10.0).round() / 10.0
+    } else {
+        0.0
+    };
+    Ok(
+        json!({"batches": batches, "avg_size": (avg * 10.0).round() / 10.0, "max_size": max,
+              "commits": commits, "rows_per_commit": per_commit}),
+    )
 }
 
 pub async fn server_version(client: &Client) -> Result<String> {

@@ -925,10 +925,15 @@ fn baselines_table(r: &Value) -> String {
 
 fn drain_table(r: &Value) -> String {
     let mut s = String::new();
-    s.push_str("\n## Worker drain (pre-filled queue, no HTTP)\n\n| run | msgs | workers | applied/s (wall) | from 1st commit/s | after lease balance/s | avg batch | publish/s | worker RSS MB | CPU % of a core (pg / worker) |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("\n## Worker drain (pre-filled queue, no HTTP)\n\n| run | msgs | workers | applied/s (wall) | from 1st commit/s | after lease balance/s | rows per commit (per shard batch) | publish/s | worker RSS MB | CPU % of a core (pg / worker) |\n|---|---|---|---|---|---|---|---|---|---|\n");
     if let Some(ds) = r["drain"].as_array() {
         for d in ds {
             let cpu = &d["cpu"]["percent_of_one_core"];
+            let per_commit = format!(
+                "{} ({})",
+                cell(&d["batches"]["rows_per_commit"]),
+                cell(&d["batches"]["avg_size"])
+            );
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
                 label_cell(d),
@@ -937,7 +942,7 @@ fn drain_table(r: &Value) -> String {
                 cell(&d["applied_per_s"]),
                 cell(&d["steady_per_s"]),
                 cell(&d["after_balance"]["per_s"]),
-                cell(&d["batches"]["avg_size"]),
+                per_commit,
                 cell(&d["publish"]["per_s"]),
                 cell(&d["rss"]["worker_peak_mb"]),
                 cell(&cpu["postgres"]),
@@ -990,13 +995,13 @@ fn http_table(r: &Value) -> String {
 fn cpu_table(r: &Value) -> String {
     let mut s = String::from(
         "\n## CPU per transaction (ms of CPU per accepted-and-applied transaction)\n\n\
-         | run | sustained/s | system | postgres | rabbitmq | nginx | api | worker | bench (load generator) |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         | run | sustained/s | system | postgres | rabbitmq | nginx | api | worker | bench (load generator) | rows per commit (per shard batch) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for l in r["loads"].as_array().into_iter().flatten() {
         let c = &l["cpu_ms_per_tx"];
         s.push_str(&format!(
-            "| {} | {} | **{}** | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {} ({}) |\n",
             label_cell(l),
             cell(&l["sustainable_per_s"]),
             ms_cell(&c["system"]),
@@ -1006,6 +1011,8 @@ fn cpu_table(r: &Value) -> String {
             ms_cell(&c["tally-api"]),
             ms_cell(&c["tally-worker"]),
             ms_cell(&c["tally-bench"]),
+            cell(&l["batches"]["rows_per_commit"]),
+            cell(&l["batches"]["avg_size"]),
         ));
     }
     // The floor no tally run can go under: what the broker alone spends per confirmed
@@ -1020,7 +1027,7 @@ fn cpu_table(r: &Value) -> String {
         if per_s > 0.0 {
             let ms = |k: &str| f(&pct[k]).map(|p| json!(p / 100.0 / per_s * 1000.0));
             s.push_str(&format!(
-                "| broker ceiling, window {} (baseline) | {} | – | – | {} | – | – | – | {} |\n",
+                "| broker ceiling, window {} (baseline) | {} | – | – | {} | – | – | – | {} | – |\n",
                 cell(&level["window"]),
                 cell(&level["per_s"]),
                 ms_cell(&ms("rabbitmq").unwrap_or(Value::Null)),

@@ -193,7 +193,8 @@ pub struct Written {
     pub new_conflicts: u64,
 }
 
-/// Writes the effects of a batch at `now` for `shard`. `changed` are the accounts among
+/// Writes the effects of a batch at `now`; each row is stamped with the shard `shard_of` its
+/// account (a batch may span several shards of one worker). `changed` are the accounts among
 /// `effects.accounts()` whose balance or available amount changed: their webhooks, if any,
 /// get a delivery.
 ///
@@ -203,23 +204,23 @@ pub struct Written {
 /// change the result.
 pub async fn write(
     tx: &Transaction<'_>,
-    shard: u16,
+    shard_of: impl Fn(&str) -> u16,
     now: DateTime<Utc>,
     effects: &Effects,
     changed: &[&AccountState],
 ) -> Result<Written, StoreError> {
     effects.check_disjoint()?;
-    let shard = i32::from(shard);
+    let shard = |account: &str| i32::from(shard_of(account));
     let (_, inserted, _, _, _, _, new_conflicts, superseded, policies) = tokio::try_join!(
         upsert_accounts(tx, effects.accounts(), now),
-        insert_records(tx, effects.records(), now, shard),
-        insert_holds(tx, effects.new_holds(), now, shard),
+        insert_records(tx, effects.records(), now, &shard),
+        insert_holds(tx, effects.new_holds(), now, &shard),
         close_holds(tx, effects.closed_holds(), now),
         void_records(tx, effects.voided()),
         answer_copies(tx, effects.copies()),
         insert_conflicts(tx, effects.conflicts(), now),
         schedule_webhooks(tx, changed, now),
-        insert_policy_changes(tx, effects.policy_changes(), now, shard),
+        insert_policy_changes(tx, effects.policy_changes(), now, &shard),
     )?;
     // ON CONFLICT DO NOTHING + count: a conflict means another writer recorded one of these
     // ids since `load` (an id reused on two accounts at once). The caller rolls back and the
@@ -235,8 +236,8 @@ pub async fn write(
     })
 }
 
-/// Absolute values are safe: this shard's worker is the only writer of these rows and holds
-/// their locks since [`load`].
+/// Absolute values are safe: the owner of the accounts' shards is the only writer of these
+/// rows and holds their locks since [`load`].
 async fn upsert_accounts(
     tx: &Transaction<'_>,
     accounts: &[AccountState],
@@ -291,14 +292,15 @@ async fn insert_policy_changes(
     tx: &Transaction<'_>,
     changes: &[NewPolicyChange],
     now: DateTime<Utc>,
-    shard: i32,
+    shard: &impl Fn(&str) -> i32,
 ) -> Result<u64, tokio_postgres::Error> {
     const SQL: &str =
         "INSERT INTO account_policy_changes (id, account_id, policy_version, after_seq, \
-             withdraw_policy, overdraft_limit, fingerprint, accepted_at, key_name, applied_at, \
-             shard) \
-         SELECT u.*, $10, $11 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], \
-             $5::text[], $6::numeric[], $7::text[], $8::timestamptz[], $9::text[]) AS u \
+             withdraw_policy, overdraft_limit, fingerprint, accepted_at, key_name, shard, \
+             applied_at) \
+         SELECT u.*, $11 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], \
+             $5::text[], $6::numeric[], $7::text[], $8::timestamptz[], $9::text[], \
+             $10::int4[]) AS u \
          ON CONFLICT (id) DO NOTHING";
     let c = changes;
     let ids: Vec<&str> = c.iter().map(|x| x.id.as_str()).collect();
@@ -310,6 +312,7 @@ async fn insert_policy_changes(
     let fingerprints: Vec<&str> = c.iter().map(|x| x.fingerprint.as_str()).collect();
     let accepted: Vec<DateTime<Utc>> = c.iter().map(|x| x.accepted_at).collect();
     let keys: Vec<Option<&str>> = c.iter().map(|x| x.key_name.as_deref()).collect();
+    let shards: Vec<i32> = accounts.iter().map(|a| shard(a)).collect();
     let params: [&Param<'_>; 11] = [
         &ids,
         &accounts,
@@ -320,8 +323,8 @@ async fn insert_policy_changes(
         &fingerprints,
         &accepted,
         &keys,
+        &shards,
         &now,
-        &shard,
     ];
     execute_unless_empty(tx, SQL, &params, c.is_empty()).await
 }
@@ -331,16 +334,16 @@ async fn insert_records(
     tx: &Transaction<'_>,
     records: &[NewRecord],
     now: DateTime<Utc>,
-    shard: i32,
+    shard: &impl Fn(&str) -> i32,
 ) -> Result<u64, tokio_postgres::Error> {
     const SQL: &str =
         "INSERT INTO transactions (id, account_id, kind, amount, status, reason, hold_id, \
              request_id, fingerprint, seq, balance_after, occurred_at, accepted_at, \
-             last_copy_at, key_name, applied_at, shard) \
-         SELECT u.*, $16, $17 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
+             last_copy_at, key_name, shard, applied_at) \
+         SELECT u.*, $17 FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], \
              $5::text[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::int8[], \
              $11::numeric[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], \
-             $15::text[]) AS u \
+             $15::text[], $16::int4[]) AS u \
          ON CONFLICT (id) DO NOTHING";
     let r = records;
     let ids: Vec<&str> = r.iter().map(|x| x.id.as_str()).collect();
@@ -358,6 +361,7 @@ async fn insert_records(
     let accepted: Vec<DateTime<Utc>> = r.iter().map(|x| x.accepted_at).collect();
     let copies: Vec<Option<DateTime<Utc>>> = r.iter().map(|x| x.last_copy_at).collect();
     let keys: Vec<Option<&str>> = r.iter().map(|x| x.key_name.as_deref()).collect();
+    let shards: Vec<i32> = accounts.iter().map(|a| shard(a)).collect();
     let params: [&Param<'_>; 17] = [
         &ids,
         &accounts,
@@ -374,8 +378,8 @@ async fn insert_records(
         &accepted,
         &copies,
         &keys,
+        &shards,
         &now,
-        &shard,
     ];
     execute_unless_empty(tx, SQL, &params, r.is_empty()).await
 }
@@ -385,18 +389,18 @@ async fn insert_holds(
     tx: &Transaction<'_>,
     holds: &[NewHold],
     now: DateTime<Utc>,
-    shard: i32,
+    shard: &impl Fn(&str) -> i32,
 ) -> Result<u64, tokio_postgres::Error> {
     const SQL: &str =
         "INSERT INTO holds (id, account_id, request_id, amount, status, shard, created_at, \
              expires_at, closed_at, captured_by) \
-         SELECT u.id, u.account_id, u.request_id, u.amount, u.status, $9, u.created_at, \
+         SELECT u.id, u.account_id, u.request_id, u.amount, u.status, u.shard, u.created_at, \
              u.expires_at, CASE WHEN u.status = 'open' THEN NULL ELSE $10::timestamptz END, \
              u.captured_by \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], \
-                     $6::timestamptz[], $7::text[], $8::text[]) \
+                     $6::timestamptz[], $7::text[], $8::text[], $9::int4[]) \
               AS u(id, account_id, request_id, amount, created_at, expires_at, status, \
-                   captured_by)";
+                   captured_by, shard)";
     let h = holds;
     let ids: Vec<Uuid> = h.iter().map(|x| x.hold.id).collect();
     let accounts: Vec<&str> = h.iter().map(|x| x.hold.account_id.as_str()).collect();
@@ -409,8 +413,9 @@ async fn insert_holds(
         .iter()
         .map(|x| x.closed.as_ref().and_then(|c| c.captured_by.as_deref()))
         .collect();
+    let shards: Vec<i32> = accounts.iter().map(|a| shard(a)).collect();
     let params: [&Param<'_>; 10] = [
-        &ids, &accounts, &requests, &amounts, &created, &expires, &statuses, &by, &shard, &now,
+        &ids, &accounts, &requests, &amounts, &created, &expires, &statuses, &by, &shards, &now,
     ];
     execute_unless_empty(tx, SQL, &params, h.is_empty()).await
 }

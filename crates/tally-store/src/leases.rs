@@ -140,8 +140,10 @@ pub async fn leave(pool: &Pool, worker: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The fence, first statement of every batch transaction: locks the shard's lease row (a
-/// takeover waits for this transaction) and fails unless `lease` is still the current one.
+/// The fence, first statement of every batch transaction: locks the lease rows of the
+/// batch's shards (a takeover waits for this transaction) and fails unless every one of
+/// `leases` is still the current one. A batch may span several shards of one worker: one
+/// statement fences them all.
 ///
 /// The lock is `FOR KEY SHARE`, the weakest that still keeps a takeover out: [`acquire`]
 /// picks its rows `FOR UPDATE`, which conflicts with it, while the owner's own [`renew`]
@@ -151,24 +153,33 @@ pub async fn leave(pool: &Pool, worker: &str) -> Result<(), StoreError> {
 /// Returns the database's clock at that moment: the batch's one time for every decision
 /// (deadlines, hold expiry, new holds' TTL) and for `applied_at`, so no decision depends on
 /// the worker host's clock.
-pub async fn fence(tx: &Transaction<'_>, lease: &Lease) -> Result<DateTime<Utc>, StoreError> {
+pub async fn fence(tx: &Transaction<'_>, leases: &[&Lease]) -> Result<DateTime<Utc>, StoreError> {
     let statement = tx
         .prepare_cached(
-            "SELECT owner, epoch, expires_at > now(), clock_timestamp() FROM shard_leases \
-             WHERE shard = $1 FOR KEY SHARE",
+            "SELECT shard, owner, epoch, expires_at > now(), clock_timestamp() \
+             FROM shard_leases WHERE shard = ANY($1) FOR KEY SHARE",
         )
         .await?;
-    let row = tx.query_opt(&statement, &[&i32::from(lease.shard)]).await?;
-    match row {
-        Some(r)
-            if r.get::<_, Option<String>>(0).as_deref() == Some(lease.owner.as_str())
-                && r.get::<_, i64>(1) == lease.epoch
-                && r.get::<_, bool>(2) =>
-        {
-            Ok(r.get(3))
+    let shards: Vec<i32> = leases.iter().map(|l| i32::from(l.shard)).collect();
+    let rows = tx.query(&statement, &[&shards]).await?;
+    let mut now = None;
+    for lease in leases {
+        let current = rows
+            .iter()
+            .find(|r| r.get::<_, i32>(0) == i32::from(lease.shard));
+        match current {
+            Some(r)
+                if r.get::<_, Option<String>>(1).as_deref() == Some(lease.owner.as_str())
+                    && r.get::<_, i64>(2) == lease.epoch
+                    && r.get::<_, bool>(3) =>
+            {
+                now = now.max(Some(r.get::<_, DateTime<Utc>>(4)));
+            }
+            _ => return Err(StoreError::Fenced { shard: lease.shard }),
         }
-        _ => Err(StoreError::Fenced { shard: lease.shard }),
     }
+    // Callers fence at least one lease; with none there is no shard to write for.
+    now.ok_or(StoreError::Fenced { shard: u16::MAX })
 }
 
 /// Current owners, for operators and tests: (shard, owner, epoch).

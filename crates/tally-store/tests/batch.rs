@@ -61,7 +61,7 @@ async fn decided(
     lease: &Lease,
     envelopes: &[Envelope],
 ) -> (Decision, DateTime<Utc>) {
-    let now = leases::fence(tx, lease).await.expect("fence");
+    let now = leases::fence(tx, &[lease]).await.expect("fence");
     let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
     let snapshot = batch::load(tx, &ids, &accounts_of(envelopes), &[])
         .await
@@ -74,7 +74,7 @@ async fn commit_batch(pool: &Pool, lease: &Lease, envelopes: &[Envelope]) -> Vec
     let mut client = pool.get().await.expect("connection");
     let tx = client.transaction().await.expect("begin");
     let (decision, now) = decided(&tx, lease, envelopes).await;
-    batch::write(&tx, lease.shard, now, &decision.effects, &[])
+    batch::write(&tx, |_| lease.shard, now, &decision.effects, &[])
         .await
         .expect("write");
     tx.commit().await.expect("commit");
@@ -160,11 +160,11 @@ async fn an_id_another_writer_recorded_since_load_fails_the_write_and_keeps_noth
     let second = second_client.transaction().await.expect("begin");
     let (second_decision, second_now) = decided(&second, &leases[1], &on_b).await;
 
-    batch::write(&first, 0, first_now, &first_decision.effects, &[])
+    batch::write(&first, |_| 0, first_now, &first_decision.effects, &[])
         .await
         .expect("the first writer records it");
     first.commit().await.expect("commit");
-    let result = batch::write(&second, 1, second_now, &second_decision.effects, &[]).await;
+    let result = batch::write(&second, |_| 1, second_now, &second_decision.effects, &[]).await;
     assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
     assert!(
         StoreError::Conflict.is_retryable(),

@@ -12,7 +12,7 @@ const LONG: Duration = Duration::from_secs(3600);
 async fn fence_result(pool: &Pool, lease: &Lease) -> Result<(), StoreError> {
     let mut client = pool.get().await.expect("connection");
     let tx = client.transaction().await.expect("begin");
-    leases::fence(&tx, lease).await?;
+    leases::fence(&tx, &[lease]).await?;
     tx.commit().await.expect("commit");
     Ok(())
 }
@@ -115,7 +115,7 @@ async fn a_lease_that_expires_during_its_owners_batch_is_taken_only_after_that_b
     // The owner's batch: fenced, still open when the lease runs out.
     let mut client = pool.get().await.expect("connection");
     let batch = client.transaction().await.expect("begin");
-    leases::fence(&batch, &owner)
+    leases::fence(&batch, &[&owner])
         .await
         .expect("fence while the lease is valid");
     let probe = pool.get().await.expect("connection");
@@ -210,7 +210,7 @@ async fn renewing_a_lease_neither_waits_for_nor_blocks_the_owners_batches() {
 
     let mut client = pool.get().await.expect("connection");
     let batch = client.transaction().await.expect("begin");
-    leases::fence(&batch, &lease).await.expect("fence");
+    leases::fence(&batch, &[&lease]).await.expect("fence");
     // The owner's lease tick while that batch is open: it must not queue behind the batch
     // (nor would the owner's next batches then queue behind the tick).
     let renewed = tokio::time::timeout(

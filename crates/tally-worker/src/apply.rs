@@ -1,5 +1,7 @@
 //! One batch, one PostgreSQL transaction: check the shard's lease (the fence), load what the
-//! commands touch, decide (see [`tally_core::ledger`]), write, commit. Dedupe and effects commit
+//! commands touch, decide (see [`tally_core::ledger`]), write, commit. A batch may hold the
+//! commands of several shards of this worker ([`apply_group`], see [`crate::commit`]): their
+//! accounts are disjoint, so each account still sees its own shard's commands in order. Dedupe and effects commit
 //! together, so a crash before the commit leaves no trace and a redelivery after it is
 //! recognised as a duplicate; a worker that lost the shard cannot commit at all.
 //!
@@ -11,6 +13,8 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use tally_core::ledger::{decide_commands, AccountState, NewRecord, Rules};
 use tally_core::{Command, Envelope, Outcome};
 use tally_store::batch;
@@ -50,7 +54,11 @@ async fn transactions_only(
     at: Option<DateTime<Utc>>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let commands: Vec<Command> = envelopes.iter().cloned().map(Command::from).collect();
-    let outcomes = apply(pool, lease, &commands, rules, at).await?;
+    let batch = [ShardBatch {
+        lease,
+        commands: &commands,
+    }];
+    let outcomes = one(apply(pool, &batch, rules, at).await?);
     Ok(outcomes.into_iter().flatten().collect())
 }
 
@@ -62,7 +70,8 @@ pub async fn apply_commands(
     commands: &[Command],
     rules: &Rules,
 ) -> Result<Vec<Option<Outcome>>, StoreError> {
-    apply(pool, lease, commands, rules, None).await
+    let batch = [ShardBatch { lease, commands }];
+    Ok(one(apply(pool, &batch, rules, None).await?))
 }
 
 /// [`apply_commands`] at `now` (tests with a fake clock).
@@ -73,20 +82,77 @@ pub async fn apply_commands_at(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<Outcome>>, StoreError> {
-    apply(pool, lease, commands, rules, Some(now)).await
+    let batch = [ShardBatch { lease, commands }];
+    Ok(one(apply(pool, &batch, rules, Some(now)).await?))
+}
+
+/// The commands one shard loop has in hand, under that shard's lease.
+#[derive(Clone, Copy)]
+pub struct ShardBatch<'a> {
+    pub lease: &'a Lease,
+    pub commands: &'a [Command],
+}
+
+/// Applies the batches of several shards (each shard at most once) in one transaction: one
+/// fence over their leases, one load, one write, one commit. One list of outcomes per batch,
+/// as [`apply_commands`] gives it. If one lease is lost, nothing is committed.
+pub async fn apply_group(
+    pool: &Pool,
+    batches: &[ShardBatch<'_>],
+    rules: &Rules,
+) -> Result<Vec<Vec<Option<Outcome>>>, StoreError> {
+    apply(pool, batches, rules, None).await
+}
+
+/// [`apply_group`] at `now` (tests with a fake clock).
+pub async fn apply_group_at(
+    pool: &Pool,
+    batches: &[ShardBatch<'_>],
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<Option<Outcome>>>, StoreError> {
+    apply(pool, batches, rules, Some(now)).await
+}
+
+fn one(mut outcomes: Vec<Vec<Option<Outcome>>>) -> Vec<Option<Outcome>> {
+    outcomes.pop().unwrap_or_default()
 }
 
 async fn apply(
     pool: &Pool,
-    lease: &Lease,
-    commands: &[Command],
+    batches: &[ShardBatch<'_>],
     rules: &Rules,
     at: Option<DateTime<Utc>>,
-) -> Result<Vec<Option<Outcome>>, StoreError> {
+) -> Result<Vec<Vec<Option<Outcome>>>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let database_now = leases::fence(&tx, lease).await?;
+    let leases: Vec<&Lease> = batches.iter().map(|b| b.lease).collect();
+    let database_now = leases::fence(&tx, &leases).await?;
     let now = at.unwrap_or(database_now);
+
+    // The shards' commands one after the other: accounts are disjoint across shards, so this
+    // keeps every account's order (a lone batch is used as it is).
+    let commands: Cow<'_, [Command]> = match batches {
+        [batch] => Cow::Borrowed(batch.commands),
+        _ => batches
+            .iter()
+            .flat_map(|b| b.commands.iter().cloned())
+            .collect(),
+    };
+    // Every row is written for its account's shard, the shard of the batch it came in.
+    let shard_of_account: HashMap<&str, u16> = batches
+        .iter()
+        .flat_map(|b| b.commands.iter().map(|c| (c.account_id(), b.lease.shard)))
+        .collect();
+    let first_shard = batches.first().map_or(0, |b| b.lease.shard);
+    let shard_of = |account: &str| {
+        // Every row's account is one of the commands' accounts.
+        shard_of_account
+            .get(account)
+            .copied()
+            .unwrap_or(first_shard)
+    };
+    let commands = &*commands;
 
     let ids: Vec<&str> = commands.iter().map(Command::id).collect();
     let mut accounts: Vec<&str> = commands.iter().map(Command::account_id).collect();
@@ -120,12 +186,16 @@ async fn apply(
             Err(_) => true,
         })
         .collect();
-    let written = batch::write(&tx, lease.shard, now, &effects, &changed).await?;
+    let written = batch::write(&tx, shard_of, now, &effects, &changed).await?;
     tx.commit().await?;
     count(effects.records());
     metrics::webhooks_superseded(written.superseded);
     metrics::id_conflicts(written.new_conflicts);
-    Ok(outcomes)
+    let mut outcomes = outcomes.into_iter();
+    Ok(batches
+        .iter()
+        .map(|b| outcomes.by_ref().take(b.commands.len()).collect())
+        .collect())
 }
 
 /// Feeds the outcome metrics from the rows a batch committed: only new records, so a
@@ -161,7 +231,7 @@ pub async fn sweep_holds_at(
 async fn sweep(pool: &Pool, lease: &Lease, at: Option<DateTime<Utc>>) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let database_now = leases::fence(&tx, lease).await?;
+    let database_now = leases::fence(&tx, &[lease]).await?;
     let swept = batch::expire_holds(&tx, lease.shard, at.unwrap_or(database_now)).await?;
     tx.commit().await?;
     metrics::webhooks_superseded(swept.superseded);

@@ -3,6 +3,8 @@
 //!
 //! - [`cli`]: the `tally-worker` subcommands.
 //! - [`apply`]: one batch = one transaction (dedupe + effects commit together).
+//! - [`commit`]: group commit — one transaction for the batches several shard loops have
+//!   ready at once.
 //! - [`audit`]: the conservation auditor on a timer, exported for the alert rules.
 //! - [`shard`]: the greedy consumer loop of one shard queue.
 //! - [`dead_letters`]: archiving what the broker dead-lettered, and re-publishing it.
@@ -18,6 +20,7 @@
 pub mod apply;
 pub mod audit;
 pub mod cli;
+pub mod commit;
 pub mod dead_letters;
 pub mod jobs;
 pub mod metrics;
@@ -38,6 +41,7 @@ use tally_store::{Pool, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::commit::Committer;
 use crate::retry::Delays;
 use crate::shard::{ShardContext, ShardError};
 
@@ -263,6 +267,7 @@ impl Worker {
         connection.declare(&self.topology).await?;
         let ctx = Arc::new(ShardContext {
             pool: self.shard_pool.clone(),
+            committer: Committer::spawn(self.shard_pool.clone(), self.rules()),
             rules: self.rules(),
             amount_rules: self.settings.ledger.amount_rules(),
             batch_max: self.settings.worker.batch_max,

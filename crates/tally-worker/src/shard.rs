@@ -1,6 +1,7 @@
 //! The consumer loop of one shard queue. Greedy batching: wait for one delivery, take what is
 //! already buffered up to `batch_max` (an idle queue adds no latency), apply them in one
-//! transaction, then ack (`multiple`) and send withdraw_request replies.
+//! transaction — shared with the batches other shard loops of the worker have ready at that
+//! moment ([`crate::commit`]) — then ack (`multiple`) and send withdraw_request replies.
 //!
 //! Failure handling: a retryable store error keeps the batch in hand and retries with
 //! back-off (no nack, which would count against the delivery limit); a permanent one is
@@ -20,12 +21,15 @@ use tally_store::{Pool, StoreError};
 use tally_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{apply_commands, sweep_holds};
+use crate::apply::sweep_holds;
+use crate::commit::{CommitError, Committer};
 use crate::retry::{self, Delays};
 
 /// What every shard loop of a worker shares.
 pub struct ShardContext {
     pub pool: Pool,
+    /// Commits the batches of every shard loop of the session.
+    pub committer: Committer,
     pub rules: Rules,
     /// What an amount must respect: a message is checked against the API's rules again, so
     /// one published by hand cannot bypass them.
@@ -48,6 +52,9 @@ pub enum ShardError {
     /// Another worker owns the shard now; the batch in hand was not committed.
     #[error("lease lost: {0}")]
     Fenced(StoreError),
+    /// The session's committer is gone; the batch in hand was not acked.
+    #[error(transparent)]
+    Committer(CommitError),
 }
 
 /// Runs until `stop` is cancelled (returns Ok after finishing the batch in hand), the lease is
@@ -125,6 +132,7 @@ async fn process(
         }
         Applied::Stopped => Ok(()),
         Applied::Fenced(e) => Err(ShardError::Fenced(e)),
+        Applied::CommitterStopped(e) => Err(ShardError::Committer(e)),
         Applied::Permanent(error) => {
             tracing::warn!(shard = lease.shard, %error, size,
                 "batch failed permanently; applying its commands one by one");
@@ -189,6 +197,7 @@ async fn one_by_one(
             }
             Applied::Stopped => return Ok(()),
             Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
+            Applied::CommitterStopped(e) => return Err(ShardError::Committer(e)),
             Applied::Permanent(error) => {
                 tracing::error!(shard = lease.shard, id = %env.id(),
                     request_id = delivery.request_id_or_dash(),
@@ -218,6 +227,8 @@ enum Applied {
     Stopped,
     /// The lease is gone: stop, uncommitted.
     Fenced(StoreError),
+    /// Nothing commits in this session any more: stop, unacked.
+    CommitterStopped(CommitError),
     Permanent(StoreError),
 }
 
@@ -234,15 +245,16 @@ async fn apply_retrying(
     let applied = retry::until_stopped(
         Delays::doubling(Duration::from_millis(50), Duration::from_secs(2)),
         stop,
-        || apply_commands(&ctx.pool, lease, envelopes, &ctx.rules),
-        StoreError::is_retryable,
+        || ctx.committer.apply(lease, envelopes),
+        |e| matches!(e, CommitError::Store(e) if e.is_retryable()),
         |e, retry_in| tracing::warn!(shard, error = %e, ?retry_in, "batch failed; retrying"),
     )
     .await;
     match applied {
         Some(Ok(outcomes)) => Applied::Done(outcomes),
-        Some(Err(e @ StoreError::Fenced { .. })) => Applied::Fenced(e),
-        Some(Err(e)) => Applied::Permanent(e),
+        Some(Err(CommitError::Store(e @ StoreError::Fenced { .. }))) => Applied::Fenced(e),
+        Some(Err(CommitError::Store(e))) => Applied::Permanent(e),
+        Some(Err(e @ CommitError::Stopped)) => Applied::CommitterStopped(e),
         None => Applied::Stopped,
     }
 }

@@ -2,6 +2,9 @@
 //! clock, applied through the real batch path (fence → load → decide → write → commit on
 //! PostgreSQL, plus the hold sweep), end in the same ledger as a plain sequential model of the
 //! rules — balances, held, every hold's status, every record, every answer, every id conflict.
+//! The two accounts are on two shards of one worker; some batches go as one group commit of
+//! both shards' commands (each account's commands in order, the shards one after the other,
+//! which is the order the model gets too), the others as one batch of shard 0 holding both.
 //!
 //! The model below is written from the rules as stated (README, `tally_core::ledger`'s module
 //! doc), not from its code. Commands: deposits, withdraws with and without `requestId`,
@@ -25,9 +28,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tally_core::ledger::{AccountPolicy, Rules, WithdrawPolicy};
 use tally_core::policy::{Command, PolicyEnvelope, PolicyRequest};
 use tally_core::{Envelope, Kind, Outcome};
-use tally_store::leases::Lease;
+use tally_store::leases::{self, Lease};
 use tally_store::Pool;
-use tally_worker::apply::{apply_commands_at, sweep_holds_at};
+use tally_worker::apply::{apply_group_at, sweep_holds_at, ShardBatch};
 
 const TTL_SECS: i64 = 10;
 const DEFAULT_CASES: u32 = 128;
@@ -91,6 +94,9 @@ struct Batch {
     ops: Vec<Op>,
     /// Run the hold sweep after the batch.
     sweep: bool,
+    /// Commit as a group of two shard batches (account 0's on shard 0, account 1's on shard
+    /// 1) instead of one batch of shard 0.
+    grouped: bool,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -118,11 +124,13 @@ fn batches() -> impl Strategy<Value = Vec<Batch>> {
         advance,
         proptest::collection::vec(op(), 1..9),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(advance, ops, sweep)| Batch {
+        .prop_map(|(advance, ops, sweep, grouped)| Batch {
             advance,
             ops,
             sweep,
+            grouped,
         });
     proptest::collection::vec(batch, 1..10)
 }
@@ -614,7 +622,8 @@ fn leak(s: String) -> &'static str {
 struct Harness {
     rt: tokio::runtime::Runtime,
     pool: Pool,
-    lease: Lease,
+    /// Shards 0 and 1 of one worker.
+    leases: [Lease; 2],
     rules: Rules,
     /// Cases run so far: names and the clock of each case are its own.
     cases: std::cell::Cell<u32>,
@@ -648,20 +657,39 @@ impl Harness {
             now += Duration::seconds(batch.advance);
             let commands: Vec<Command> =
                 batch.ops.iter().map(|op| sender.command(op, now)).collect();
-            let expected: Vec<Option<Answer>> = commands
+            let (zero, one): (Vec<Command>, Vec<Command>) = if batch.grouped {
+                let first = sender.account(0);
+                commands.into_iter().partition(|c| c.account_id() == first)
+            } else {
+                (commands, Vec::new())
+            };
+            let expected: Vec<Option<Answer>> = zero
                 .iter()
+                .chain(&one)
                 .map(|c| model.apply_command(c, now, self.rules.withdraw_policy))
                 .collect();
-            let outcomes = self
+            let shards = [
+                ShardBatch {
+                    lease: &self.leases[0],
+                    commands: &zero,
+                },
+                ShardBatch {
+                    lease: &self.leases[1],
+                    commands: &one,
+                },
+            ];
+            let group = if one.is_empty() {
+                &shards[..1]
+            } else {
+                &shards[..]
+            };
+            let outcomes: Vec<Option<Outcome>> = self
                 .rt
-                .block_on(apply_commands_at(
-                    pool,
-                    &self.lease,
-                    &commands,
-                    &self.rules,
-                    now,
-                ))
-                .map_err(|e| TestCaseError::fail(format!("batch {b}: {e}")))?;
+                .block_on(apply_group_at(pool, group, &self.rules, now))
+                .map_err(|e| TestCaseError::fail(format!("batch {b}: {e}")))?
+                .into_iter()
+                .flatten()
+                .collect();
             let names = self.rt.block_on(hold_names(pool, &prefix));
             let answers: Vec<Option<Answer>> = outcomes
                 .iter()
@@ -669,9 +697,11 @@ impl Harness {
                 .collect();
             prop_assert_eq!(&answers, &expected, "answers of batch {}", b);
             if batch.sweep {
-                self.rt
-                    .block_on(sweep_holds_at(pool, &self.lease, now))
-                    .map_err(|e| TestCaseError::fail(format!("sweep after {b}: {e}")))?;
+                for lease in &self.leases {
+                    self.rt
+                        .block_on(sweep_holds_at(pool, lease, now))
+                        .map_err(|e| TestCaseError::fail(format!("sweep after {b}: {e}")))?;
+                }
                 model.expire(None, now);
             }
         }
@@ -726,11 +756,22 @@ fn run(policy: WithdrawPolicy) {
         .expect("runtime");
     let db = rt.block_on(common::fresh_database());
     let pool = db.pool(2);
-    let lease = rt.block_on(common::lease(&pool));
+    let leases = rt.block_on(async {
+        leases::init(&pool, 2).await.expect("lease rows");
+        leases::acquire(
+            &pool,
+            "test-worker",
+            2,
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .expect("acquire")
+    });
+    let leases: [Lease; 2] = leases.try_into().expect("shards 0 and 1");
     let harness = Harness {
         rt,
         pool,
-        lease,
+        leases,
         rules: Rules {
             withdraw_policy: policy,
             hold_ttl: Duration::seconds(TTL_SECS),

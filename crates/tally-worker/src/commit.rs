@@ -1,0 +1,119 @@
+//! Group commit: one PostgreSQL transaction for the batches that several shard loops of this
+//! worker have ready at the same time. PostgreSQL spends about as much CPU on a transaction
+//! of two commands as on one of two hundred (a fence, a load, a write and a commit, each a
+//! fixed handful of statements; see BENCHMARKS.md), and under moderate load every shard
+//! loop's batches are small. Sharing the transaction divides that cost by the number of
+//! shards with work.
+//!
+//! No timer: a batch that finds the committer idle is committed at once; the batches that
+//! arrive while a commit is in flight go together in the next one. Each shard loop has at
+//! most one batch here (it waits for the outcome before acking and taking the next), so a
+//! group never holds two batches of one shard.
+//!
+//! A group that fails never fails another shard's batch: when the transaction of several
+//! batches fails (a lease lost, a command that can never be applied, a lost connection),
+//! each batch is applied again in its own transaction, and each loop gets only its own
+//! result — the same result it would have had alone.
+
+use tally_core::ledger::Rules;
+use tally_core::{Command, Outcome};
+use tally_store::leases::Lease;
+use tally_store::{Pool, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apply::{apply_group, ShardBatch};
+
+/// What a shard loop hands over, and where its outcome goes.
+struct Job {
+    lease: Lease,
+    commands: Vec<Command>,
+    done: oneshot::Sender<Result<Vec<Option<Outcome>>, StoreError>>,
+}
+
+/// Why a batch handed to the committer has no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The committer's task is gone (it panicked): nothing more is committed in this
+    /// session; the batch in hand stays unacked.
+    #[error("the worker's committer stopped")]
+    Stopped,
+}
+
+/// The handle the shard loops of one broker session share. The committing task ends when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct Committer {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Committer {
+    /// Starts the committing task on `pool`.
+    pub fn spawn(pool: Pool, rules: Rules) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, rules, queue));
+        Self { jobs }
+    }
+
+    /// Applies `commands` of `lease`'s shard, alone or with other shards' batches; the
+    /// outcomes are the ones [`crate::apply::apply_commands`] gives.
+    pub async fn apply(
+        &self,
+        lease: &Lease,
+        commands: &[Command],
+    ) -> Result<Vec<Option<Outcome>>, CommitError> {
+        let (done, outcome) = oneshot::channel();
+        let job = Job {
+            lease: lease.clone(),
+            commands: commands.to_vec(),
+            done,
+        };
+        self.jobs.send(job).map_err(|_| CommitError::Stopped)?;
+        outcome
+            .await
+            .map_err(|_| CommitError::Stopped)?
+            .map_err(CommitError::from)
+    }
+}
+
+async fn run(pool: Pool, rules: Rules, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let mut group = Vec::new();
+    while queue.recv_many(&mut group, usize::MAX).await > 0 {
+        let batches: Vec<ShardBatch<'_>> = group
+            .iter()
+            .map(|job| ShardBatch {
+                lease: &job.lease,
+                commands: &job.commands,
+            })
+            .collect();
+        let results = commit(&pool, &batches, &rules).await;
+        for (job, result) in group.drain(..).zip(results) {
+            // A loop that stopped waiting (its task was aborted) leaves its batch unacked:
+            // redelivered, it is recognised as a duplicate.
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// Commits `batches` in one transaction or, if that fails and there are several, each in a
+/// transaction of its own; one result per batch.
+pub async fn commit(
+    pool: &Pool,
+    batches: &[ShardBatch<'_>],
+    rules: &Rules,
+) -> Vec<Result<Vec<Option<Outcome>>, StoreError>> {
+    let error = match apply_group(pool, batches, rules).await {
+        Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+        Err(e) if batches.len() == 1 => return vec![Err(e)],
+        Err(e) => e,
+    };
+    tracing::debug!(%error, batches = batches.len(),
+        "group commit failed; committing its batches one by one");
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let alone = apply_group(pool, std::slice::from_ref(batch), rules).await;
+        results.push(alone.map(|mut outcomes| outcomes.pop().unwrap_or_default()));
+    }
+    results
+}
