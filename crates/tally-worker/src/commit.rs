@@ -5,21 +5,25 @@
 //! loop's batches are small. Sharing the transaction divides that cost by the number of
 //! shards with work.
 //!
-//! No timer: a batch that finds the committer idle is committed at once; the batches that
-//! arrive while a commit is in flight go together in the next one. Each shard loop has at
-//! most one batch here (it waits for the outcome before acking and taking the next), so a
-//! group never holds two batches of one shard.
+//! No timer: a batch that finds a free slot is committed at once; the batches that arrive
+//! while every slot is busy go together in the next group. Two groups may be in flight
+//! (`IN_FLIGHT`): with one, PostgreSQL idled while the worker decoded and acked between
+//! commits, and a full queue drained a third slower than with a transaction per shard
+//! (BENCHMARKS.md). Each shard loop has at most one batch here (it waits for the outcome
+//! before acking and taking the next), so a group never holds two batches of one shard, and
+//! two groups in flight never touch the same shard's accounts.
 //!
 //! A group that fails never fails another shard's batch: when the transaction of several
 //! batches fails (a lease lost, a command that can never be applied, a lost connection),
 //! each batch is applied again in its own transaction, and each loop gets only its own
 //! result — the same result it would have had alone.
 
+use std::sync::Arc;
 use tally_core::ledger::Rules;
 use tally_core::{Command, Outcome};
 use tally_store::leases::Lease;
 use tally_store::{Pool, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::apply::{apply_group, ShardBatch};
 
@@ -77,22 +81,41 @@ impl Committer {
     }
 }
 
+/// Group transactions of one worker in flight at once.
+const IN_FLIGHT: usize = 2;
+
 async fn run(pool: Pool, rules: Rules, mut queue: mpsc::UnboundedReceiver<Job>) {
-    let mut group = Vec::new();
-    while queue.recv_many(&mut group, usize::MAX).await > 0 {
-        let batches: Vec<ShardBatch<'_>> = group
-            .iter()
-            .map(|job| ShardBatch {
-                lease: &job.lease,
-                commands: &job.commands,
-            })
-            .collect();
-        let results = commit(&pool, &batches, &rules).await;
-        for (job, result) in group.drain(..).zip(results) {
-            // A loop that stopped waiting (its task was aborted) leaves its batch unacked:
-            // redelivered, it is recognised as a duplicate.
-            let _ = job.done.send(result);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        // A slot first, then the jobs: whatever arrived while every slot was busy is one group.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut group = Vec::new();
+        if queue.recv_many(&mut group, usize::MAX).await == 0 {
+            return;
         }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            commit_and_answer(&pool, &rules, group).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit_and_answer(pool: &Pool, rules: &Rules, group: Vec<Job>) {
+    let batches: Vec<ShardBatch<'_>> = group
+        .iter()
+        .map(|job| ShardBatch {
+            lease: &job.lease,
+            commands: &job.commands,
+        })
+        .collect();
+    let results = commit(pool, &batches, rules).await;
+    for (job, result) in group.into_iter().zip(results) {
+        // A loop that stopped waiting (its task was aborted) leaves its batch unacked:
+        // redelivered, it is recognised as a duplicate.
+        let _ = job.done.send(result);
     }
 }
 
