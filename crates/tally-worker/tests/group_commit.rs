@@ -216,12 +216,18 @@ async fn shard_loops_sharing_a_committer_each_get_their_own_outcomes() {
     let shard_loop = |lease: &'static Lease, account: &'static str| {
         let committer = committer.clone();
         tokio::spawn(async move {
-            for i in 0..10 {
-                let commands = [deposit(&format!("{account}{i}"), account, "1")];
+            // Nine small batches (grouped when both are ready), then a backlogged shard's
+            // large one (committed alone).
+            for (i, size) in [1, 1, 1, 1, 1, 1, 1, 1, 1, 150].into_iter().enumerate() {
+                let commands: Vec<Command> = (0..size)
+                    .map(|j| deposit(&format!("{account}{i}.{j}"), account, "1"))
+                    .collect();
                 let outcomes = committer.apply(lease, &commands).await.expect("applied");
-                assert_eq!(outcomes.len(), 1);
-                let status = outcomes[0].as_ref().map(|o| o.status);
-                assert_eq!(status, Some(OutcomeStatus::Applied), "{account}{i}");
+                assert_eq!(outcomes.len(), size, "{account}{i}");
+                for outcome in &outcomes {
+                    let status = outcome.as_ref().map(|o| o.status);
+                    assert_eq!(status, Some(OutcomeStatus::Applied), "{account}{i}");
+                }
             }
         })
     };
@@ -230,6 +236,6 @@ async fn shard_loops_sharing_a_committer_each_get_their_own_outcomes() {
     let (a, b) = (shard_loop(zero, "alice"), shard_loop(one, "bob"));
     a.await.expect("loop of shard 0");
     b.await.expect("loop of shard 1");
-    assert_eq!(balance(&pool, "alice").await.as_deref(), Some("10"));
-    assert_eq!(balance(&pool, "bob").await.as_deref(), Some("10"));
+    assert_eq!(balance(&pool, "alice").await.as_deref(), Some("159"));
+    assert_eq!(balance(&pool, "bob").await.as_deref(), Some("159"));
 }
