@@ -1,9 +1,10 @@
 //! One batch, one PostgreSQL transaction: check the shard's lease (the fence), load what the
 //! commands touch, decide (see [`tally_core::ledger`]), write, commit. A batch may hold the
 //! commands of several shards of this worker ([`apply_group`], see [`crate::commit`]): their
-//! accounts are disjoint, so each account still sees its own shard's commands in order. Dedupe and effects commit
-//! together, so a crash before the commit leaves no trace and a redelivery after it is
-//! recognised as a duplicate; a worker that lost the shard cannot commit at all.
+//! accounts are disjoint, so each account still sees its own shard's commands in order.
+//! Dedupe and effects commit together, so a crash before the commit leaves no trace and a
+//! redelivery after it is recognised as a duplicate; a worker that lost the shard cannot
+//! commit at all.
 //!
 //! One clock: the batch's time — deadlines, hold expiry, new holds' TTL, `applied_at` — is
 //! the database's, read by the fence, never the worker host's (whose clock may be skewed).
