@@ -14,8 +14,6 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use std::borrow::Cow;
-use std::collections::HashMap;
 use tally_core::ledger::{decide_commands, AccountState, NewRecord, Rules};
 use tally_core::{Command, Envelope, Outcome};
 use tally_store::batch;
@@ -132,35 +130,25 @@ async fn apply(
     let now = at.unwrap_or(database_now);
 
     // The shards' commands one after the other: accounts are disjoint across shards, so this
-    // keeps every account's order (a lone batch is used as it is).
-    let commands: Cow<'_, [Command]> = match batches {
-        [batch] => Cow::Borrowed(batch.commands),
-        _ => batches
-            .iter()
-            .flat_map(|b| b.commands.iter().cloned())
-            .collect(),
-    };
-    // Every row is written for its account's shard, the shard of the batch it came in.
-    let shard_of_account: HashMap<&str, u16> = batches
+    // keeps every account's order.
+    let commands = || batches.iter().flat_map(|b| b.commands.iter());
+    let ids: Vec<&str> = commands().map(Command::id).collect();
+    // Each account with the shard of the batch it came in: every row is written for it.
+    let mut shard_of_account: Vec<(&str, u16)> = batches
         .iter()
         .flat_map(|b| b.commands.iter().map(|c| (c.account_id(), b.lease.shard)))
         .collect();
+    shard_of_account.sort_unstable();
+    shard_of_account.dedup();
+    let accounts: Vec<&str> = shard_of_account.iter().map(|(id, _)| *id).collect();
     let first_shard = batches.first().map_or(0, |b| b.lease.shard);
     let shard_of = |account: &str| {
         // Every row's account is one of the commands' accounts.
-        shard_of_account
-            .get(account)
-            .copied()
-            .unwrap_or(first_shard)
+        accounts
+            .binary_search(&account)
+            .map_or(first_shard, |i| shard_of_account[i].1)
     };
-    let commands = &*commands;
-
-    let ids: Vec<&str> = commands.iter().map(Command::id).collect();
-    let mut accounts: Vec<&str> = commands.iter().map(Command::account_id).collect();
-    accounts.sort_unstable();
-    accounts.dedup();
-    let policy_ids: Vec<&str> = commands
-        .iter()
+    let policy_ids: Vec<&str> = commands()
         .filter(|c| matches!(c, Command::Policy(_)))
         .map(Command::id)
         .collect();
@@ -176,7 +164,7 @@ async fn apply(
         })
         .collect();
 
-    let (effects, outcomes) = decide_commands(commands, snapshot, now, rules);
+    let (effects, outcomes) = decide_commands(commands(), snapshot, now, rules);
     // Balance or held moved (so balance or available did): a recorded-only command (denied,
     // rejected, id reused) bumps the version but is no balance change.
     let changed: Vec<&AccountState> = effects

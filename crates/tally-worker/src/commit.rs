@@ -36,7 +36,8 @@ use crate::apply::{apply_commands, apply_group, ShardBatch};
 /// What a shard loop hands over, and where its outcome goes.
 struct Job {
     lease: Lease,
-    commands: Vec<Command>,
+    /// Shared with the loop, which keeps the batch for its acks and replies (no copy).
+    commands: Arc<[Command]>,
     done: oneshot::Sender<Result<Vec<Option<Outcome>>, StoreError>>,
 }
 
@@ -76,7 +77,7 @@ impl Committer {
     pub async fn apply(
         &self,
         lease: &Lease,
-        commands: &[Command],
+        commands: &Arc<[Command]>,
     ) -> Result<Vec<Option<Outcome>>, CommitError> {
         if commands.len() >= ALONE_FROM {
             return Ok(apply_commands(&self.pool, lease, commands, &self.rules).await?);
@@ -84,7 +85,7 @@ impl Committer {
         let (done, outcome) = oneshot::channel();
         let job = Job {
             lease: lease.clone(),
-            commands: commands.to_vec(),
+            commands: Arc::clone(commands),
             done,
         };
         self.jobs.send(job).map_err(|_| CommitError::Stopped)?;

@@ -142,10 +142,10 @@ async fn process(
 }
 
 /// The decodable deliveries of a batch and their envelopes, index-aligned (the envelopes go
-/// to the store as one slice, without a copy).
+/// to the committer, and from it to the store, without a copy).
 struct Decoded {
     deliveries: Vec<Delivery>,
-    envelopes: Vec<Command>,
+    envelopes: Arc<[Command]>,
 }
 
 /// Decodes each delivery; one that can never be applied is dead-lettered (in place: the
@@ -156,15 +156,13 @@ async fn decode_or_dead_letter(
     consumer: &Consumer,
     deliveries: Vec<Delivery>,
 ) -> Result<Decoded, ShardError> {
-    let mut good = Decoded {
-        deliveries: Vec::with_capacity(deliveries.len()),
-        envelopes: Vec::with_capacity(deliveries.len()),
-    };
+    let mut good = Vec::with_capacity(deliveries.len());
+    let mut envelopes = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         match Command::decode(&delivery.body, &ctx.amount_rules) {
             Ok(env) => {
-                good.deliveries.push(delivery);
-                good.envelopes.push(env);
+                good.push(delivery);
+                envelopes.push(env);
             }
             Err(reason) => {
                 tracing::error!(shard, %reason, message_id = ?delivery.message_id(),
@@ -174,7 +172,10 @@ async fn decode_or_dead_letter(
             }
         }
     }
-    Ok(good)
+    Ok(Decoded {
+        deliveries: good,
+        envelopes: envelopes.into(),
+    })
 }
 
 /// The commands of a batch that failed permanently, each in its own transaction: the one
@@ -186,20 +187,21 @@ async fn one_by_one(
     batch: Decoded,
     stop: &CancellationToken,
 ) -> Result<(), ShardError> {
-    for (delivery, env) in batch.deliveries.into_iter().zip(batch.envelopes) {
+    for (delivery, command) in batch.deliveries.into_iter().zip(batch.envelopes.iter()) {
         let started = std::time::Instant::now();
-        match apply_retrying(ctx, lease, std::slice::from_ref(&env), stop).await {
+        let env: Arc<[Command]> = Arc::from([command.clone()]);
+        match apply_retrying(ctx, lease, &env, stop).await {
             Applied::Done(outcomes) => {
                 consumer.ack(&delivery.tag).await?;
                 metrics::batch(1, started.elapsed());
-                let (delivery, env) = (std::slice::from_ref(&delivery), std::slice::from_ref(&env));
-                committed(ctx, lease.shard, delivery, env, &outcomes).await;
+                let delivery = std::slice::from_ref(&delivery);
+                committed(ctx, lease.shard, delivery, &env, &outcomes).await;
             }
             Applied::Stopped => return Ok(()),
             Applied::Fenced(e) => return Err(ShardError::Fenced(e)),
             Applied::CommitterStopped(e) => return Err(ShardError::Committer(e)),
             Applied::Permanent(error) => {
-                tracing::error!(shard = lease.shard, id = %env.id(),
+                tracing::error!(shard = lease.shard, id = %command.id(),
                     request_id = delivery.request_id_or_dash(),
                     %error, "dead-lettering a command the ledger cannot apply");
                 consumer.dead_letter(&delivery.tag).await?;
@@ -238,7 +240,7 @@ enum Applied {
 async fn apply_retrying(
     ctx: &ShardContext,
     lease: &Lease,
-    envelopes: &[Command],
+    envelopes: &Arc<[Command]>,
     stop: &CancellationToken,
 ) -> Applied {
     let shard = lease.shard;

@@ -31,6 +31,23 @@ async fn two_leases(pool: &Pool) -> (Lease, Lease) {
     (first, second)
 }
 
+/// Shard 0's and shard 1's batches, in that order.
+fn pair<'a>(
+    (zero, a): (&'a Lease, &'a [Command]),
+    (one, b): (&'a Lease, &'a [Command]),
+) -> [ShardBatch<'a>; 2] {
+    [
+        ShardBatch {
+            lease: zero,
+            commands: a,
+        },
+        ShardBatch {
+            lease: one,
+            commands: b,
+        },
+    ]
+}
+
 fn deposit(id: &str, account: &str, amount: &str) -> Command {
     Command::from(envelope(
         id,
@@ -79,16 +96,7 @@ async fn the_batches_of_two_shards_commit_together_and_each_row_carries_its_own_
     let (zero, one) = two_leases(&pool).await;
     let a = [deposit("a1", "alice", "10"), request("a2", "alice", "4")];
     let b = [deposit("b1", "bob", "7"), request("b2", "bob", "3")];
-    let batches = [
-        ShardBatch {
-            lease: &zero,
-            commands: &a,
-        },
-        ShardBatch {
-            lease: &one,
-            commands: &b,
-        },
-    ];
+    let batches = pair((&zero, &a), (&one, &b));
     let outcomes = apply_group(&pool, &batches, &rules())
         .await
         .expect("the group commits");
@@ -120,16 +128,7 @@ async fn a_lost_lease_fails_only_the_batch_of_its_shard() {
         ..one.clone()
     };
     let (a, b) = ([deposit("a1", "alice", "10")], [deposit("b1", "bob", "7")]);
-    let batches = [
-        ShardBatch {
-            lease: &zero,
-            commands: &a,
-        },
-        ShardBatch {
-            lease: &stale,
-            commands: &b,
-        },
-    ];
+    let batches = pair((&zero, &a), (&stale, &b));
     // Alone in one transaction, the group cannot commit at all.
     let together = apply_group(&pool, &batches, &rules()).await;
     assert!(
@@ -185,16 +184,7 @@ async fn a_command_that_can_never_be_applied_fails_only_the_batch_it_is_in() {
         [deposit("a1", "alice", "10")],
         [deposit("b1", "bob", "7"), deposit("b0", "bob", "1")],
     );
-    let batches = [
-        ShardBatch {
-            lease: &zero,
-            commands: &a,
-        },
-        ShardBatch {
-            lease: &one,
-            commands: &b,
-        },
-    ];
+    let batches = pair((&zero, &a), (&one, &b));
     let results = commit(&pool, &batches, &rules()).await;
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(
@@ -219,7 +209,7 @@ async fn shard_loops_sharing_a_committer_each_get_their_own_outcomes() {
             // Nine small batches (grouped when both are ready), then a backlogged shard's
             // large one (committed alone).
             for (i, size) in [1, 1, 1, 1, 1, 1, 1, 1, 1, 150].into_iter().enumerate() {
-                let commands: Vec<Command> = (0..size)
+                let commands: std::sync::Arc<[Command]> = (0..size)
                     .map(|j| deposit(&format!("{account}{i}.{j}"), account, "1"))
                     .collect();
                 let outcomes = committer.apply(lease, &commands).await.expect("applied");

@@ -40,14 +40,16 @@ pub fn decide(
 }
 
 /// Decides a batch of commands, transactions and policy changes in their queue order; one
-/// outcome per command, `None` for a policy change (nobody waits for its decision).
-pub fn decide_commands(
-    commands: &[Command],
+/// outcome per command, `None` for a policy change (nobody waits for its decision). Any
+/// iterator of commands: a worker's group commit passes several shards' batches one after the
+/// other without copying them into one list.
+pub fn decide_commands<'a>(
+    commands: impl IntoIterator<Item = &'a Command>,
     snapshot: Snapshot,
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> (Effects, Vec<Option<Outcome>>) {
-    let ones = commands.iter().map(|c| match c {
+    let ones = commands.into_iter().map(|c| match c {
         Command::Transaction(env) => One::Transaction(env),
         Command::Policy(p) => One::Policy(p),
     });
