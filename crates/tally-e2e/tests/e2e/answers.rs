@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::command::NewTransaction;
 use tally_core::{AmountRules, Envelope};
-use tally_testkit::process::{libfaketime, skewed_clock, workspace_binary, KillOnDrop};
+use tally_testkit::process::{libfaketime, skewed_clock};
 
 use crate::helpers::{broker_address, eventually, Options, TcpProxy, TestApp};
 
@@ -346,39 +346,7 @@ async fn an_api_whose_clock_is_off_refuses_withdraw_requests_and_says_so() {
     assert_eq!(app.post_json(&approved).await.0, 201);
 
     // The real binary, 5 s ahead of every other clock (libfaketime; timers stay monotonic).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let s = &app.settings;
-    let _api = KillOnDrop(
-        std::process::Command::new(workspace_binary("tally-api"))
-            .envs(skewed_clock(&libfaketime(), 5))
-            .env("TALLY_API__PORT", port.to_string())
-            .env("TALLY_DATABASE__URL", s.database.url.expose())
-            .env("TALLY_BROKER__URL", s.broker.url.expose())
-            .env("TALLY_BROKER__PREFIX", &s.broker.prefix)
-            .env(
-                "TALLY_LEDGER__SHARD_COUNT",
-                s.ledger.shard_count.to_string(),
-            )
-            .env("TALLY_LOG__LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start tally-api"),
-    );
-    let skewed = format!("http://127.0.0.1:{port}");
-    eventually(Duration::from_secs(30), || async {
-        let r = app
-            .client
-            .get(format!("{skewed}/health/ready"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    let (_api, skewed) = app.api_process(skewed_clock(&libfaketime(), 5)).await;
     let post = |body: Value| {
         let (client, url) = (app.client.clone(), format!("{skewed}/transaction"));
         async move {

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::console::dead_deposit;
 use crate::helpers::{eventually, TestApp};
 
 /// The W3C key of an element reference in WebDriver answers.
@@ -218,7 +217,7 @@ async fn the_console_shows_the_shards_and_republishes_a_dead_letter_in_chromium(
         &json!({"id": "r-alice", "type": "withdraw_request", "amount": 30, "accountId": "alice"}),
     )
     .await;
-    let id = dead_deposit(&app, "revived", "phoenix", "12.5").await;
+    let id = app.dead_deposit("revived", "phoenix", "12.5").await;
     assert_eq!(app.balance("phoenix").await, "0");
 
     browser.goto(&format!("{}/console", app.address)).await;

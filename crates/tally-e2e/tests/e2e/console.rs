@@ -2,44 +2,10 @@
 //! `/debug/*` routes it added — shards, throughput, an account's holds — and re-publishing a
 //! dead letter through the API. The page itself in a browser: `browser.rs`.
 
-use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tally_core::Kind;
 
 use crate::helpers::{broker_address, client_with_key, eventually, Options, TcpProxy, TestApp};
-
-/// Sends a valid deposit of `amount` to `account` straight to the dead-letter exchange (as if
-/// it had crashed consumers past the delivery limit) and returns its archived dead letter's id.
-pub async fn dead_deposit(app: &TestApp, id: &str, account: &str, amount: &str) -> String {
-    let connection = app.broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    let envelope = app.envelope(id, Kind::Deposit, account, amount);
-    channel
-        .basic_publish(
-            app.topology.dead_exchange().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &envelope.encode(),
-            BasicProperties::default().with_message_id(id.into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(10), || async {
-        let letters = app.get_ok("/debug/dead-letters").await;
-        letters
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["messageId"] == id)
-            .map(|l| l["id"].as_str().unwrap().to_string())
-    })
-    .await
-}
 
 async fn post(app: &TestApp, client: &reqwest::Client, path: &str) -> (u16, Value) {
     let response = client
@@ -54,7 +20,7 @@ async fn post(app: &TestApp, client: &reqwest::Client, path: &str) -> (u16, Valu
 #[tokio::test]
 async fn a_dead_letter_is_republished_through_the_api_once_and_applied() {
     let app = TestApp::spawn().await;
-    let id = dead_deposit(&app, "revived", "phoenix", "12.5").await;
+    let id = app.dead_deposit("revived", "phoenix", "12.5").await;
     assert_eq!(app.balance("phoenix").await, "0");
     let path = format!("/debug/dead-letters/{id}/republish");
 
@@ -229,7 +195,7 @@ async fn a_republish_without_a_confirm_is_outcome_unknown_and_leaves_the_letter_
         ..Options::default()
     })
     .await;
-    let id = dead_deposit(&app, "limbo", "limbo", "4").await;
+    let id = app.dead_deposit("limbo", "limbo", "4").await;
     let path = format!("/debug/dead-letters/{id}/republish");
     // The API's publishes reach the broker, its confirms never come back.
     proxy.stall();

@@ -1,8 +1,6 @@
 //! Worst days: poison messages, dead letters and their re-publishing, the conservation
 //! auditor, and a database outage seen by one test's processes only.
 
-use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::Kind;
@@ -156,29 +154,10 @@ async fn a_hand_published_envelope_the_api_would_refuse_is_dead_lettered_once_wi
 #[tokio::test]
 async fn a_dead_letter_can_be_republished_after_a_fix() {
     let app = TestApp::spawn().await;
-    let connection = app.broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
     // A valid command that died (as if it had crashed consumers past the delivery limit).
-    let envelope = app.envelope("revived", Kind::Deposit, "phoenix", "12.5");
-    channel
-        .basic_publish(
-            app.topology.dead_exchange().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &envelope.encode(),
-            BasicProperties::default().with_message_id("revived".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let letters = eventually(Duration::from_secs(10), || async {
-        let letters = app.get_ok("/debug/dead-letters").await;
-        (letters.as_array().map_or(0, Vec::len) == 1).then_some(letters)
-    })
-    .await;
-    let id = letters[0]["id"].as_str().unwrap().to_string();
+    let id = app.dead_deposit("revived", "phoenix", "12.5").await;
+    let letters = app.get_ok("/debug/dead-letters").await;
+    assert_eq!(letters.as_array().map_or(0, Vec::len), 1, "{letters}");
     assert_eq!(app.balance("phoenix").await, "0");
 
     let worker = tally_worker::Worker::build(app.settings.clone())

@@ -302,6 +302,87 @@ impl TestApp {
             .expect("broker")
     }
 
+    /// Sends `body` straight to the dead-letter exchange under `message_id`, as the broker
+    /// does with a command that crashed consumers past the delivery limit; the worker
+    /// archives it.
+    pub async fn publish_dead_letter(&self, message_id: &str, body: &[u8]) {
+        let connection = self.broker().await;
+        let channel = connection.create_channel().await.unwrap();
+        channel.confirm_select(Default::default()).await.unwrap();
+        channel
+            .basic_publish(
+                self.topology.dead_exchange().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_message_id(message_id.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// A valid deposit of `amount` to `account` sent to the dead letters
+    /// ([`Self::publish_dead_letter`]); returns its archived dead letter's id.
+    pub async fn dead_deposit(&self, id: &str, account: &str, amount: &str) -> String {
+        let envelope = self.envelope(id, tally_core::Kind::Deposit, account, amount);
+        self.publish_dead_letter(id, &envelope.encode()).await;
+        eventually(Duration::from_secs(10), || async {
+            let letters = self.get_ok("/debug/dead-letters").await;
+            letters
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["messageId"] == id)
+                .map(|l| l["id"].as_str().unwrap().to_string())
+        })
+        .await
+    }
+
+    /// Starts the real `tally-api` binary on a free port against this app's database and
+    /// broker, with `env` on top (its settings, a skewed clock); returns it (killed on drop)
+    /// and its base URL once it is ready.
+    pub async fn api_process(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> (tally_testkit::process::KillOnDrop, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let s = &self.settings;
+        let api = tally_testkit::process::KillOnDrop(
+            std::process::Command::new(tally_testkit::process::workspace_binary("tally-api"))
+                .envs(env)
+                .env("TALLY_API__PORT", port.to_string())
+                .env("TALLY_DATABASE__URL", s.database.url.expose())
+                .env("TALLY_BROKER__URL", s.broker.url.expose())
+                .env("TALLY_BROKER__PREFIX", &s.broker.prefix)
+                .env(
+                    "TALLY_LEDGER__SHARD_COUNT",
+                    s.ledger.shard_count.to_string(),
+                )
+                .env("TALLY_LOG__LEVEL", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start tally-api"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(30), || async {
+            let r = self
+                .client
+                .get(format!("{url}/health/ready"))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        (api, url)
+    }
+
     /// Publishes an envelope straight onto its shard queue (bypassing the API).
     pub async fn publish_raw(&self, channel: &lapin::Channel, body: &[u8], account: &str) {
         channel

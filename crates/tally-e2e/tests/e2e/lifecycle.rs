@@ -3,33 +3,11 @@
 //! whether the command was dead-lettered (and republished) or is unknown to the ledger —
 //! never accepted, or still queued, which the ledger cannot tell apart.
 
-use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tally_core::Kind;
 
 use crate::helpers::{eventually, Options, TestApp};
-
-/// Sends `body` straight to the dead-letter exchange under `message_id`, as the broker does
-/// with a command that crashed consumers past the delivery limit; the worker archives it.
-async fn dead_letter(app: &TestApp, message_id: &str, body: &[u8]) {
-    let connection = app.broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    channel
-        .basic_publish(
-            app.topology.dead_exchange().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_message_id(message_id.into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
 
 /// Waits until the archive holds `n` dead letters.
 async fn wait_archived(app: &TestApp, n: usize) -> Value {
@@ -83,7 +61,7 @@ async fn an_unknown_id_is_not_found_and_the_answer_says_it_may_still_be_queued()
 async fn a_dead_lettered_command_is_told_dead_lettered_then_republished_then_decided() {
     let app = TestApp::spawn().await;
     let envelope = app.envelope("revived", Kind::Deposit, "phoenix", "12.5");
-    dead_letter(&app, "revived", &envelope.encode()).await;
+    app.publish_dead_letter("revived", &envelope.encode()).await;
     let letters = wait_archived(&app, 1).await;
 
     let (status, body) = app.get("/transactions/revived").await;
@@ -142,7 +120,7 @@ async fn a_recorded_transaction_lists_its_dead_lettered_copies_and_conflicts() {
     app.wait_balance("k", "9").await;
     // A copy of it dies later (it crashed consumers past the delivery limit).
     let copy = app.envelope("kept", Kind::Deposit, "k", "9");
-    dead_letter(&app, "kept", &copy.encode()).await;
+    app.publish_dead_letter("kept", &copy.encode()).await;
     wait_archived(&app, 1).await;
 
     let record = app.get_ok("/transactions/kept").await;

@@ -7,7 +7,6 @@
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tally_testkit::process::{workspace_binary, KillOnDrop};
 
 use crate::helpers::{eventually, Options, TestApp};
 
@@ -296,39 +295,8 @@ async fn a_replica_killed_while_a_client_waits_leaves_a_retry_a_true_answer() {
         ..Options::default()
     })
     .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let s = &app.settings;
-    let api = KillOnDrop(
-        std::process::Command::new(workspace_binary("tally-api"))
-            .env("TALLY_API__PORT", port.to_string())
-            .env("TALLY_API__MAX_PREFER_WAIT_MS", "60000")
-            .env("TALLY_DATABASE__URL", s.database.url.expose())
-            .env("TALLY_BROKER__URL", s.broker.url.expose())
-            .env("TALLY_BROKER__PREFIX", &s.broker.prefix)
-            .env(
-                "TALLY_LEDGER__SHARD_COUNT",
-                s.ledger.shard_count.to_string(),
-            )
-            .env("TALLY_LOG__LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start tally-api"),
-    );
-    let replica = format!("http://127.0.0.1:{port}");
-    eventually(Duration::from_secs(30), || async {
-        let r = app
-            .client
-            .get(format!("{replica}/health/ready"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    let env = [("TALLY_API__MAX_PREFER_WAIT_MS".into(), "60000".into())];
+    let (api, replica) = app.api_process(env).await;
     let deposit = tx("doomed", "deposit", json!(40), "survivor");
     let waiting = {
         let (client, url, body) = (
