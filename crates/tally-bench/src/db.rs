@@ -39,10 +39,7 @@ pub async fn recreate_database(admin_url: &str, name: &str) -> Result<()> {
     let admin = connect(admin_url).await?;
     // Two statements, two calls: a multi-statement string runs as one implicit transaction,
     // where DROP/CREATE DATABASE are not allowed.
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .with_context(|| format!("dropping database {name}"))?;
+    drop_on(&admin, name).await?;
     admin
         .batch_execute(&format!("CREATE DATABASE \"{name}\""))
         .await
@@ -91,12 +88,28 @@ pub async fn recreate_migrated(
 }
 
 pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
-    let admin = connect(admin_url).await?;
+    drop_on(&connect(admin_url).await?, name).await
+}
+
+/// `DROP DATABASE … WITH (FORCE)`, retried for a while when it may not terminate a backend:
+/// an autovacuum worker (a superuser's process) busy on a freshly filled drain database made
+/// the next drains of a `make bench` run fail.
+async fn drop_on(admin: &Client, name: &str) -> Result<()> {
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    for _ in 0..60 {
+        match admin.batch_execute(&sql).await {
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            done => return done.with_context(|| format!("dropping database {name}")),
+        }
+    }
     admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .batch_execute(&sql)
         .await
-        .with_context(|| format!("dropping database {name}"))?;
-    Ok(())
+        .with_context(|| format!("dropping database {name}"))
 }
 
 /// Rows inserted into `transactions` so far, from the statistics collector: free to read,
